@@ -1,0 +1,1 @@
+"""Registry and trust: digests, manifests, keys, DSSE envelopes, store, ledger, Packer import."""

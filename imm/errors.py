@@ -1,0 +1,132 @@
+"""One error hierarchy for the whole of imm.
+
+Every error carries a stable ``code`` (machine-readable), a human ``message`` that names the
+offending value and says what to do, an optional ``detail`` (JSON-able), the HTTP status the
+daemon answers with, and the exit code ``immctl`` ends with. The daemon turns these into
+``{"error": {"code", "message", "detail"}}``; anything else becomes a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Exit codes immctl uses. Stable: scripts rely on them.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_FORBIDDEN = 5
+EXIT_REFUSED = 6
+EXIT_VERIFY_FAILED = 7
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the daemon cannot be reached
+
+
+class ImmError(Exception):
+    code = "error"
+    status = 500
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, detail: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "detail": self.detail}}
+
+
+class BadRequest(ImmError):
+    """The caller sent something malformed: fix the input and try again."""
+
+    code = "bad-request"
+    status = 400
+    exit_code = EXIT_USAGE
+
+
+class NotFound(ImmError):
+    code = "not-found"
+    status = 404
+    exit_code = EXIT_NOT_FOUND
+
+
+class Ambiguous(ImmError):
+    code = "ambiguous"
+    status = 409
+    exit_code = EXIT_CONFLICT
+
+
+class Conflict(ImmError):
+    code = "conflict"
+    status = 409
+    exit_code = EXIT_CONFLICT
+
+
+class Forbidden(ImmError):
+    code = "forbidden"
+    status = 403
+    exit_code = EXIT_FORBIDDEN
+
+
+class PolicyRefused(ImmError):
+    """A rollout or channel move was refused by a named policy rule."""
+
+    code = "policy-refused"
+    status = 422
+    exit_code = EXIT_REFUSED
+
+
+class VerificationFailed(ImmError):
+    code = "verification-failed"
+    status = 422
+    exit_code = EXIT_VERIFY_FAILED
+
+
+class PayloadTooLarge(ImmError):
+    code = "payload-too-large"
+    status = 413
+    exit_code = EXIT_USAGE
+
+
+class Unavailable(ImmError):
+    code = "unavailable"
+    status = 503
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ProviderError(ImmError):
+    """A cloud or local provider call failed; the message names cloud, region and call."""
+
+    code = "provider-error"
+    status = 502
+    exit_code = EXIT_ERROR
+
+
+class RouterError(ImmError):
+    code = "router-error"
+    status = 502
+    exit_code = EXIT_ERROR
+
+
+class ConfigError(ImmError):
+    code = "config-error"
+    status = 500
+    exit_code = EXIT_USAGE
+
+
+class PluginError(ImmError):
+    code = "plugin-error"
+    status = 500
+    exit_code = EXIT_ERROR
+
+
+ERROR_CLASSES: dict[str, type[ImmError]] = {
+    cls.code: cls
+    for cls in (
+        ImmError, BadRequest, NotFound, Ambiguous, Conflict, Forbidden, PolicyRefused,
+        VerificationFailed, PayloadTooLarge, Unavailable, ProviderError, RouterError,
+        ConfigError, PluginError,
+    )
+}

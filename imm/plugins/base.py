@@ -1,0 +1,164 @@
+"""The provider and router interfaces every plugin implements.
+
+Methods are synchronous: cloud SDKs (libcloud) block, so imm calls them off the event loop with
+``asyncio.to_thread`` under a per-provider concurrency limit. Implementations raise
+``imm.errors.ProviderError`` / ``RouterError`` whose message names the provider, region and call
+that failed and what to check.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+# Tag keys every launched instance carries (GCE: labels hold short forms, metadata the full digest).
+TAG_SERVICE = "imm:service"
+TAG_ROLLOUT = "imm:rollout"
+TAG_SLOT = "imm:slot"
+TAG_DIGEST = "imm:digest"
+
+
+@dataclass
+class Instance:
+    id: str
+    provider: str  # the provider's configured name, e.g. "local" or "aws-prod"
+    region: str
+    image_id: str  # the artifact image id it was launched from
+    state: str  # pending | running | stopped | terminated | unknown
+    launched_at: int  # Unix seconds
+    tags: dict[str, str] = field(default_factory=dict)
+    address: str | None = None  # "host:port" (local) or an IP routers can reach
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImageInfo:
+    region: str
+    image_id: str
+    name: str | None = None
+    state: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchRequest:
+    region: str
+    image_id: str
+    count: int
+    tags: dict[str, str]  # always includes imm:service, imm:rollout, imm:slot, imm:digest
+    client_token: str  # deterministic per (rollout, batch): a retried launch must not double up
+    size: str | None = None
+    network: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # service-specific extras
+
+
+@dataclass
+class ProviderContext:
+    state_dir: Path
+    log: logging.Logger
+
+
+class Provider(ABC):
+    """One configured provider: a cloud account/region set, or the local machine."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        self.name = name
+        self.settings = dict(settings)
+        self.context = context
+
+    def capabilities(self) -> set[str]:
+        """Optional features: 'copy_image', 'create_image', 'rehash', 'client_token', 'store_image'."""
+        return set()
+
+    @abstractmethod
+    def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
+        """Every live instance (paginated underneath), optionally only those carrying ``tags``."""
+
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> list[Instance]:
+        """Start ``count`` instances; with the same client_token a second call returns the first's."""
+
+    @abstractmethod
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        """Terminate; ids already gone are not an error."""
+
+    @abstractmethod
+    def describe_image(self, region: str, image_id: str) -> ImageInfo | None:
+        """The image, or None when it does not exist."""
+
+    def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
+        raise NotImplementedError(f"provider {self.name} ({self.kind}) cannot copy images")
+
+    def close(self) -> None:
+        """Release connections and helpers; called at daemon shutdown."""
+
+
+@dataclass
+class Backend:
+    name: str  # unique within the route (imm uses the instance id)
+    address: str  # "host:port" or an IP
+    weight: int
+    state: str  # ready | drain | maint
+    healthy: bool | None  # None: not checked yet
+    sessions: int = 0  # current sessions/connections (0 where the router cannot tell)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RouterContext:
+    state_dir: Path
+    log: logging.Logger
+
+
+class Router(ABC):
+    """Moves traffic for routes (an HAProxy backend, a DNS name, a load balancer)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: RouterContext) -> None:
+        self.name = name
+        self.settings = dict(settings)
+        self.context = context
+
+    def start(self) -> None:
+        """Bring up anything the router supervises (the embedded haproxy); idempotent."""
+
+    def close(self) -> None:
+        """Stop what start() started."""
+
+    def ensure_route(self, route: str, settings: Mapping[str, Any]) -> None:  # noqa: B027
+        """Make sure ``route`` exists (e.g. an HAProxy frontend/backend pair); idempotent."""
+
+    @abstractmethod
+    def backends(self, route: str) -> list[Backend]:
+        ...
+
+    @abstractmethod
+    def add(self, route: str, name: str, address: str) -> None:
+        """Add at weight 0 with health checks on; it takes no traffic until set_weights."""
+
+    @abstractmethod
+    def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
+        ...
+
+    @abstractmethod
+    def drain(self, route: str, name: str) -> None:
+        """Stop new traffic to ``name``; existing sessions finish."""
+
+    @abstractmethod
+    def remove(self, route: str, name: str) -> None:
+        """Take ``name`` out of the route for good; absent is not an error."""
+
+    def health(self, route: str) -> dict[str, bool | None]:
+        return {b.name: b.healthy for b in self.backends(route)}
