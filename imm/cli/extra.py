@@ -1,0 +1,9 @@
+"""Command groups beyond the catalog (rollouts, services, instances, audit) register here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(sub: Any, add: Any, group: Any) -> None:
+    """Add the command groups of the rollout and audit layers to immctl's parser."""

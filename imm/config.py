@@ -1,0 +1,146 @@
+"""Typed settings read from TOML.
+
+``immd`` with no ``--config`` runs on the embedded default (``imm/default_config/immd.toml``);
+``--state-dir`` and ``--socket`` override the paths of any config.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "immd.toml"
+SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
+DAEMON_KEYS = {
+    "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "max_body_bytes", "tcp",
+    "log_level",
+}
+
+
+@dataclass
+class Settings:
+    source: str
+    state_dir: Path
+    socket: Path
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    admin_group: str = "imm-admin"
+    max_body_bytes: int = 1 << 20
+    tcp: str = ""
+    log_level: str = "info"
+    ledger_origin: str = "imm.local/ledger"
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audit: dict[str, Any] = field(default_factory=dict)
+    plugins: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "imm.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+
+def default_config_text() -> str:
+    return (resources.files("imm") / "default_config" / DEFAULT_CONFIG_NAME).read_text("utf-8")
+
+
+def _err(source: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {message}")
+
+
+def _expand(path: str, state_dir: str | None = None) -> Path:
+    if state_dir is not None:
+        path = path.replace("{state_dir}", state_dir)
+    return Path(os.path.expanduser(path)).absolute()
+
+
+def parse(text: str, source: str, *, state_dir: str | None = None,
+          socket: str | None = None) -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _err(source, f"not valid TOML: {e}") from None
+    unknown = set(data) - SECTIONS
+    if unknown:
+        raise _err(source, f"unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    d = data.get("daemon", {})
+    if not isinstance(d, dict):
+        raise _err(source, "[daemon] must be a table")
+    bad = set(d) - DAEMON_KEYS
+    if bad:
+        raise _err(source, f"unknown [daemon] key(s) {sorted(bad)}; known: {sorted(DAEMON_KEYS)}")
+    sd = state_dir if state_dir is not None else str(d.get("state_dir", "~/.local/state/imm"))
+    state = _expand(sd)
+    sock = _expand(socket if socket is not None else str(d.get("socket", "{state_dir}/immd.sock")),
+                   str(state))
+    try:
+        mode = int(str(d.get("socket_mode", "0660")), 8)
+    except ValueError:
+        raise _err(source, f"daemon.socket_mode {d.get('socket_mode')!r} is not octal") from None
+    if mode & 0o007:
+        raise _err(source, f"daemon.socket_mode {mode:04o} gives access to everyone; use 0660")
+    group = str(d.get("socket_group", ""))
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise _err(source, f"daemon.socket_group {group!r} does not exist") from None
+    tcp = str(d.get("tcp", ""))
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "[::1]", "::1") or not port.isdigit():
+            raise _err(source, f"daemon.tcp {tcp!r} must be a loopback host:port, e.g. 127.0.0.1:8765")
+    max_body = d.get("max_body_bytes", 1 << 20)
+    if not isinstance(max_body, int) or max_body < 1024:
+        raise _err(source, f"daemon.max_body_bytes {max_body!r} must be an integer ≥ 1024")
+    ledger = data.get("ledger", {})
+    origin = str(ledger.get("origin", "imm.local/ledger"))
+    if not origin or "\n" in origin or " " in origin:
+        raise _err(source, f"ledger.origin {origin!r} must be one word without spaces")
+
+    def tables(name: str) -> dict[str, dict[str, Any]]:
+        section = data.get(name, {})
+        if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+            raise _err(source, f"[{name}.NAME] entries must be tables")
+        return {k: dict(v) for k, v in section.items()}
+
+    providers = tables("providers")
+    routers = tables("routers")
+    for what, entries in (("providers", providers), ("routers", routers)):
+        for name, entry in entries.items():
+            if "kind" not in entry:
+                raise _err(source, f"[{what}.{name}] needs kind = \"...\"")
+    return Settings(
+        source=source, state_dir=state, socket=sock, socket_mode=mode, socket_group=group,
+        admin_group=str(d.get("admin_group", "imm-admin")), max_body_bytes=max_body, tcp=tcp,
+        log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
+        routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
+        plugins=dict(data.get("plugins", {})), raw=data,
+    )
+
+
+def load(path: str | None = None, *, state_dir: str | None = None,
+         socket: str | None = None) -> Settings:
+    if path is None:
+        return parse(default_config_text(), "embedded default config", state_dir=state_dir,
+                     socket=socket)
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing --config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    return parse(text, str(p), state_dir=state_dir, socket=socket)

@@ -1,0 +1,28 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .core import Daemon
+from .http import json_response, make_middlewares
+from .openapi import document
+from .routes import DAEMON, ROUTES
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application(
+        client_max_size=daemon.settings.max_body_bytes,
+        middlewares=make_middlewares(lambda: daemon.settings.admin_group,
+                                     daemon.metrics.observe),
+    )
+    app[DAEMON] = daemon
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler)
+    spec = document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(spec)
+
+    app.router.add_get("/v1/openapi.json", openapi)
+    return app

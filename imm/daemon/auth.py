@@ -1,0 +1,114 @@
+"""Who is on the other end of the socket, and may they change things.
+
+Unix socket peers are identified by ``SO_PEERCRED`` (kernel-attested uid/gid/pid). Loopback TCP
+peers (only when ``daemon.tcp`` is configured) are identified like identd does: the kernel's
+socket table in ``/proc/net/tcp{,6}`` names the uid owning the peer's end of the connection.
+
+Admins (root, the daemon's own user, members of ``admin_group``) may change things; every other
+peer that can reach the socket may only read.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Peer:
+    uid: int
+    gid: int
+    pid: int | None
+    groups: frozenset[int]
+    admin: bool
+
+    @property
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return f"uid{self.uid}"
+
+    @property
+    def actor(self) -> str:
+        """How the ledger names who did something."""
+        return f"{self.user} (uid {self.uid})"
+
+
+def _proc_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def _user_groups(uid: int, gid: int) -> set[int]:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return {gid}
+    return set(os.getgrouplist(name, gid))
+
+
+def _admin_gid(admin_group: str) -> int | None:
+    if not admin_group:
+        return None
+    try:
+        return grp.getgrnam(admin_group).gr_gid
+    except KeyError:
+        return None
+
+
+def make_peer(uid: int, gid: int, pid: int | None, admin_group: str) -> Peer:
+    groups = _proc_groups(pid) if pid else set()
+    if not groups:
+        groups = _user_groups(uid, gid)
+    groups.add(gid)
+    admin_gid = _admin_gid(admin_group)
+    admin = uid == 0 or uid == os.geteuid() or (admin_gid is not None and admin_gid in groups)
+    return Peer(uid=uid, gid=gid, pid=pid, groups=frozenset(groups), admin=admin)
+
+
+def unix_peer(sock: socket.socket, admin_group: str) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return make_peer(uid, gid, pid, admin_group)
+
+
+def _hex_addr(host: str, port: int, family: int) -> str:
+    packed = socket.inet_pton(family, host)
+    if family == socket.AF_INET:
+        return f"{struct.unpack('<I', packed)[0]:08X}:{port:04X}"
+    words = struct.unpack("<4I", struct.unpack(">16s", packed)[0])
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def tcp_peer(peer: tuple[str, int], local: tuple[str, int], family: int,
+             admin_group: str) -> Peer | None:
+    """The uid of the process holding the other end of a loopback TCP connection."""
+    table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
+    want_local = _hex_addr(peer[0], peer[1], family)
+    want_remote = _hex_addr(local[0], local[1], family)
+    try:
+        with open(table) as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[1] == want_local and parts[2] == want_remote:
+                    uid = int(parts[7])
+                    try:
+                        gid = pwd.getpwuid(uid).pw_gid
+                    except KeyError:
+                        gid = -1
+                    return make_peer(uid, gid, None, admin_group)
+    except OSError:
+        return None
+    return None

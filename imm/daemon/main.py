@@ -1,0 +1,164 @@
+"""``immd``: the imm daemon.
+
+    immd [--config FILE] [--state-dir DIR] [--socket PATH]
+
+With no ``--config`` it runs on the embedded default (local provider, SQLite state under
+``~/.local/state/imm``). Under systemd it takes the socket it is handed (``LISTEN_FDS``) and
+reports readiness with ``sd_notify``. SIGTERM drains in-flight requests and exits 0; SIGHUP
+re-reads the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import __version__, config
+from ..errors import ConfigError, ImmError
+from . import systemd
+from .app import make_app
+from .auth import make_peer
+from .core import Daemon
+
+log = logging.getLogger("imm.daemon")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="immd", description="The imm control-plane daemon.")
+    p.add_argument("--config", help="TOML config file (default: the embedded default)")
+    p.add_argument("--state-dir", help="override daemon.state_dir")
+    p.add_argument("--socket", help="override daemon.socket")
+    p.add_argument("--log-level", help="override daemon.log_level (debug, info, warning)")
+    p.add_argument("--print-default-config", action="store_true",
+                   help="print the embedded default config and exit")
+    p.add_argument("--version", action="version", version=f"immd {__version__}")
+    return p.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket of a daemon that is gone
+        else:
+            raise ConfigError(f"another immd is already listening on {path}; stop it or pass "
+                              "another --socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # never world-accessible, not even for an instant
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(path, mode)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(args: argparse.Namespace) -> int:
+    settings = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
+    if args.log_level:
+        settings.log_level = args.log_level
+    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    me = make_peer(os.geteuid(), os.getegid(), os.getpid(), settings.admin_group)
+    daemon = Daemon(settings)
+    await asyncio.to_thread(daemon.open, f"{me.actor} immd start")
+    app = make_app(daemon)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=20)
+    await runner.setup()
+    handed = systemd.listen_fds()
+    bound: Path | None = None
+    if handed:
+        for sock in handed:
+            sock.setblocking(False)
+            await web.SockSite(runner, sock).start()
+        where = f"socket-activated fd(s) {[s.fileno() for s in handed]}"
+    else:
+        sock = bind_unix(settings.socket, settings.socket_mode, settings.socket_group)
+        bound = settings.socket
+        await web.SockSite(runner, sock).start()
+        where = str(settings.socket)
+    if settings.tcp:
+        host, _, port = settings.tcp.rpartition(":")
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        where += f" and tcp {settings.tcp}"
+    log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
+             daemon.keyring.keyid[:16])
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        systemd.reloading()
+        try:
+            fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
+        except ImmError as e:
+            log.error("reload failed, keeping the running config: %s", e.message)
+        else:
+            settings.admin_group = fresh.admin_group
+            settings.services = fresh.services
+            settings.log_level = args.log_level or fresh.log_level
+            logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(),
+                                                 logging.INFO))
+            log.info("reloaded %s", fresh.source)
+        systemd.notify("READY=1", "STATUS=serving")
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    systemd.notify("READY=1", f"STATUS=serving on {where}", f"MAINPID={os.getpid()}")
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests")
+    systemd.notify("STOPPING=1", "STATUS=stopping")
+    await runner.cleanup()
+    await asyncio.to_thread(daemon.close)
+    if bound is not None:
+        with contextlib.suppress(FileNotFoundError):
+            bound.unlink()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.print_default_config:
+        sys.stdout.write(config.default_config_text())
+        return 0
+    setup_logging(args.log_level or "info")
+    try:
+        return asyncio.run(serve(args))
+    except ImmError as e:
+        log.error("%s", e.message)
+        systemd.notify(f"STATUS=failed: {e.message}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

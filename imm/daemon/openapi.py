@@ -1,0 +1,63 @@
+"""The OpenAPI 3.0 document, built from the route table so it cannot drift from the code."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .. import __version__
+from .routes import ROUTES
+
+ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}, "detail": {}}}},
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "operationId": f"{r.method.lower()}_{r.handler.__name__}",
+            "tags": [r.tag],
+            "responses": {
+                "200": {"description": "OK", "content": {
+                    "text/plain" if r.path == "/metrics" else "application/json": {
+                        "schema": {"type": "string"} if r.path == "/metrics" else
+                        {"type": "object"}}}},
+                "default": {"description": "Error", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        }
+        if r.method in ("POST", "PUT"):
+            op["responses"]["201"] = {"description": "Created", "content": {
+                "application/json": {"schema": {"type": "object"}}}}
+            op["responses"]["403"] = {"description": "The peer is not an admin", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        params = []
+        for name in re.findall(r"{(\w+)}", r.path):
+            spec = r.query.get(name, {})
+            params.append({"name": name, "in": "path", "required": True,
+                           "description": spec.get("description", ""),
+                           "schema": spec.get("schema", {"type": "string"})})
+        for name, spec in r.query.items():
+            if spec.get("in") == "path":
+                continue
+            params.append({"name": name, "in": "query", "required": bool(spec.get("required")),
+                           "schema": spec.get("schema", {"type": "string"})})
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": bool(r.body.get("required")), "content": {
+                "application/json": {"schema": r.body}}}
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "immd API", "version": __version__, "description":
+                 "The control plane of an immutable fleet. Served on a unix socket; mutating "
+                 "calls need an admin peer (SO_PEERCRED)."},
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR}},
+    }

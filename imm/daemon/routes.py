@@ -1,0 +1,344 @@
+"""The /v1 API: one table of routes, from which the OpenAPI document is also built."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field as dfield
+from typing import Any
+
+from aiohttp import web
+
+from ..catalog.manifest import parse_label, parse_layer
+from ..errors import BadRequest
+from .core import Daemon
+from .http import body, field, json_response, query_int
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+H = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: H
+    summary: str
+    query: dict[str, dict[str, Any]] = dfield(default_factory=dict)
+    body: dict[str, Any] | None = None  # JSON schema of the request body
+    tag: str = "catalog"
+
+
+def d(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
+
+
+def actor(request: web.Request) -> str:
+    return str(request["peer"].actor)
+
+
+def ref_of(request: web.Request) -> str:
+    return request.match_info["ref"]
+
+
+# -- status, keys ---------------------------------------------------------------------------
+
+async def status(request: web.Request) -> web.Response:
+    result = await d(request).status()
+    peer = request["peer"]
+    result["peer"] = {"user": peer.user, "uid": peer.uid, "admin": peer.admin}
+    return json_response(result)
+
+
+async def plugins(request: web.Request) -> web.Response:
+    return json_response({"plugins": d(request).plugins.listing()})
+
+
+async def keys_list(request: web.Request) -> web.Response:
+    dm = d(request)
+    return json_response({"keys": await dm.db.read(dm.catalog.keys)})
+
+
+async def keys_export(request: web.Request) -> web.Response:
+    dm = d(request)
+    keyid = request.query.get("keyid") or None
+    pem = dm.keyring.export_pem(keyid)
+    return json_response({"keyid": keyid or dm.keyring.keyid, "pem": pem})
+
+
+async def keys_rotate(request: web.Request) -> web.Response:
+    await body(request)
+    result = await d(request).rotate_key(actor(request))
+    return json_response(result, status=201)
+
+
+# -- images ---------------------------------------------------------------------------------
+
+def _labels(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        out: dict[str, str] = {}
+        for item in value:
+            if not isinstance(item, str):
+                raise BadRequest(f"label {item!r} must be a K=V string")
+            k, v = parse_label(item)
+            if k in out:
+                raise BadRequest(f"label {k!r} is given twice")
+            out[k] = v
+        return out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise BadRequest(f"label {k!r} must have a string value, got {v!r}")
+            parse_label(f"{k}={v}")
+        return dict(value)
+    raise BadRequest("field 'labels' must be a list of K=V strings or an object")
+
+
+def _layers(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest("field 'layers' must be a list of ROLE=NAME@VERSION strings")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out.append(parse_layer(item))
+        elif isinstance(item, dict):
+            out.append(item)
+        else:
+            raise BadRequest(f"layer {item!r} must be a ROLE=NAME@VERSION string")
+    return out
+
+
+async def images_add(request: web.Request) -> web.Response:
+    data = await body(request)
+    path = field(data, "path", str, required=True)
+    actions = field(data, "boot_actions", list, default=[])
+    if not all(isinstance(a, str) for a in actions):
+        raise BadRequest("field 'boot_actions' must be a list of strings")
+    spec = {
+        "name": field(data, "name", str, required=True),
+        "version": field(data, "version", str, required=True),
+        "layers": _layers(data.get("layers")),
+        "boot_actions": actions,
+        "parent": field(data, "parent", str),
+        "labels": _labels(data.get("labels")),
+    }
+    result = await d(request).add_image(actor(request), path, spec)
+    return json_response(result, status=201 if result["created"] else 200)
+
+
+async def images_import_packer(request: web.Request) -> web.Response:
+    data = await body(request)
+    text = field(data, "manifest", str, required=True)
+    source = field(data, "source", str, default="packer manifest")
+    images = await d(request).import_packer(
+        actor(request), text, source, field(data, "name", str), field(data, "version", str),
+        field(data, "all_runs", bool, default=False))
+    created = any(i["created"] for i in images)
+    return json_response({"images": images}, status=201 if created else 200)
+
+
+async def images_list(request: web.Request) -> web.Response:
+    dm = d(request)
+    status = request.query.get("status") or None
+    if status not in (None, "active", "revoked"):
+        raise BadRequest(f"status={status!r}: use active or revoked")
+    after = request.query.get("after") or None
+    if after is not None and not after.startswith("sha256:"):
+        raise BadRequest(f"after={after!r} must be a full image digest from a previous 'next'")
+    limit = query_int(request, "limit", default=100, minimum=1, maximum=10000)
+    result = await dm.db.read(dm.catalog.list_images, name=request.query.get("name") or None,
+                              limit=limit, after=after, status=status)
+    return json_response(result)
+
+
+async def images_show(request: web.Request) -> web.Response:
+    dm = d(request)
+    return json_response(await dm.db.read(dm.catalog.show, ref_of(request)))
+
+
+async def images_verify(request: web.Request) -> web.Response:
+    dm = d(request)
+    ref = request.query.get("ref") or None
+    digest = await dm.db.read(dm.catalog.resolve, ref) if ref else None
+    result = await dm.verify_images(digest)
+    result["scope"] = digest or "all"
+    return json_response(result)
+
+
+async def artifacts_add(request: web.Request) -> web.Response:
+    dm = d(request)
+    data = await body(request)
+    result = await dm.db.write(
+        dm.catalog.add_artifact, actor(request), ref_of(request),
+        field(data, "provider", str, required=True), field(data, "region", str, required=True),
+        field(data, "image_id", str, required=True))
+    return json_response(result, status=201 if result["created"] else 200)
+
+
+async def images_revoke(request: web.Request) -> web.Response:
+    dm = d(request)
+    data = await body(request)
+    result = await dm.db.write(dm.catalog.revoke, actor(request), ref_of(request),
+                               field(data, "reason", str, required=True),
+                               field(data, "cascade", bool, default=False))
+    return json_response(result, status=201)
+
+
+async def images_restore(request: web.Request) -> web.Response:
+    dm = d(request)
+    await body(request)
+    result = await dm.db.write(dm.catalog.restore, actor(request), ref_of(request))
+    return json_response(result, status=201)
+
+
+# -- channels -------------------------------------------------------------------------------
+
+async def channels_list(request: web.Request) -> web.Response:
+    dm = d(request)
+    return json_response({"channels": await dm.db.read(dm.catalog.channels)})
+
+
+async def channels_show(request: web.Request) -> web.Response:
+    dm = d(request)
+    return json_response(await dm.db.read(dm.catalog.channel, request.match_info["name"]))
+
+
+async def channels_history(request: web.Request) -> web.Response:
+    dm = d(request)
+    name = request.match_info["name"]
+    return json_response({"name": name,
+                          "history": await dm.db.read(dm.catalog.channel_history, name)})
+
+
+async def channels_set(request: web.Request) -> web.Response:
+    dm = d(request)
+    data = await body(request)
+    result = await dm.db.write(dm.catalog.set_channel, actor(request), request.match_info["name"],
+                               field(data, "ref", str, required=True))
+    return json_response(result, status=200)
+
+
+# -- ledger ---------------------------------------------------------------------------------
+
+async def ledger_head(request: web.Request) -> web.Response:
+    dm = d(request)
+    return json_response(await dm.db.read(dm.catalog.head))
+
+
+async def ledger_proof(request: web.Request) -> web.Response:
+    dm = d(request)
+    index = query_int(request, "index")
+    if index is None:
+        raise BadRequest("query parameter index is required (a leaf index, from 0)")
+    size = query_int(request, "size", minimum=1)
+    return json_response(await dm.db.read(dm.catalog.proof, index, size))
+
+
+async def ledger_consistency(request: web.Request) -> web.Response:
+    dm = d(request)
+    old = query_int(request, "from")
+    if old is None:
+        raise BadRequest("query parameter from is required (the older tree size)")
+    new = query_int(request, "to", minimum=1)
+    return json_response(await dm.db.read(dm.catalog.consistency, old, new))
+
+
+async def ledger_leaf(request: web.Request) -> web.Response:
+    dm = d(request)
+    raw = request.match_info["index"]
+    if not raw.isdigit():
+        raise BadRequest(f"leaf index {raw!r} is not a non-negative integer")
+    return json_response(await dm.db.read(dm.catalog.leaf, int(raw)))
+
+
+async def ledger_verify(request: web.Request) -> web.Response:
+    return json_response(await d(request).verify_ledger())
+
+
+# -- meta -----------------------------------------------------------------------------------
+
+async def metrics(request: web.Request) -> web.Response:
+    dm = d(request)
+
+    def gauges(conn: Any) -> dict[str, tuple[str, float]]:
+        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "images": ("Images in the catalog.", one("SELECT count(*) FROM images")),
+            "images_revoked": ("Revoked images.", one("SELECT count(*) FROM revocations")),
+            "ledger_size": ("Leaves in the Merkle ledger.", one("SELECT count(*) FROM ledger_leaves")),
+        }
+
+    g = await dm.db.read(gauges)
+    g["uptime_seconds"] = ("Seconds since immd started.", time.time() - dm.started)
+    return web.Response(text=dm.metrics.render(g),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Prometheus-Format": "0.0.4"})
+
+
+REF = {"ref": {"in": "path", "description": "digest, digest prefix (≥12 hex), name@version or "
+                                            "channel:SERVICE/STAGE (URL-encoded)"}}
+STR = {"type": "string"}
+ROUTES: list[Route] = [
+    Route("GET", "/v1/status", status, "Daemon status, counts and loaded plugins", tag="daemon"),
+    Route("GET", "/v1/plugins", plugins, "Loaded plugins and the hooks they implement",
+          tag="daemon"),
+    Route("GET", "/v1/keys", keys_list, "Signing keys, current and retired", tag="keys"),
+    Route("GET", "/v1/keys/export", keys_export, "A public key as PEM", tag="keys",
+          query={"keyid": {"schema": STR}}),
+    Route("POST", "/v1/keys/rotate", keys_rotate, "Rotate the signing key (announced by the old)",
+          tag="keys", body={"type": "object"}),
+    Route("POST", "/v1/images", images_add, "Register an image from a file or directory",
+          body={"type": "object", "required": ["path", "name", "version"], "properties": {
+              "path": STR, "name": STR, "version": STR, "parent": STR,
+              "layers": {"type": "array", "items": STR},
+              "boot_actions": {"type": "array", "items": STR},
+              "labels": {"type": "array", "items": STR}}}),
+    Route("POST", "/v1/images/import-packer", images_import_packer,
+          "Import the builds of a Packer manifest post-processor file",
+          body={"type": "object", "required": ["manifest"], "properties": {
+              "manifest": STR, "source": STR, "name": STR, "version": STR,
+              "all_runs": {"type": "boolean"}}}),
+    Route("GET", "/v1/images", images_list, "List images (paged by 'next')",
+          query={"name": {"schema": STR}, "status": {"schema": {"enum": ["active", "revoked"]}},
+                 "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                 "after": {"schema": STR}}),
+    Route("GET", "/v1/verify/images", images_verify,
+          "Re-verify stored rows from their envelopes (one image with ref, else all)",
+          query={"ref": {"schema": STR}}),
+    Route("GET", "/v1/images/{ref}", images_show, "One image with its envelope", query=REF),
+    Route("POST", "/v1/images/{ref}/artifacts", artifacts_add, "Record where a copy lives",
+          query=REF, body={"type": "object", "required": ["provider", "region", "image_id"],
+                           "properties": {"provider": STR, "region": STR, "image_id": STR}}),
+    Route("POST", "/v1/images/{ref}/revoke", images_revoke, "Revoke (optionally with descendants)",
+          query=REF, body={"type": "object", "required": ["reason"], "properties": {
+              "reason": STR, "cascade": {"type": "boolean"}}}),
+    Route("POST", "/v1/images/{ref}/restore", images_restore, "Lift a revocation", query=REF,
+          body={"type": "object"}),
+    Route("GET", "/v1/channels", channels_list, "Every channel and where it points",
+          tag="channels"),
+    Route("GET", "/v1/channels/{name}", channels_show, "One channel", tag="channels",
+          query={"name": {"in": "path", "description": "SERVICE/STAGE (URL-encoded)"}}),
+    Route("GET", "/v1/channels/{name}/history", channels_history, "A channel's moves",
+          tag="channels", query={"name": {"in": "path"}}),
+    Route("PUT", "/v1/channels/{name}", channels_set, "Point a channel at an image",
+          tag="channels", query={"name": {"in": "path"}},
+          body={"type": "object", "required": ["ref"], "properties": {"ref": STR}}),
+    Route("GET", "/v1/ledger/head", ledger_head, "Size, root and signed checkpoint",
+          tag="ledger"),
+    Route("GET", "/v1/ledger/proof", ledger_proof, "Inclusion proof of a leaf", tag="ledger",
+          query={"index": {"required": True, "schema": {"type": "integer", "minimum": 0}},
+                 "size": {"schema": {"type": "integer", "minimum": 1}}}),
+    Route("GET", "/v1/ledger/consistency", ledger_consistency, "Consistency proof between sizes",
+          tag="ledger", query={"from": {"required": True, "schema": {"type": "integer",
+                                                                      "minimum": 0}},
+                               "to": {"schema": {"type": "integer", "minimum": 1}}}),
+    Route("GET", "/v1/ledger/leaves/{index}", ledger_leaf, "One ledger leaf", tag="ledger",
+          query={"index": {"in": "path", "schema": {"type": "integer", "minimum": 0}}}),
+    Route("GET", "/v1/ledger/verify", ledger_verify, "Recompute and verify the whole ledger",
+          tag="ledger"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", tag="daemon"),
+]

@@ -1,0 +1,93 @@
+"""The plugin manager: loads the ``imm`` entry-point group, built-ins included.
+
+Built-in providers and routers are registered through the same entry points as third-party
+plugins (see pyproject.toml) with ``trylast=True``, so an outside plugin of the same kind wins.
+A misspelled or unknown ``imm_*`` hook fails start-up naming the plugin (pluggy's
+``check_pending``). Plugins can be blocked by name in the config (``[plugins] block = [...]``) or
+with ``IMM_BLOCK_PLUGINS=a,b``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from ..errors import PluginError
+from . import hookspecs
+from .registry import ProviderRegistry, RouterRegistry
+
+
+def _blocked(config_block: Iterable[str]) -> set[str]:
+    env = os.environ.get("IMM_BLOCK_PLUGINS", "")
+    return {n.strip() for n in env.split(",") if n.strip()} | set(config_block)
+
+
+class Plugins:
+    def __init__(self, block: Iterable[str] = (), extra: Iterable[Any] = ()) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.blocked = _blocked(block)
+        for name in self.blocked:
+            self.pm.set_blocked(name)
+        try:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not crash with a traceback
+            raise PluginError(f"loading an 'imm' entry-point plugin failed: {e}") from None
+        for plugin in extra:
+            self.pm.register(plugin)
+        self._check()
+        self.providers = ProviderRegistry()
+        self.routers = RouterRegistry()
+        self.pm.hook.imm_register_providers(registry=self.providers)
+        self.pm.hook.imm_register_routers(registry=self.routers)
+
+    def _check(self) -> None:
+        for name, plugin in self.pm.list_name_plugin():
+            for attr in dir(plugin):
+                if attr.startswith("imm_") and not hasattr(self.pm.hook, attr):
+                    raise PluginError(
+                        f"plugin {name!r} implements unknown hook {attr!r}; known hooks: "
+                        + ", ".join(sorted(h for h in dir(self.pm.hook) if h.startswith("imm_")))
+                    )
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            raise PluginError(f"plugin {self.pm.get_name(e.plugin)!r}: {e}") from None
+
+    def register(self, plugin: Any, name: str | None = None) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as e:
+            raise PluginError(str(e)) from None
+        except pluggy.PluginValidationError as e:
+            raise PluginError(f"plugin {name or plugin!r}: {e}") from None
+        self._check()
+
+    def listing(self) -> list[dict[str, Any]]:
+        dists = {self.pm.get_name(p): d for p, d in self.pm.list_plugin_distinfo()}
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or ())
+            dist = dists.get(name)
+            out.append({
+                "name": name,
+                "module": getattr(plugin, "__name__", type(plugin).__name__),
+                "distribution": f"{dist.project_name} {dist.version}" if dist else None,
+                "hooks": hooks,
+            })
+        out.sort(key=lambda p: p["name"])
+        return out
+
+    async def call_all(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation; await any that returned an awaitable."""
+        results = getattr(self.pm.hook, hook)(**kwargs)
+        out = []
+        for r in results:
+            if inspect.isawaitable(r):
+                r = await r
+            out.append(r)
+        return out
