@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(client, args))
     except DaemonUnreachable as e:
+        if as_json:
+            emit_json({"error": {"code": "unavailable", "message": str(e), "detail": None}})
         print(f"immctl: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ApiError as e:
@@ -475,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         cls = ERROR_CLASSES.get(e.code)
         return cls.exit_code if cls else EXIT_ERROR
     except Fail as e:
+        if as_json:
+            emit_json({"error": {"code": "usage" if e.code == EXIT_USAGE else "error",
+                                 "message": str(e), "detail": None}})
         print(f"immctl: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:

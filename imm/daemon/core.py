@@ -125,7 +125,13 @@ class Daemon:
     async def import_packer(self, actor: str, text: str, source: str, name: str | None,
                             version: str | None, all_runs: bool) -> list[dict[str, Any]]:
         manifest = packer.parse(text, source)
-        specs = packer.image_specs(manifest, name=name, version=version, all_runs=all_runs)
+        try:
+            specs = packer.image_specs(manifest, name=name, version=version, all_runs=all_runs)
+        except BadRequest as e:
+            if source not in e.message:
+                e.message = f"{source}: {e.message}"
+                e.args = (e.message,)
+            raise
 
         def write_all(conn: Any) -> list[dict[str, Any]]:
             out = []

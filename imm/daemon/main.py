@@ -45,12 +45,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class _BadRequestLine(logging.Filter):
+    """aiohttp logs a malformed HTTP request (already answered 400) with a traceback; one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in ("BadHttpMessage", "BadStatusLine",
+                                                       "InvalidHeader", "LineTooLong"):
+            record.msg, record.args = "rejected a malformed HTTP request: %s", (exc,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_BadRequestLine())
 
 
 def bind_unix(path: Path, mode: int, group: str) -> socket.socket:

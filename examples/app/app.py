@@ -1,0 +1,107 @@
+"""imm's sample app: a tiny stdlib-only HTTP/1.1 server baked into local images v1, v2, v3.
+
+It listens on 127.0.0.1:$PORT (keep-alive, threaded, a deep accept backlog so a load balancer's
+bursts are not dropped) and answers:
+
+- ``GET /``        -> ``{"version": <VERSION file>, "instance": $IMM_INSTANCE_ID}``
+- ``GET /healthz`` -> 200 ``ok``; 500 ``broken`` when the image holds a ``BROKEN`` file (v3)
+
+Each start appends one line to ``$IMM_DATA_DIR/starts.log``: the data volume outlives instances,
+so the file shows the persistent layer surviving replacements. SIGTERM shuts it down cleanly.
+The image directory is read-only at run time; the app writes only to its data volume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+
+HERE = Path(__file__).resolve().parent
+VERSION = (HERE / "VERSION").read_text(encoding="utf-8").strip()
+BROKEN = (HERE / "BROKEN").exists()
+INSTANCE = os.environ.get("IMM_INSTANCE_ID", "")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
+    server_version = "imm-example/" + VERSION
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    timeout = 60  # close idle keep-alive connections eventually
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            status, ctype = 200, "application/json"
+            body = json.dumps({"version": VERSION, "instance": INSTANCE}).encode() + b"\n"
+        elif path == "/healthz":
+            status, ctype = (500, "text/plain") if BROKEN else (200, "text/plain")
+            body = b"broken\n" if BROKEN else b"ok\n"
+        else:
+            status, ctype, body = 404, "text/plain", b"not found\n"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        if os.environ.get("APP_ACCESS_LOG"):
+            super().log_message(format, *args)
+
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 512
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def record_start(port: int) -> None:
+    data_dir = os.environ.get("IMM_DATA_DIR")
+    if not data_dir:
+        return
+    line = (f"{int(time.time())} instance={INSTANCE} version={VERSION} port={port} "
+            f"pid={os.getpid()}\n")
+    with open(Path(data_dir) / "starts.log", "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def main() -> int:
+    try:
+        port = int(os.environ["PORT"])
+    except (KeyError, ValueError):
+        print("app: set PORT to the TCP port to listen on", file=sys.stderr)
+        return 2
+    server = Server(("127.0.0.1", port), Handler)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever() to return: call it from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    record_start(port)
+    print(f"app {VERSION} instance={INSTANCE} listening on 127.0.0.1:{port}"
+          f"{' (BROKEN: /healthz answers 500)' if BROKEN else ''}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    print(f"app {VERSION} instance={INSTANCE} stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

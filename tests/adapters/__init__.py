@@ -1,0 +1,1 @@
+"""Test-side adapters that point unchanged libcloud drivers at local emulators (moto)."""

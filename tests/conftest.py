@@ -1,0 +1,147 @@
+"""Shared fixtures: a real immd in a temp dir, driven through the real immctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+IMMD = str(BIN / "immd")
+IMMCTL = str(BIN / "immctl")
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"immd exited with {proc.returncode}")
+        if path.exists():
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(0.05)
+    raise TimeoutError(f"immd did not listen on {path}")
+
+
+class Immd:
+    """One immd process plus helpers to call immctl against it."""
+
+    def __init__(self, root: Path, config: str | None = None) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.sock = root / "run" / "immd.sock"
+        self.log = root / "immd.log"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = root / "immd.toml"
+            self.config_path.write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> Immd:
+        args = [IMMD, "--state-dir", str(self.state), "--socket", str(self.sock)]
+        if self.config_path:
+            args += ["--config", str(self.config_path)]
+        env = {**os.environ, **(extra_env or {})}
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
+        wait_for_socket(self.sock, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        self._logf.close()
+        return rc
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "IMM_SOCKET": str(self.sock)}
+
+    def run(self, *args: str, check: bool = True, user: int | None = None,
+            group: int | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        kw: dict[str, Any] = {}
+        cmd = [IMMCTL, *args]
+        if user is not None:
+            # Another user cannot run the venv's interpreter (it lives under /root); immctl is
+            # stdlib-only, so the system python3 runs it straight from the source tree.
+            kw.update(user=user, group=group, extra_groups=[])
+            cmd = [SYSTEM_PYTHON, "-c", "import sys; from imm.cli.main import main; "
+                   "sys.exit(main(sys.argv[1:]))", *args]
+            kw["env"] = {**self.env(), "PYTHONPATH": str(REPO)}
+        else:
+            kw["env"] = self.env()
+        cp = subprocess.run(cmd, capture_output=True, text=True,
+                            input=input, timeout=timeout, **kw)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"immctl {' '.join(args)} exited {cp.returncode}:\n"
+                                 f"{cp.stdout}\n{cp.stderr}")
+        return cp
+
+    def json(self, *args: str, **kw: Any) -> Any:
+        cp = self.run(*args, "--json", **kw)
+        return json.loads(cp.stdout)
+
+    def fails(self, *args: str, code: int | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+        cp = self.run(*args, check=False, **kw)
+        assert cp.returncode != 0, f"immctl {' '.join(args)} should have failed:\n{cp.stdout}"
+        if code is not None:
+            assert cp.returncode == code, (cp.returncode, cp.stderr)
+        assert "Traceback" not in cp.stderr
+        return cp
+
+    def ledger_size(self) -> int:
+        return int(self.json("ledger", "head")["size"])
+
+
+@pytest.fixture
+def immd(tmp_path: Path) -> Iterator[Immd]:
+    d = Immd(tmp_path).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def make_immd(tmp_path: Path) -> Iterator[Any]:
+    made: list[Immd] = []
+
+    def make(config: str | None = None, name: str = "d") -> Immd:
+        root = tmp_path / name
+        root.mkdir(exist_ok=True)
+        d = Immd(root, config)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None
