@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import Ambiguous, BadRequest, Conflict, ConfigError, NotFound
+from ..errors import Ambiguous, BadRequest, ConfigError, Conflict, NotFound
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .keys import KeyRing, keyid_of, public_pem
@@ -188,7 +188,7 @@ class Catalog:
                   content_digest: str, content_kind: str, layers: list[dict[str, Any]],
                   boot_actions: list[str], parent: str | None, labels: dict[str, str],
                   provenance: dict[str, Any] | None = None,
-                  artifacts: list[tuple[str, str, str]] = ()) -> dict[str, Any]:
+                  artifacts: Iterable[tuple[str, str, str]] = ()) -> dict[str, Any]:
         parent_digest = self.resolve(conn, parent) if parent else None
         manifest = build_manifest(
             name=name, version=version, content_digest=content_digest, content_kind=content_kind,
@@ -263,7 +263,7 @@ class Catalog:
             where.append("r.digest IS NOT NULL")
         elif status == "active":
             where.append("r.digest IS NULL")
-        sql = ("SELECT i.digest, i.name, i.version, i.ladder_step, i.created_at, i.content_kind, "
+        sql = ("SELECT i.digest, i.name, i.version, i.ladder_step, i.created_at, i.content_kind, "  # noqa: S608
                "i.parent, r.digest IS NOT NULL AS revoked, "
                "(SELECT count(*) FROM artifacts a WHERE a.digest = i.digest) AS artifacts "
                "FROM images i LEFT JOIN revocations r ON r.digest = i.digest "
@@ -331,9 +331,9 @@ class Catalog:
             raise BadRequest(f"reason is {len(reason)} characters; keep it under 1024")
         digest = self.resolve(conn, ref)
         targets = [digest] + (self.descendants(conn, digest) if cascade else [])
+        marks = ",".join("?" * len(targets))
         already = {r["digest"] for r in query(
-            conn, f"SELECT digest FROM revocations WHERE digest IN ({','.join('?' * len(targets))})",
-            targets)}
+            conn, f"SELECT digest FROM revocations WHERE digest IN ({marks})", targets)}  # noqa: S608
         new = [d for d in targets if d not in already]
         if not new:
             raise Conflict(f"image {digest} is already revoked"

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
-    ERROR_CLASSES, EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, EXIT_VERIFY_FAILED,
+    ERROR_CLASSES,
+    EXIT_ERROR,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    EXIT_VERIFY_FAILED,
 )
 from .client import ApiError, Client, DaemonUnreachable, seg
 from .render import block, emit_json, short, table

@@ -38,7 +38,7 @@ def peer_of(request: web.Request, admin_group: str) -> Peer | None:
     if sock is None:
         return None
     if sock.family == socket.AF_UNIX:
-        return unix_peer(sock, admin_group)  # type: ignore[arg-type]
+        return unix_peer(sock, admin_group)
     peer = transport.get_extra_info("peername")
     local = transport.get_extra_info("sockname")
     if peer and local and peer[0] in ("127.0.0.1", "::1"):

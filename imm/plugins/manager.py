@@ -79,7 +79,7 @@ class Plugins:
                 "distribution": f"{dist.project_name} {dist.version}" if dist else None,
                 "hooks": hooks,
             })
-        out.sort(key=lambda p: p["name"])
+        out.sort(key=lambda p: str(p["name"]))
         return out
 
     async def call_all(self, hook: str, **kwargs: Any) -> list[Any]:
