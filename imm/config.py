@@ -107,8 +107,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"daemon.max_body_bytes {max_body!r} must be an integer ≥ 1024")
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
-    if not origin or "\n" in origin or " " in origin:
-        raise _err(source, f"ledger.origin {origin!r} must be one word without spaces")
+    if not origin or any(c in origin for c in " +\n\t"):
+        raise _err(source, f"ledger.origin {origin!r} must be one word without spaces or "+" (C2SP key names)")
 
     def tables(name: str) -> dict[str, dict[str, Any]]:
         section = data.get(name, {})

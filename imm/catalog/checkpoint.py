@@ -57,9 +57,7 @@ def body(origin: str, size: int, root: bytes) -> str:
     if not isinstance(origin, str) or not origin:
         raise ValueError("checkpoint origin must be a non-empty string")
     if "\n" in origin or _has_control(origin):
-        raise ValueError(
-            f"checkpoint origin {origin!r} must be one line without control characters"
-        )
+        raise ValueError(f"checkpoint origin {origin!r} must be one line without control characters")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
         raise ValueError(f"checkpoint tree size must be an integer in 0..2^64-1, not {size!r}")
     if not isinstance(root, bytes) or len(root) != HASH_SIZE:
@@ -134,14 +132,11 @@ def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:
         parts = line[len(SIG_PREFIX) :].split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise ValueError(
-                f"malformed note: signature line {number} is not '— <key name> <base64>': "
-                f"{line[:80]!r}"
+                f"malformed note: signature line {number} is not '— <key name> <base64>': {line[:80]!r}"
             )
         sig_name, sig_b64 = parts
         if "+" in sig_name or any(c.isspace() for c in sig_name):
-            raise ValueError(
-                f"malformed note: bad key name {sig_name!r} on signature line {number}"
-            )
+            raise ValueError(f"malformed note: bad key name {sig_name!r} on signature line {number}")
         try:
             blob = base64.b64decode(sig_b64, validate=True)
         except (binascii.Error, ValueError):
@@ -164,12 +159,8 @@ def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:
             ) from None
         verified += 1
     if not verified:
-        others = ", ".join(
-            line[len(SIG_PREFIX) :].split(" ")[0] + "+" + _keyhash_hex(line) for line in lines
-        )
-        raise ValueError(
-            f"no signature line for key {name}+{want.hex()} (the note is signed by: {others})"
-        )
+        others = ", ".join(line[len(SIG_PREFIX) :].split(" ")[0] + "+" + _keyhash_hex(line) for line in lines)
+        raise ValueError(f"no signature line for key {name}+{want.hex()} (the note is signed by: {others})")
     return text
 
 
@@ -187,16 +178,13 @@ def parse_body(text: str) -> tuple[str, int, bytes]:
     lines = text[:-1].split("\n")
     if len(lines) < 3:
         raise ValueError(
-            "malformed checkpoint: expected at least 3 lines (origin, size, root), "
-            f"got {len(lines)}"
+            f"malformed checkpoint: expected at least 3 lines (origin, size, root), got {len(lines)}"
         )
     origin, size_s, root_s, *extensions = lines
     if not origin:
         raise ValueError("malformed checkpoint: the origin line is empty")
     if not _SIZE_RE.fullmatch(size_s):
-        raise ValueError(
-            f"bad tree size {size_s[:40]!r}: expected a decimal number without leading zeros"
-        )
+        raise ValueError(f"bad tree size {size_s[:40]!r}: expected a decimal number without leading zeros")
     size = int(size_s)
     if size > MAX_SIZE:
         raise ValueError(f"bad tree size {size_s[:40]}: larger than 2^64-1")
@@ -207,8 +195,7 @@ def parse_body(text: str) -> tuple[str, int, bytes]:
     if len(root) != HASH_SIZE or _b64(root) != root_s:
         raise ValueError(
             f"bad root hash {root_s[:60]!r}: expected the base64 of {HASH_SIZE} bytes, "
-            f"got {len(root)} bytes"
-            + ("" if len(root) != HASH_SIZE else " in a non-canonical encoding")
+            f"got {len(root)} bytes" + ("" if len(root) != HASH_SIZE else " in a non-canonical encoding")
         )
     if any(not line for line in extensions):
         raise ValueError("malformed checkpoint: empty extension line")

@@ -47,7 +47,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
         conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
     done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
     applied = []
-    for name, fn in MIGRATIONS:
+    for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
         if name in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -111,7 +111,15 @@ class Database:
 
     def open(self) -> list[str]:
         """Create the file and apply migrations (blocking; call before serving)."""
-        from . import schema  # noqa: F401 - registers the catalog's migrations
+        import importlib
+
+        # Each layer registers its own numbered migrations; they apply in name order.
+        for module in ("imm.catalog.schema", "imm.rollout.schema", "imm.audit.schema"):
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name != module:
+                    raise
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return self._writer.submit(lambda: migrate(self._wconn())).result()

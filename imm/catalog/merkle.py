@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -165,9 +166,7 @@ def _is_hash(h: object) -> bool:
     return isinstance(h, bytes) and len(h) == HASH_SIZE
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, path: list[bytes], root: bytes
-) -> bool:
+def verify_inclusion(leaf_hash: bytes, index: int, size: int, path: list[bytes], root: bytes) -> bool:
     """True iff ``path`` proves the leaf hash sits at ``index`` in the tree of ``size`` with
     ``root`` (RFC 9162 §2.1.3.2)."""
     if not (isinstance(index, int) and isinstance(size, int)) or not 0 <= index < size:
@@ -429,6 +428,11 @@ class MerkleLog:
         ``max_problems`` problems are listed, then one entry saying how many more there were.
         """
         conn = self.conn
+        # Start the leaf scan first: while it is pending, every later statement of this
+        # connection reads the same snapshot (SQLite keeps one read transaction open while any
+        # statement is active), so a writer committing meanwhile cannot skew size and tables.
+        leaf_rows = conn.execute("SELECT idx, data, leaf_hash FROM ledger_leaves ORDER BY idx")
+        first = next(leaf_rows, None)
         n = self.size()
         problems: list[dict[str, Any]] = []
         extra = 0
@@ -444,9 +448,7 @@ class MerkleLog:
         node_rows: list[Iterator[tuple[int, Any]]] = [iter(())]
         heads: list[tuple[int, Any] | None] = [None]
         for level in range(1, top):
-            cur = conn.execute(
-                "SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,)
-            )
+            cur = conn.execute("SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,))
             node_rows.append(iter(cur))
             heads.append(next(node_rows[level], None))
 
@@ -494,10 +496,11 @@ class MerkleLog:
             pending[level] = h
 
         expected = 0
-        for idx, data, stored_hash in conn.execute(
-            "SELECT idx, data, leaf_hash FROM ledger_leaves ORDER BY idx"
-        ):
-            if idx != expected:
+        for idx, data, stored_hash in itertools.chain((first,) if first else (), leaf_rows):
+            if idx != expected or idx >= n:
+                if idx >= n:  # cannot happen within one snapshot; never index past the levels
+                    report({"index": idx, "problem": f"unexpected leaf index {idx}"})
+                    continue
                 if idx < expected:  # a negative index: never written by append
                     report({"index": idx, "problem": f"unexpected leaf index {idx}"})
                     continue
@@ -578,8 +581,7 @@ class MerkleLog:
                 where = (
                     "the ledger has no leaves"
                     if size == 0
-                    else f"the ledger has {size} {'leaf' if size == 1 else 'leaves'} "
-                    f"(0..{size - 1})"
+                    else f"the ledger has {size} {'leaf' if size == 1 else 'leaves'} (0..{size - 1})"
                 )
             else:
                 where = f"the tree of size {size} has leaves 0..{size - 1}"
@@ -603,15 +605,11 @@ class MerkleLog:
                 rows,
             )
         except sqlite3.IntegrityError as e:
-            raise LedgerCorrupt(
-                f"cannot append leaf {rows[0][0]}: {e}; run the ledger verification"
-            ) from e
+            raise LedgerCorrupt(f"cannot append leaf {rows[0][0]}: {e}; run the ledger verification") from e
 
     def _insert_nodes(self, rows: list[tuple[int, int, bytes]]) -> None:
         try:
-            self.conn.executemany(
-                "INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)", rows
-            )
+            self.conn.executemany("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)", rows)
         except sqlite3.IntegrityError as e:
             raise LedgerCorrupt(
                 f"cannot store ledger node (level {rows[0][0]}, idx {rows[0][1]}): {e} "
@@ -620,9 +618,7 @@ class MerkleLog:
 
     def _subtree_hash(self, level: int, idx: int) -> bytes:
         if level == 0:
-            row = self.conn.execute(
-                "SELECT leaf_hash FROM ledger_leaves WHERE idx = ?", (idx,)
-            ).fetchone()
+            row = self.conn.execute("SELECT leaf_hash FROM ledger_leaves WHERE idx = ?", (idx,)).fetchone()
         else:
             row = self.conn.execute(
                 "SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?", (level, idx)
@@ -703,9 +699,7 @@ def _as_hash(value: object, level: int, idx: int) -> bytes:
     if isinstance(value, bytes) and len(value) == HASH_SIZE:
         return value
     where = f"leaf {idx}" if level == 0 else f"node (level {level}, idx {idx})"
-    raise LedgerCorrupt(
-        f"ledger {where} holds a malformed hash ({_hex(value)}); run the ledger verification"
-    )
+    raise LedgerCorrupt(f"ledger {where} holds a malformed hash ({_hex(value)}); run the ledger verification")
 
 
 def _node_problem(level: int, idx: int, what: str, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,26 @@
+"""Rollout tables: the rollouts and their journal (each entry also a signed ledger record)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..catalog.db import execute_script, migration
+
+
+@migration("0002-rollout")
+def _rollout(conn: sqlite3.Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY, service TEXT NOT NULL, strategy TEXT NOT NULL,
+            digest TEXT NOT NULL, previous_digest TEXT, state TEXT NOT NULL, step TEXT,
+            params TEXT NOT NULL, actor TEXT NOT NULL, created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL, finished_at TEXT, error TEXT);
+        CREATE UNIQUE INDEX rollouts_one_active ON rollouts(service)
+            WHERE state IN ('running', 'paused', 'rolling-back');
+        CREATE INDEX rollouts_service ON rollouts(service, created_at);
+        CREATE TABLE rollout_journal (
+            rollout TEXT NOT NULL REFERENCES rollouts(id), seq INTEGER NOT NULL,
+            step TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL, actor TEXT NOT NULL,
+            at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL,
+            PRIMARY KEY (rollout, seq))
+        """)
