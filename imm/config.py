@@ -108,7 +108,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
-        raise _err(source, f"ledger.origin {origin!r} must be one word without spaces or "+" (C2SP key names)")
+        raise _err(source, f"ledger.origin {origin!r} must be one word without spaces or '+'")
 
     def tables(name: str) -> dict[str, dict[str, Any]]:
         section = data.get(name, {})

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Immd
 from imm.cli.client import UnixHTTPConnection
+
+from conftest import Immd
 
 NOBODY = 65534
 

@@ -55,8 +55,10 @@ ADM_MAINT = ADM_FMAINT | ADM_IMAINT | ADM_CMAINT | ADM_RMAINT
 ADM_DRAIN = ADM_FDRAIN | ADM_IDRAIN
 # srv_check_state bits
 CHK_CONFIGURED, CHK_ENABLED = 0x02, 0x04
-# srv_check_result
-CHK_UNKNOWN, CHK_NEUTRAL, CHK_FAILED, CHK_PASSED, CHK_CONDPASS = 0, 1, 2, 3, 4
+# srv_check_status (enum healthcheck_status; its numbers are part of the state-file format).
+# srv_check_result is no use for "has it been checked": it is reset to 0 when a check starts.
+HCHK_UNKNOWN, HCHK_INI, HCHK_START = 0, 1, 2
+HCHK_PASSED = {6, 9, 15, 16, 20}  # L4OK, L6OK, L7OKD, L7OKCD, PROCOK
 
 MAX_WEIGHT = 256
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
@@ -161,10 +163,10 @@ class ServerState:
         op = self.int("srv_op_state")
         if not self.checked:
             return op == OP_RUNNING
-        result = self.int("srv_check_result")
-        if result == CHK_UNKNOWN:
+        status = self.int("srv_check_status")
+        if status in (HCHK_UNKNOWN, HCHK_INI, HCHK_START):
             return None
-        return op == OP_RUNNING and result in (CHK_PASSED, CHK_CONDPASS)
+        return op == OP_RUNNING and status in HCHK_PASSED
 
 
 def parse_servers_state(text: str) -> tuple[list[str], list[ServerState]]:
