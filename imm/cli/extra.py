@@ -7,3 +7,6 @@ from typing import Any
 
 def register(sub: Any, add: Any, group: Any) -> None:
     """Add the command groups of the rollout and audit layers to immctl's parser."""
+    from . import rollout_cmds
+
+    rollout_cmds.register(sub, add, group)

@@ -41,6 +41,7 @@ class Daemon:
         self.providers: dict[str, Provider] = {}
         self.routers: dict[str, Router] = {}
         self._provider_limits: dict[str, asyncio.Semaphore] = {}
+        self.engine: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -63,6 +64,13 @@ class Daemon:
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
         self.plugins = Plugins(block=block, extra=self.extra_plugins)
         self._make_backends()
+        from ..rollout.engine import Engine
+
+        self.engine = Engine(self)
+
+    async def start_rollout(self, actor: str, service: str, ref: str,
+                            strategy: str | None = None) -> dict[str, Any]:
+        return await self.engine.start(actor, service, ref, strategy)
 
     def _make_backends(self) -> None:
         s = self.settings
@@ -187,4 +195,6 @@ class Daemon:
             "plugins": self.plugins.listing(),
             "providers": {n: p.kind for n, p in self.providers.items()},
             "routers": {n: r.kind for n, r in self.routers.items()},
+            "services": sorted(self.engine.services) if self.engine else [],
+            "rollouts_active": len(self.engine.tasks) if self.engine else 0,
         }

@@ -123,6 +123,7 @@ async def serve(args: argparse.Namespace) -> int:
         where += f" and tcp {settings.tcp}"
     log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
              daemon.keyring.keyid[:16])
+    await daemon.engine.startup()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,7 +136,13 @@ async def serve(args: argparse.Namespace) -> int:
             log.error("reload failed, keeping the running config: %s", e.message)
         else:
             settings.admin_group = fresh.admin_group
+            old_services = settings.services
             settings.services = fresh.services
+            try:
+                daemon.engine.reload_services()
+            except ImmError as e:
+                settings.services = old_services
+                log.error("reload: services not changed: %s", e.message)
             settings.log_level = args.log_level or fresh.log_level
             logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(),
                                                  logging.INFO))
@@ -149,6 +156,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
+    await daemon.engine.shutdown()
     await runner.cleanup()
     await asyncio.to_thread(daemon.close)
     if bound is not None:

@@ -343,3 +343,7 @@ ROUTES: list[Route] = [
           tag="ledger"),
     Route("GET", "/metrics", metrics, "Prometheus metrics", tag="daemon"),
 ]
+
+from .routes_rollout import ROUTES as _ROLLOUT_ROUTES  # noqa: E402
+
+ROUTES += _ROLLOUT_ROUTES

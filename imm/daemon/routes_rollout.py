@@ -1,0 +1,93 @@
+"""/v1 routes for rollouts, services and instances."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BadRequest
+from .http import body, field, json_response, query_int
+from .routes import STR, Route, actor, d
+
+
+async def rollouts_start(request: web.Request) -> web.Response:
+    data = await body(request)
+    result = await d(request).engine.start(
+        actor(request), field(data, "service", str, required=True),
+        field(data, "image", str, required=True), field(data, "strategy", str))
+    return json_response(result, status=201)
+
+
+async def rollouts_list(request: web.Request) -> web.Response:
+    limit = query_int(request, "limit", default=50, minimum=1, maximum=1000)
+    rows = await d(request).engine.list(request.query.get("service") or None, limit or 50)
+    return json_response({"rollouts": rows})
+
+
+async def rollouts_show(request: web.Request) -> web.Response:
+    return json_response(await d(request).engine.status(request.match_info["id"]))
+
+
+async def rollouts_verb(request: web.Request) -> web.Response:
+    await body(request)
+    verb = request.match_info["verb"]
+    if verb not in ("pause", "resume", "promote", "abort"):
+        raise BadRequest(f"unknown rollout verb {verb!r}; use pause, resume, promote or abort")
+    return json_response(await d(request).engine.set_state(actor(request),
+                                                           request.match_info["id"], verb))
+
+
+async def services_undo(request: web.Request) -> web.Response:
+    await body(request)
+    return json_response(await d(request).engine.undo(actor(request),
+                                                      request.match_info["name"]), status=201)
+
+
+async def services_list(request: web.Request) -> web.Response:
+    eng = d(request).engine
+    out = []
+    for svc in eng.services.values():
+        out.append({**svc.to_dict(), "count": svc.count})
+    return json_response({"services": out})
+
+
+async def services_show(request: web.Request) -> web.Response:
+    eng = d(request).engine
+    svc = eng.service(request.match_info["name"])
+    instances = [i.to_dict() for i in await eng.service_instances(svc)]
+    rollouts = await eng.list(svc.name, 5)
+    return json_response({**svc.to_dict(), "count": svc.count, "instances": instances,
+                          "rollouts": rollouts})
+
+
+async def instances_list(request: web.Request) -> web.Response:
+    dm = d(request)
+    out = []
+    for name in sorted(dm.providers):
+        for i in await dm.provider_call(name, "list_instances", None):
+            out.append(i.to_dict())
+    return json_response({"instances": out})
+
+
+ROUTES = [
+    Route("POST", "/v1/rollouts", rollouts_start, "Start a rollout of a service to an image",
+          tag="rollouts", body={"type": "object", "required": ["service", "image"],
+                                "properties": {"service": STR, "image": STR, "strategy": {
+                                    "enum": ["blue-green", "rolling", "canary"]}}}),
+    Route("GET", "/v1/rollouts", rollouts_list, "Recent rollouts", tag="rollouts",
+          query={"service": {"schema": STR},
+                 "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
+    Route("GET", "/v1/rollouts/{id}", rollouts_show, "A rollout: plan, steps, live instances",
+          tag="rollouts", query={"id": {"in": "path"}}),
+    Route("POST", "/v1/rollouts/{id}/{verb}", rollouts_verb,
+          "pause, resume, promote or abort a rollout", tag="rollouts",
+          query={"id": {"in": "path"}, "verb": {"in": "path", "schema": {
+              "enum": ["pause", "resume", "promote", "abort"]}}}, body={"type": "object"}),
+    Route("GET", "/v1/services", services_list, "Configured services", tag="services"),
+    Route("GET", "/v1/services/{name}", services_show, "A service with its live instances",
+          tag="services", query={"name": {"in": "path"}}),
+    Route("POST", "/v1/services/{name}/undo", services_undo,
+          "Roll a service back to the image before its last rollout", tag="services",
+          query={"name": {"in": "path"}}, body={"type": "object"}),
+    Route("GET", "/v1/instances", instances_list, "Every instance of every provider",
+          tag="instances"),
+]
