@@ -6,7 +6,9 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from .http import body, field, json_response, query_int
-from .routes import STR, Route, actor, d
+from .routes import Route, actor, d
+
+STR = {"type": "string"}
 
 
 async def rollouts_start(request: web.Request) -> web.Response:

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 from ..catalog.service import now, query, query_one
 from ..errors import BadRequest, Conflict, ImmError, NotFound, PolicyRefused
 from ..plugins.base import (
-    TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest, Router,
+    TAG_DIGEST,
+    TAG_ROLLOUT,
+    TAG_SERVICE,
+    TAG_SLOT,
+    Instance,
+    LaunchRequest,
+    Router,
 )
 from . import policy
 from .plan import make_plan, weights
@@ -584,7 +590,7 @@ class Engine:
         return list(await self.d.provider_call(t.provider, "launch", req))
 
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
-        sql = ("SELECT id, service, strategy, state, digest, previous_digest, step, actor, "
+        sql = ("SELECT id, service, strategy, state, digest, previous_digest, step, actor, "  # noqa: S608
                "created_at, finished_at, error FROM rollouts "
                + ("WHERE service=? " if service else "") + "ORDER BY created_at DESC, rowid DESC "
                "LIMIT ?")

@@ -124,7 +124,7 @@ class ServerState:
     def name(self) -> str:
         return self.fields["srv_name"]
 
-    def int(self, key: str) -> int:
+    def number(self, key: str) -> int:
         try:
             return int(self.fields.get(key, "0"))
         except ValueError:
@@ -146,7 +146,7 @@ class ServerState:
 
     @property
     def state(self) -> str:
-        admin = self.int("srv_admin_state")
+        admin = self.number("srv_admin_state")
         if admin & ADM_MAINT:
             return "maint"
         if admin & ADM_DRAIN:
@@ -155,15 +155,15 @@ class ServerState:
 
     @property
     def checked(self) -> bool:
-        return bool(self.int("srv_check_state") & CHK_CONFIGURED)
+        return bool(self.number("srv_check_state") & CHK_CONFIGURED)
 
     @property
     def healthy(self) -> bool | None:
         """None until the first check completes; servers without checks follow their op state."""
-        op = self.int("srv_op_state")
+        op = self.number("srv_op_state")
         if not self.checked:
             return op == OP_RUNNING
-        status = self.int("srv_check_status")
+        status = self.number("srv_check_status")
         if status in (HCHK_UNKNOWN, HCHK_INI, HCHK_START):
             return None
         return op == OP_RUNNING and status in HCHK_PASSED
@@ -321,6 +321,7 @@ class HAProxyRouter(Router):
         self.binary = str(s.get("binary", "haproxy"))
         self.dir = Path(s.get("dir") or Path(context.state_dir) / "haproxy" / name)
         self.socket_path = Path(s["admin_socket"]) if self.external else self.dir / "admin.sock"
+
         def seconds(key: str, default: float, lo: float) -> float:
             return _as_float(where, key, s.get(key, default), lo)
 
@@ -386,6 +387,11 @@ class HAProxyRouter(Router):
                 os.chmod(self.dir, 0o700)
                 if not self._adopt():
                     self._cold_start()
+                elif _skeleton(self._render_config(self._dump_rows()[1])) != _skeleton(
+                        self.cfg_path.read_text()):
+                    self.log.info("router %s: settings changed since haproxy started; "
+                                  "reloading it", self.name)
+                    self._reload()
                 if self.supervise_interval_s > 0:
                     self._stop.clear()
                     self._watcher = threading.Thread(
@@ -510,7 +516,7 @@ class HAProxyRouter(Router):
                 self._cmd(f"show stat {route} 4 -1", route=route, check=False))
             names = self._names.get(route, {})
         return [
-            Backend(name=names.get(r.name, r.name), address=r.address, weight=r.int("srv_uweight"),
+            Backend(name=names.get(r.name, r.name), address=r.address, weight=r.number("srv_uweight"),
                     state=r.state, healthy=r.healthy, sessions=sessions.get(r.name, 0))
             for r in rows
         ]
@@ -525,7 +531,7 @@ class HAProxyRouter(Router):
             existing = {r.name: r for r in self._rows(route)}
             row = existing.get(hname)
             if row is not None:
-                if (row.host, row.int("srv_port")) != (ip, port):
+                if (row.host, row.number("srv_port")) != (ip, port):
                     raise RouterError(
                         f"router {self.name}, route {route}: server {name!r} already exists "
                         f"with address {row.address}, not {_fmt_host(ip)}:{port}; remove it "
@@ -578,13 +584,14 @@ class HAProxyRouter(Router):
         deadline = time.monotonic() + self.first_check_timeout_s
         while True:
             state = {b.name: b for b in self.backends(route)}
-            pending = [n for n in names if state[n].healthy is None]
+            pending = [n for n in names if n in state and state[n].healthy is None]
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
-        bad = [n for n in names if state[n].healthy is not True]
+        bad = [n for n in names if n not in state or state[n].healthy is not True]
         if bad:
-            detail = ", ".join(f"{n} (healthy={state[n].healthy})" for n in bad)
+            detail = ", ".join(
+                f"{n} (healthy={state[n].healthy if n in state else 'gone'})" for n in bad)
             path = self._routes.get(route, {}).get("health_path", "/healthz")
             raise RouterError(
                 f"router {self.name}, route {route}: refusing to give weight to {detail}: its "
@@ -688,7 +695,7 @@ class HAProxyRouter(Router):
         text = out.strip()
         if (expect is not None and text.startswith(expect)) or (expect is None and not text):
             return out
-        raise RouterError(f"{where}: haproxy refused '{cmd}': {text or '(no answer)'}",
+        raise RouterError(f"{where}: haproxy refused '{cmd}': {text[:300] or '(no answer)'}",
                           detail={"command": cmd, "answer": text})
 
     def _rows(self, route: str) -> list[ServerState]:
@@ -711,6 +718,8 @@ class HAProxyRouter(Router):
                 f"with its bind address first")
 
     def _known_route(self, route: str) -> dict[str, Any]:
+        if not self._started:
+            raise RouterError(f"router {self.name}: not started; call start() first")
         rs = self._routes.get(route)
         if rs is None:
             if self.external and self._started:
@@ -810,7 +819,7 @@ class HAProxyRouter(Router):
                 if r.host == "-":
                     continue
                 line = (f"    server {r.name} {_fmt_host(r.host)}:{r.fields.get('srv_port', '0')} "
-                        f"weight {r.int('srv_iweight')}")
+                        f"weight {r.number('srv_iweight')}")
                 if r.checked:
                     line += (f" check inter {rs['check_interval_ms']} rise {rs['rise']} "
                              f"fall {rs['fall']}")
@@ -843,6 +852,7 @@ class HAProxyRouter(Router):
             saved = parse_servers_state(self.state_file.read_text())
         except FileNotFoundError:
             saved = ([], [])
+            _atomic_write(self.state_file, "1\n")  # an empty state file, not a warning
         self._write_config(saved)
         self._spawn()
 
@@ -906,21 +916,19 @@ class HAProxyRouter(Router):
         return False
 
     def _is_ours(self, pid: int) -> bool:
+        """``pid`` is a live haproxy running our config (pids get reused)."""
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return False
-        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-        return str(self.cfg_path).encode() in cmdline
+        return _pid_alive(pid) and str(self.cfg_path).encode() in cmdline
 
     def _alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and self._is_ours(self._pid)
+        # Adopted: not our child. (Its cmdline is briefly empty while the master re-executes
+        # itself on a reload, so only liveness is checked here.)
+        return self._pid is not None and _pid_alive(self._pid)
 
     def _info_pid(self) -> int | None:
         try:
@@ -990,7 +998,7 @@ class HAProxyRouter(Router):
             if proc is not None:
                 if proc.poll() is not None:
                     break
-            elif not self._is_ours(pid):
+            elif not _pid_alive(pid):
                 break
             time.sleep(0.02)
         else:
@@ -1033,6 +1041,24 @@ class HAProxyRouter(Router):
             raise RouterError(f"router {self.name}: the haproxy admin socket {self.socket_path} "
                               f"grants level {level!r}, not 'admin'; add 'level admin' to its "
                               f"'stats socket' line")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
+        return False
+    return True
+
+
+def _skeleton(config: str) -> str:
+    """A config without its server lines: what a settings change would alter."""
+    return "\n".join(line for line in config.splitlines()
+                     if not line.lstrip().startswith(("server ", "#")))
 
 
 def _atomic_write(path: Path, text: str) -> None:
