@@ -41,10 +41,31 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[Any], timeout: float = 20
     raise TimeoutError(f"immd did not listen on {path}")
 
 
+_ALL: list[Immd] = []
+
+
+def processes_under(root: Path) -> list[int]:
+    """Pids whose working directory or command line lies under ``root`` (instances, haproxy)."""
+    prefix = str(root.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(prefix) or prefix in cmd:
+            found.append(int(entry.name))
+    return found
+
+
 class Immd:
     """One immd process plus helpers to call immctl against it."""
 
     def __init__(self, root: Path, config: str | None = None) -> None:
+        _ALL.append(self)
         self.root = root
         self.state = root / "state"
         self.sock = root / "run" / "immd.sock"
@@ -79,6 +100,19 @@ class Immd:
         self.proc = None
         self._logf.close()
         return rc
+
+    def reap(self) -> None:
+        """Kill what this immd left running on purpose (instances, haproxy): tests clean up."""
+        for _ in range(3):
+            pids = processes_under(self.root)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "IMM_SOCKET": str(self.sock)}
@@ -118,6 +152,15 @@ class Immd:
 
     def ledger_size(self) -> int:
         return int(self.json("ledger", "head")["size"])
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    yield
+    while _ALL:
+        d = _ALL.pop()
+        d.stop()
+        d.reap()
 
 
 @pytest.fixture

@@ -29,19 +29,20 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def service(name: str, port: int, count: int = 2, **extra: Any) -> str:
+    settings: dict[str, Any] = {
+        "router": "haproxy", "route": name, "health_timeout_s": 10, "drain_timeout_s": 5,
+        "canary_pause_s": 1, "canary_steps": [25, 50], "batch": "1"}
+    settings.update(extra)
     lines = [f"[services.{name}]",
              f'targets = [{{ provider = "local", region = "local", count = {count} }}]',
-             'router = "haproxy"', f'route = "{name}"',
              f'route_settings = {{ bind = "127.0.0.1:{port}", health_path = "/healthz", '
-             "check_interval_ms = 200, rise = 1, fall = 1 }",
-             "health_timeout_s = 10", "drain_timeout_s = 5", "canary_pause_s = 1",
-             "canary_steps = [25, 50]", 'batch = "1"']
-    for k, v in extra.items():
-        lines.append(f"{k} = {json.dumps(v)}")
+             "check_interval_ms = 200, rise = 1, fall = 1 }"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
 
 
-BASE = '[providers.local]\nkind = "local"\n\n[routers.haproxy]\nkind = "haproxy"\n\n'
+BASE = ('[providers.local]\nkind = "local"\n\n[routers.haproxy]\nkind = "haproxy"\n'
+        "stop_on_close = false\n\n")
 
 
 def versions(stats: LoadStats) -> set[str]:
