@@ -10,3 +10,6 @@ def register(sub: Any, add: Any, group: Any) -> None:
     from . import rollout_cmds
 
     rollout_cmds.register(sub, add, group)
+    from . import audit_cmds
+
+    audit_cmds.register(sub, add, group)

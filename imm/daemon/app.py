@@ -8,6 +8,7 @@ from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON, ROUTES
+from .routes_audit import audit_context
 
 
 def make_app(daemon: Daemon) -> web.Application:
@@ -17,6 +18,7 @@ def make_app(daemon: Daemon) -> web.Application:
                                      daemon.metrics.observe),
     )
     app[DAEMON] = daemon
+    app.cleanup_ctx.append(audit_context)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document()

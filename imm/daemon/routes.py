@@ -347,3 +347,7 @@ ROUTES: list[Route] = [
 from .routes_rollout import ROUTES as _ROLLOUT_ROUTES  # noqa: E402
 
 ROUTES += _ROLLOUT_ROUTES
+
+from .routes_audit import ROUTES as _AUDIT_ROUTES  # noqa: E402
+
+ROUTES += _AUDIT_ROUTES
