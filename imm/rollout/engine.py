@@ -525,10 +525,29 @@ class Engine:
             present = {b.name for b in backends}
             for name in sorted(ids & present):
                 await asyncio.to_thread(router.drain, route, name)
-            for name in sorted(ids & present):
-                await asyncio.to_thread(router.remove, route, name)
-        await self._terminate(items)
+            await self._remove(router, route, sorted(ids & present), items)
+        else:
+            await self._terminate(items)
         return {"retired": sorted(ids)}
+
+    async def _remove(self, router: Router, route: str, names: list[str],
+                      items: list[dict[str, str]]) -> None:
+        """Remove drained backends, then terminate the instances.
+
+        A router may refuse to delete a backend whose sessions outlived the drain timeout (it
+        stays in maintenance, taking no traffic); terminating the instance ends those sessions,
+        so the removal is tried again afterwards.
+        """
+        stuck = []
+        for name in names:
+            try:
+                await asyncio.to_thread(router.remove, route, name)
+            except ImmError as e:
+                log.warning("route %s: %s; retrying after terminating it", route, e.message)
+                stuck.append(name)
+        await self._terminate(items)
+        for name in stuck:
+            await asyncio.to_thread(router.remove, route, name)
 
     async def rollback(self, r: dict[str, Any]) -> None:
         """Give the old instances their traffic back, then remove every new one. Idempotent."""
@@ -566,9 +585,10 @@ class Engine:
             for i in new:
                 if i.id in present:
                     await asyncio.to_thread(router.drain, route, i.id)
-            for i in new:
-                await asyncio.to_thread(router.remove, route, i.id)
-        await self._terminate([{"id": i.id, "provider": i.provider} for i in new])
+            await self._remove(router, route, [i.id for i in new],
+                               [{"id": i.id, "provider": i.provider} for i in new])
+        else:
+            await self._terminate([{"id": i.id, "provider": i.provider} for i in new])
         self._test_kill("rollback", "after")
         await self.journal(rid, "rollback", "done", {"removed": sorted(i.id for i in new)},
                            state="rolled-back")

@@ -332,7 +332,7 @@ class HAProxyRouter(Router):
         self.hard_stop_after_s = seconds("hard_stop_after_s", 30, 1)
         self.supervise_interval_s = seconds("supervise_interval_s", 1.0, 0)
         self.state_save_interval_s = seconds("state_save_interval_s", 5.0, 0)
-        self.stop_on_close = bool(s.get("stop_on_close", True))
+        self.stop_on_close = bool(s.get("stop_on_close", False))
         self.retries = _as_int(where, "retries", s.get("retries", 3), 0, 100)
         self.retry_on = str(s.get("retry_on", "conn-failure empty-response"))
         if not re.fullmatch(r"[a-z0-9 -]+", self.retry_on):
