@@ -193,6 +193,7 @@ class Daemon:
             "keyid": self.keyring.keyid,
             "catalog": await self.db.read(counts),
             "plugins": self.plugins.listing(),
+            "plugins_blocked": sorted(self.plugins.blocked),
             "providers": {n: p.kind for n, p in self.providers.items()},
             "routers": {n: r.kind for n, r in self.routers.items()},
             "services": sorted(self.engine.services) if self.engine else [],

@@ -9,6 +9,7 @@ with ``IMM_BLOCK_PLUGINS=a,b``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import os
 from collections.abc import Iterable
@@ -33,10 +34,8 @@ class Plugins:
         self.blocked = _blocked(block)
         for name in self.blocked:
             self.pm.set_blocked(name)
-        try:
-            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-        except Exception as e:  # noqa: BLE001 - a broken plugin must not crash with a traceback
-            raise PluginError(f"loading an 'imm' entry-point plugin failed: {e}") from None
+        self.distributions: dict[str, str] = {}
+        self._load_entry_points()
         for plugin in extra:
             self.pm.register(plugin)
         self._check()
@@ -45,8 +44,29 @@ class Plugins:
         self.pm.hook.imm_register_providers(registry=self.providers)
         self.pm.hook.imm_register_routers(registry=self.routers)
 
+    def _load_entry_points(self) -> None:
+        """Load the ``imm`` entry-point group, naming the plugin that fails."""
+        for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            if self.pm.is_blocked(ep.name) or self.pm.get_plugin(ep.name) is not None:
+                continue
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+            try:
+                plugin = ep.load()
+            except Exception as e:  # noqa: BLE001 - a broken plugin must not crash with a traceback
+                raise PluginError(f"plugin {ep.name!r} ({ep.value}, from {origin}) failed to "
+                                  f"load: {type(e).__name__}: {e}; fix or uninstall it, or block "
+                                  f"it with IMM_BLOCK_PLUGINS={ep.name}") from None
+            try:
+                self.pm.register(plugin, name=ep.name)
+            except (ValueError, pluggy.PluginValidationError) as e:
+                raise PluginError(f"plugin {ep.name!r} (from {origin}): {e}") from None
+            self.distributions[ep.name] = origin
+
     def _check(self) -> None:
         for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
             for attr in dir(plugin):
                 if attr.startswith("imm_") and not hasattr(self.pm.hook, attr):
                     raise PluginError(
@@ -68,15 +88,15 @@ class Plugins:
         self._check()
 
     def listing(self) -> list[dict[str, Any]]:
-        dists = {self.pm.get_name(p): d for p, d in self.pm.list_plugin_distinfo()}
         out = []
         for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # pluggy's mark for a blocked name
+                continue
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or ())
-            dist = dists.get(name)
             out.append({
                 "name": name,
                 "module": getattr(plugin, "__name__", type(plugin).__name__),
-                "distribution": f"{dist.project_name} {dist.version}" if dist else None,
+                "distribution": self.distributions.get(name),
                 "hooks": hooks,
             })
         out.sort(key=lambda p: str(p["name"]))

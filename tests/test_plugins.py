@@ -1,0 +1,174 @@
+"""The plugin system, proven with a plugin installed the way any third-party one is: a
+distribution on the path whose entry point is in the ``imm`` group."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_e2e_rollout import BASE, images, instances, register, service  # noqa: F401
+
+from imm.plugins import hookspecs
+
+from backends import LoadClient, free_port
+from conftest import IMMCTL, Immd
+
+REPO = Path(__file__).resolve().parent.parent
+
+PLUGIN = '''
+"""A third-party imm plugin used by the tests."""
+import json, os
+from imm.plugins.hookspecs import hookimpl
+
+LOG = os.environ["TESTPLUG_LOG"]
+
+def _log(kind, data):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"hook": kind, **data}) + "\\n")
+
+@hookimpl
+def imm_policy_check(image, service, rollout):
+    _log("policy", {"image": image["digest"], "service": service["name"]})
+    if image["manifest"]["labels"].get("blocked") == "yes":
+        return "testplug refuses images labelled blocked=yes"
+    return None
+
+@hookimpl
+async def imm_health_gate(rollout, step, instances):
+    _log("gate", {"step": step["name"], "instances": len(instances)})
+    if os.path.exists(os.environ["TESTPLUG_FAIL_GATE"]):
+        return "testplug canary analysis: error rate too high"
+    return True
+
+@hookimpl
+def imm_rollout_event(event):
+    _log("event", {"action": event["action"], "step": event["step"]})
+'''
+
+
+def install_plugin(root: Path, name: str, source: str) -> Path:
+    """A distribution on PYTHONPATH with an entry point in the 'imm' group."""
+    site = root / f"site-{name}"
+    (site / f"{name}-0.1.dist-info").mkdir(parents=True)
+    (site / f"{name}-0.1.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (site / f"{name}-0.1.dist-info" / "entry_points.txt").write_text(
+        f"[imm]\n{name} = {name}_mod\n")
+    (site / f"{name}_mod.py").write_text(textwrap.dedent(source))
+    return site
+
+
+def test_hooks_are_called_and_status_lists_plugins(tmp_path: Path, images: Path  # noqa: F811
+                                                   ) -> None:
+    site = install_plugin(tmp_path, "testplug", PLUGIN)
+    log = tmp_path / "hooks.jsonl"
+    flag = tmp_path / "fail-gate"
+    port = free_port()
+    d = Immd(tmp_path, BASE + service("web", port, strategy="canary", canary_steps=[50]))
+    d.start(extra_env={"PYTHONPATH": str(site), "TESTPLUG_LOG": str(log),
+                       "TESTPLUG_FAIL_GATE": str(flag)})
+    status = d.json("status")
+    names = {p["name"]: p for p in status["plugins"]}
+    assert "testplug" in names and "local" in names and "haproxy" in names
+    assert set(names["testplug"]["hooks"]) == {"imm_policy_check", "imm_health_gate",
+                                               "imm_rollout_event"}
+    assert "testplug 0.1" in (names["testplug"]["distribution"] or "")
+    assert "testplug" in d.run("status").stdout
+    register(d, images, "v1", "v2")
+    d.run("rollout", "start", "web", "--image", "web@v1", "--wait")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"hook": "policy", "image": d.json("image", "show", "web@v1")["digest"],
+            "service": "web"} in events
+    assert any(e["hook"] == "gate" and e["instances"] == 2 for e in events)
+    assert any(e["hook"] == "event" and e["action"] == "complete" for e in events)
+    # a failing canary analysis gate rolls the rollout back, with no failed request
+    flag.write_text("x")
+    with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002) as load:
+        cp = d.run("rollout", "start", "web", "--image", "web@v2", "--wait", check=False)
+        stats = load.stop()
+    assert cp.returncode == 1 and "error rate too high" in cp.stderr
+    assert stats.failed == 0, stats
+    flag.unlink()
+    # a policy plugin refuses by its own rule, and nothing is launched
+    disk = tmp_path / "img"
+    disk.mkdir()
+    (disk / "imm-image.json").write_text(json.dumps({"command": ["python3", "-c", "pass"]}))
+    d.run("image", "add", str(disk), "--name", "web", "--version", "blk", "--label", "blocked=yes")
+    before = instances(d, "web")
+    cp = d.fails("rollout", "start", "web", "--image", "web@blk", code=6)
+    assert "rule 'plugin'" in cp.stderr and "blocked=yes" in cp.stderr
+    assert instances(d, "web") == before
+
+
+def test_blocked_plugin_is_not_loaded(tmp_path: Path) -> None:
+    site = install_plugin(tmp_path, "testplug", PLUGIN)
+    d = Immd(tmp_path, BASE)
+    d.start(extra_env={"PYTHONPATH": str(site), "TESTPLUG_LOG": str(tmp_path / "l"),
+                       "TESTPLUG_FAIL_GATE": str(tmp_path / "f"),
+                       "IMM_BLOCK_PLUGINS": "testplug"})
+    assert "testplug" not in {p["name"] for p in d.json("status")["plugins"]}
+    d.stop()
+    (tmp_path / "immd.toml").write_text(BASE + '[plugins]\nblock = ["testplug"]\n')
+    d.start(extra_env={"PYTHONPATH": str(site)})
+    assert "testplug" not in {p["name"] for p in d.json("status")["plugins"]}
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("from imm.plugins.hookspecs import hookimpl\n@hookimpl\ndef imm_helth_gate(rollout):\n"
+     "    return None\n", "imm_helth_gate"),
+    ("from imm.plugins.hookspecs import hookimpl\n@hookimpl\n"
+     "def imm_policy_check(image, servise, rollout):\n    return None\n", "servise"),
+    ("raise ImportError('boom: missing dependency')\n", "boom"),
+])
+def test_bad_plugin_fails_startup_naming_it(tmp_path: Path, source: str, needle: str) -> None:
+    site = install_plugin(tmp_path, "badplug", source)
+    d = Immd(tmp_path, BASE)
+    with pytest.raises(RuntimeError):
+        d.start(extra_env={"PYTHONPATH": str(site)})
+    log = d.log.read_text()
+    assert "badplug" in log and needle in log, log
+    assert "Traceback" not in log
+
+
+def test_every_hook_is_documented_and_tested() -> None:
+    tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+             if n.startswith("imm_")]
+    assert len(hooks) >= 6
+    for name in hooks:
+        fn = getattr(hookspecs, name)
+        doc = inspect.getdoc(fn) or ""
+        for param in inspect.signature(fn).parameters:
+            assert f":param {param}:" in doc, f"{name} does not document {param}"
+        assert re.search(rf"\b{name}\b", tests.replace("test_every_hook", "")), \
+            f"no test calls {name}"
+
+
+def test_every_immctl_command_has_help() -> None:
+    from imm.cli.main import build_parser
+
+    parser = build_parser()
+    seen = 0
+
+    def walk(p: object, path: list[str]) -> None:
+        nonlocal seen
+        for action in getattr(p, "_actions", []):
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):
+                helps = {a.dest: a.help for a in getattr(action, "_choices_actions", [])}
+                for name, sub in choices.items():
+                    assert helps.get(name), f"immctl {' '.join(path + [name])} has no help"
+                    seen += 1
+                    walk(sub, path + [name])
+
+    walk(parser, [])
+    assert seen > 30
+    out = subprocess.run([IMMCTL, "--help"], capture_output=True, text=True, check=True).stdout
+    for group in ("image", "channel", "ledger", "keys", "rollout", "service", "instance"):
+        assert group in out
+
