@@ -41,7 +41,7 @@ def follow(c: Client, rid: str, as_json: bool) -> int:
             if tty and not as_json:
                 sys.stderr.write("\n")
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     if as_json:
         emit_json(r)
     elif r["state"] == "completed":

@@ -366,7 +366,7 @@ class Engine:
                 continue
             decision = decided.get(name)
             if decision is None:
-                decision = await self.decide(svc, r, step)
+                decision = {**await self.decide(svc, r, step), "at_ms": int(time.time() * 1000)}
                 await self.journal(rid, name, "begin", decision)
             self._test_kill(name, "before")
             result = await self.execute(svc, r, step, decision)
