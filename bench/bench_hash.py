@@ -1,11 +1,18 @@
 """How fast imm hashes an image file, against named peers, in the same run.
 
-    python bench/bench_hash.py [--size-mib 2048] [--dir DIR] [--repeat 3]
+    python bench/bench_hash.py [--size-mib 2048] [--dir DIR] [--repeat 3] [--no-immd]
 
 Writes a file of random data in a temporary directory (under DIR if given), reads it once to
 warm the page cache (no cache drop: this measures hashing, not the disk), then times each row
 best-of-N and prints MiB/s and the ratio to a plain hashlib loop (1 MiB reads). All rows must
 agree on the digest.
+
+The "immctl image add" row is end to end: a real immd (started here on a temporary state dir,
+next to the file) is asked by the real immctl to register the file as ``bench@N``, a new N on
+every run so that each run creates a signed record; the daemon hashes the file, and the row's
+digest is the ``content_digest`` of immctl's ``--json`` answer. It includes immctl's start-up,
+the request and the signed ledger write, so the fixed cost of one ``immctl image add`` of a
+tiny file is printed under the table. ``--no-immd`` leaves the row out.
 
 To add a row (e.g. ``immctl image add``), write a function that hashes ``path`` and returns its
 ``sha256:<hex>`` digest, and add a ``measure(name, fn)`` row in ``rows()`` below.
@@ -14,9 +21,15 @@ To add a row (e.g. ``immctl image add``), write a function that hashes ``path`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import itertools
+import json
 import os
 import shutil
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +85,64 @@ def hashlib_loop(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def rows(path: Path) -> list[Row]:
+class Immd:
+    """A real immd on a temporary state dir, and the real immctl pointed at it."""
+
+    def __init__(self, root: Path) -> None:
+        bindir = Path(sys.executable).parent
+        self.immd = str(bindir / "immd") if (bindir / "immd").exists() else shutil.which("immd")
+        self.immctl = (str(bindir / "immctl") if (bindir / "immctl").exists()
+                       else shutil.which("immctl"))
+        self.root = root
+        self.sock = root / "immd.sock"
+        self.env = {**os.environ, "IMM_SOCKET": str(self.sock)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.versions = itertools.count(1)
+
+    def available(self) -> bool:
+        return bool(self.immd and self.immctl)
+
+    def start(self) -> Immd:
+        self.log = open(self.root / "immd.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(self.immd), "--state-dir", str(self.root / "state"), "--socket", str(self.sock)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"immd exited with {self.proc.returncode}; see {self.log.name}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(self.sock))
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"immd did not listen on {self.sock}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def image_add(self, path: Path) -> str:
+        """``immctl image add PATH --name bench --version N --json``; its content digest."""
+        out = subprocess.run(
+            [str(self.immctl), "image", "add", str(path), "--name", "bench",
+             "--version", str(next(self.versions)), "--json"],
+            capture_output=True, text=True, env=self.env)
+        if out.returncode != 0:
+            raise RuntimeError(f"immctl image add exited {out.returncode}: {out.stderr.strip()}")
+        result = json.loads(out.stdout)
+        if not result.get("created"):
+            raise RuntimeError(f"immctl image add created nothing: {out.stdout[:200]}")
+        return str(result["content_digest"])
+
+
+def rows(path: Path, immd: Immd | None = None) -> list[Row]:
     """The table, baseline first. Add a row with ``measure("immctl image add", fn)``."""
     table = [measure("hashlib loop (1 MiB reads)", lambda: hashlib_loop(path))]
     if shutil.which("sha256sum"):
@@ -80,7 +150,21 @@ def rows(path: Path) -> list[Row]:
     if shutil.which("openssl"):
         table.append(measure("openssl dgst -sha256", lambda: openssl_dgst(path)))
     table.append(measure("imm file_digest", lambda: file_digest(path)))
+    if immd is not None:
+        table.append(measure("immctl image add", lambda: immd.image_add(path)))
     return table
+
+
+def fixed_cost(immd: Immd, tmp: Path, runs: int = 7) -> float:
+    """Median seconds of one ``immctl image add`` of a 1 KiB file: all but the hashing."""
+    small = tmp / "small.raw"
+    small.write_bytes(os.urandom(1024))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        immd.image_add(small)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def run(table: list[Row], repeat: int) -> None:
@@ -116,20 +200,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=2048, help="size of the test file (MiB)")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the temporary file")
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best counts")
+    ap.add_argument("--no-immd", action="store_true", help="leave out the immctl image add row")
     args = ap.parse_args(argv)
     size = args.size_mib << 20
-    with tempfile.TemporaryDirectory(prefix="imm-bench-", dir=args.dir) as tmp:
+    fixed = None
+    with tempfile.TemporaryDirectory(prefix="imm-bench-", dir=args.dir) as tmp, \
+            contextlib.ExitStack() as stack:
         path = Path(tmp) / "image.raw"
         make_file(path, size)
         warm(path)
-        results = rows(path)
+        immd = None if args.no_immd else Immd(Path(tmp))
+        if immd is not None and not immd.available():
+            print("immd/immctl not found next to this python or on PATH: "
+                  "no 'immctl image add' row", file=sys.stderr)
+            immd = None
+        if immd is not None:
+            immd.start()
+            stack.callback(immd.stop)
+        results = rows(path, immd)
         run(results, args.repeat)
+        if immd is not None:
+            fixed = fixed_cost(immd, Path(tmp))
     base = results[0].seconds
     mib = size / (1 << 20)
-    print(f"file: {args.size_mib} MiB, page cache warm, best of {args.repeat}")
-    print(f"{'row':<30} {'MiB/s':>9} {'vs hashlib':>11}")
+    print(f"file: {args.size_mib} MiB, page cache warm, best of {args.repeat}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
+    print(f"{'row':<30} {'MiB/s':>9} {'seconds':>9} {'vs hashlib':>11}")
     for r in results:
-        print(f"{r.name:<30} {mib / r.seconds:>9.0f} {base / r.seconds:>10.2f}x")
+        print(f"{r.name:<30} {mib / r.seconds:>9.0f} {r.seconds:>9.3f} {base / r.seconds:>10.2f}x")
+    if fixed is not None:
+        add = next(r for r in results if r.name == "immctl image add")
+        print(f"immctl image add of a 1 KiB file (fixed cost: start-up, request, signed write): "
+              f"{fixed * 1000:.0f} ms median; 'immctl image add' minus it: "
+              f"{mib / (add.seconds - fixed):.0f} MiB/s, "
+              f"{base / (add.seconds - fixed):.2f}x hashlib")
     digests = {r.digest for r in results}
     if len(digests) != 1:
         print("ERROR: rows disagree on the digest:", file=sys.stderr)

@@ -94,7 +94,8 @@ kind = "haproxy"
 targets = [{{ provider = "local", region = "local", count = {n} }}]
 router = "haproxy"
 route = "web"
-route_settings = {{ bind = "127.0.0.1:{port}", health_path = "/healthz", check_interval_ms = {args.check_interval_ms}, rise = {args.rise}, fall = 2 }}
+route_settings = {{ bind = "127.0.0.1:{port}", health_path = "/healthz", \
+check_interval_ms = {args.check_interval_ms}, rise = {args.rise}, fall = 2 }}
 health_timeout_s = 60
 drain_timeout_s = 30
 """)
