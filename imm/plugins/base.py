@@ -131,6 +131,12 @@ class Router(ABC):
         self.settings = dict(settings)
         self.context = context
 
+    @property
+    def checks_health(self) -> bool:
+        """Whether ``Backend.healthy`` ever becomes True or False (a DNS router without health
+        checks always answers None). When False, imm gates on the instance being running."""
+        return True
+
     def start(self) -> None:
         """Bring up anything the router supervises (the embedded haproxy); idempotent."""
 

@@ -441,7 +441,7 @@ class Engine:
                 await asyncio.to_thread(router.add, route, i.id, i.address)
         deadline = time.monotonic() + svc.health_timeout_s
         ids = {i.id for i in new}
-        while True:
+        while router.checks_health:
             health = await asyncio.to_thread(router.health, route)
             bad = [n for n in ids if health.get(n) is not True]
             if not bad:
@@ -495,7 +495,7 @@ class Engine:
         if step["op"] == "pause":
             mine = await self.service_instances(svc, r["id"])
             router = self.router(svc)
-            if router is not None and svc.route:
+            if router is not None and svc.route and router.checks_health:
                 health = await asyncio.to_thread(router.health, svc.route)
                 sick = [i.id for i in mine if health.get(i.id) is not True]
                 if sick:
@@ -518,7 +518,8 @@ class Engine:
         if router is not None and svc.route and ids:
             route = svc.route
             backends = await asyncio.to_thread(router.backends, route)
-            serving = [b for b in backends if b.name not in ids and b.healthy and b.weight > 0]
+            serving = [b for b in backends if b.name not in ids and b.weight > 0
+                       and (b.healthy or (b.healthy is None and not router.checks_health))]
             if not serving:
                 raise StepFailed(f"refusing to retire {len(ids)} instance(s): route {route} would "
                                  "be left without a healthy backend")
@@ -571,13 +572,14 @@ class Engine:
                     await asyncio.to_thread(router.add, route, i.id, i.address)
             if old:
                 deadline = time.monotonic() + svc.health_timeout_s
-                while time.monotonic() < deadline:
+                while router.checks_health and time.monotonic() < deadline:
                     health = await asyncio.to_thread(router.health, route)
                     if any(health.get(i.id) for i in old):
                         break
                     await asyncio.sleep(POLL_S)
-                healthy_old = [i.id for i in old if (await asyncio.to_thread(
-                    router.health, route)).get(i.id)]
+                health = await asyncio.to_thread(router.health, route)
+                healthy_old = [i.id for i in old
+                               if health.get(i.id) or not router.checks_health]
                 w = {i: 100 for i in healthy_old}
                 w.update({i.id: 0 for i in new if i.id in present})
                 if healthy_old:

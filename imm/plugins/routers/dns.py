@@ -832,6 +832,10 @@ class DNSRouter(Router):
         self._route_ttl: dict[str, int] = {}
         self._lock = threading.RLock()
 
+    @property
+    def checks_health(self) -> bool:
+        return self.health_on
+
     @staticmethod
     def _health_settings(s: Mapping[str, Any]) -> tuple[int | None, float, bool]:
         hc = s.get("health_check", False)
