@@ -62,7 +62,8 @@ def instances(d: Immd, svc: str) -> list[dict[str, Any]]:
 def fleet(tmp_path: Path, images: Path) -> Iterator[tuple[Immd, dict[str, int]]]:
     ports = {"bg": free_port(), "roll": free_port(), "can": free_port()}
     cfg = (BASE + service("bg", ports["bg"]) + service("roll", ports["roll"], count=3)
-           + service("can", ports["can"], count=2, strategy="canary"))
+           + service("can", ports["can"], count=2, strategy="canary")
+           + service("slow", free_port(), count=1, bake_time_s=120))
     d = Immd(tmp_path, cfg).start()
     register(d, images, "v1", "v2", "v3")
     yield d, ports
@@ -108,13 +109,20 @@ def test_strategy_under_load(fleet: tuple[Immd, dict[str, int]], svc: str, strat
 def test_one_rollout_per_service_and_two_services_side_by_side(fleet: tuple[Immd, dict[str, int]]
                                                                ) -> None:
     d, _ = fleet
+    # 'slow' bakes for two minutes: its rollout is surely still running
+    slow = d.json("rollout", "start", "slow", "--image", "web@v1")
+    cp = d.fails("rollout", "start", "slow", "--image", "web@v2", code=4)
+    assert slow["id"] in cp.stderr and "one rollout per service" in cp.stderr
+    # two other services roll out side by side, while 'slow' is still going
     first = d.json("rollout", "start", "bg", "--image", "web@v1")
     other = d.json("rollout", "start", "can", "--image", "web@v1")
-    cp = d.fails("rollout", "start", "bg", "--image", "web@v2", code=4)
-    assert first["id"] in cp.stderr and "one rollout per service" in cp.stderr
     for rid in (first["id"], other["id"]):
         assert d.json("rollout", "watch", rid)["state"] == "completed"
     assert len(instances(d, "bg")) == 2 and len(instances(d, "can")) == 2
+    assert d.json("rollout", "status", slow["id"])["state"] == "running"
+    d.json("rollout", "abort", slow["id"])
+    assert d.json("rollout", "watch", slow["id"], check=False)["state"] == "rolled-back"
+    assert instances(d, "slow") == []
 
 
 def test_pause_resume_promote_abort(fleet: tuple[Immd, dict[str, int]]) -> None:
