@@ -489,7 +489,9 @@ class Engine:
         deadline = time.monotonic() + float(step.get("seconds", 0))
         while time.monotonic() < deadline:
             cur = await self.load(r["id"])
-            if cur["state"] != "running" or cur["params"].get("promote"):
+            if cur["state"] != "running":
+                return {"interrupted": cur["state"]}  # paused or aborted: the wait is not done
+            if cur["params"].get("promote"):
                 break
             await asyncio.sleep(POLL_S)
         if step["op"] == "pause":
