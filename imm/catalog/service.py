@@ -31,7 +31,7 @@ PREFIX = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}$")
 PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,511}$")
+IMAGE_ID = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,511}$")  # Azure ids start with "/"
 
 
 def now() -> str:

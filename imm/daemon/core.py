@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,17 @@ class Daemon:
 
     async def provider_call(self, name: str, method: str, *args: Any, **kw: Any) -> Any:
         provider = self.providers[name]
+
+        def call() -> Any:
+            result = getattr(provider, method)(*args, **kw)
+            # list_instances may be a generator that pages lazily: drain it here, in the
+            # thread, so no cloud call runs on the event loop.
+            if isinstance(result, Iterator):
+                return list(result)
+            return result
+
         async with self._provider_limits[name]:
-            return await asyncio.to_thread(getattr(provider, method), *args, **kw)
+            return await asyncio.to_thread(call)
 
     # -- catalog operations that need more than one transaction -------------------------------
 

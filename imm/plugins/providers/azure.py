@@ -1,0 +1,990 @@
+"""The ``azure`` provider: Azure virtual machines through libcloud's Azure Resource Manager driver.
+
+A location (``eastus``, ``westeurope``) is imm's region. Settings (``[providers.NAME]``)::
+
+    kind = "azure"
+    subscription_id = "00000000-0000-0000-0000-000000000000"
+    tenant_id = "11111111-1111-1111-1111-111111111111"   # or the directory's domain name
+    resource_group = "imm-prod"              # where VMs, their NICs and public IPs are created
+    locations = ["eastus", "westeurope"]
+    size = "Standard_B1s"                    # VM size when the service names none
+    network = "imm-vnet"                     # virtual network for the NICs; or a table per location:
+    # network = { eastus = "vnet-use", westeurope = "vnet-weu" }
+    subnet = "default"                       # subnet of that network; string or table per location
+    network_resource_group = "net-rg"        # optional: the network's resource group (default
+                                             # resource_group)
+    public_ip = false                        # give each VM a Standard static public IP (deleted
+                                             # with it; closed to inbound traffic unless the
+                                             # subnet's or NIC's security group allows it)
+    admin_username = "azureuser"
+    ssh_public_key_file = "/etc/imm/azure-admin.pub"   # or ssh_public_key = "ssh-ed25519 ...";
+                                             # without one libcloud sets a random password that
+                                             # nobody ever sees (immutable VMs need no login)
+    os_disk_type = "Standard_LRS"            # managed OS disk SKU (Premium_LRS, StandardSSD_LRS)
+    # os_disk_size_gb = 64
+    name_prefix = "web"                      # optional; default: the service's name
+    list_scope = "resource_group"            # or "subscription": list VMs in every resource group
+                                             # (audit sees pets anywhere; needs Reader on it)
+    power_state = true                       # read each listed VM's power state (one call each)
+    terminate_untagged = false               # refuse to delete VMs imm did not launch
+    delete_poll_s = 5                        # terminate: poll a deleting VM this often ...
+    delete_timeout_s = 600                   # ... for at most this long before cleaning up
+
+    # service principal credentials: environment variables (defaults shown) or files
+    client_id_env = "AZURE_CLIENT_ID"        # or client_id_file = "/etc/imm/azure/client-id"
+    client_secret_env = "AZURE_CLIENT_SECRET"  # or client_secret_file = "/etc/imm/azure/secret"
+
+    cloud_environment = "default"            # or AzureChinaCloud, AzureUSGovernment,
+                                             # AzureGermanCloud, or a table of endpoints:
+    # cloud_environment = { resourceManagerEndpointUrl = "https://management.azure.com/",
+    #     activeDirectoryEndpointUrl = "https://login.microsoftonline.com",
+    #     activeDirectoryResourceId = "https://management.core.windows.net/",
+    #     storageEndpointSuffix = ".core.windows.net" }
+    libcloud_driver = "azure_arm"            # libcloud compute driver name (tests swap it)
+
+    timeout_s = 30                           # per HTTP request
+    retries = 5                              # throttling (429), 5xx, timeouts, connection errors
+    backoff_base_s = 0.5
+    backoff_max_s = 10
+
+Image ids (artifacts) are image references: ``publisher:offer:sku:version`` for a Marketplace
+image, or the resource id of a managed image or an Azure Compute Gallery image (version). imm's
+catalog ids cannot start with ``/``, so resource ids are written (and reported) without the
+leading slash: ``subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/images/web-2``;
+the leading slash is accepted too.
+
+What it does:
+
+- ``list_instances`` pages through ``VirtualMachines_List`` (``nextLink``) in the resource group
+  or the whole subscription (``list_scope``), keeps the VMs of the configured locations, filters
+  on tags, then reads the listed VMs' addresses from one NIC listing (and one public IP listing
+  when a NIC has one) and, with ``power_state``, each VM's instance view. The image is read from
+  ``properties.storageProfile.imageReference``; tags are the VM's ARM tags. The list is built in
+  the calling thread: the returned iterator does no I/O.
+- ``launch`` gives each VM a name derived from the client token (``<prefix>-<hash>-<n>``), so a
+  repeated launch addresses the same VMs: a VM that exists already (with this token in its
+  ``imm:token`` tag and the same image) is returned instead of created, and creation is an ARM
+  PUT, idempotent by name (NIC ``<vm>-nic``, public IP ``<vm>-ip``, then the VM through libcloud's
+  ``create_node`` with a managed OS disk deleted with the VM). After a timeout the VM is looked
+  up before the PUT is sent again. Tags map directly to ARM tags (values up to 256 characters:
+  the full ``imm:digest`` fits).
+- ``terminate`` reads each VM (absent: already gone), refuses VMs without an ``imm:service`` tag
+  unless ``terminate_untagged``, sends every DELETE first (Azure deletes asynchronously), then
+  runs libcloud's ``destroy_node`` per VM, which polls until the VM is gone and deletes its NICs
+  and managed OS disk; public IPs imm created (``<vm>-ip``) are deleted last.
+- ``describe_image`` reads a Marketplace image version (``latest`` resolved to the newest), a
+  managed image or a gallery image (version); None when it does not exist in the location.
+- ``copy_image`` is not supported: see :meth:`AzureProvider.copy_image`.
+
+Every call runs through :class:`~imm.plugins.providers.cloud.CloudCaller` (retries, errors naming
+cloud, provider, location and the ARM operation, e.g. ``VirtualMachines_CreateOrUpdate``); ARM's
+``[Code] message`` errors are reworded ``Code: message`` so the error code lands in ``detail``.
+One libcloud driver per location, used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import BadRequest, ConfigError, ProviderError
+from ..base import TAG_SERVICE, ImageInfo, Instance, LaunchRequest, Provider, ProviderContext
+from ..hookspecs import hookimpl
+from .cloud import (
+    CallPolicy,
+    CloudCaller,
+    CloudProviderError,
+    Credentials,
+    CredentialSpec,
+    Scrubber,
+    check_credential_settings,
+    credential_settings,
+    load_credentials,
+    parse_time,
+    per_region,
+    setting_bool,
+    setting_num,
+    setting_str,
+    setting_str_list,
+)
+
+if TYPE_CHECKING:
+    from ..registry import ProviderRegistry
+
+TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a secret
+DEFAULT_SIZE = "Standard_B1s"
+DEFAULT_DRIVER = "azure_arm"
+MAX_TAG_VALUE = 256  # ARM: tag values up to 256 characters
+MAX_TAGS = 50  # ARM: tags per resource
+MAX_PAGES = 10_000
+
+# ARM API versions of the calls made here directly (libcloud's own calls use its versions).
+VM_API = "2021-11-01"
+NIC_API = "2018-06-01"
+IP_API = "2019-06-01"
+IMAGE_API = "2021-11-01"
+GALLERY_API = "2022-03-03"
+
+CREDENTIALS = (
+    CredentialSpec("client_id", "service principal client (application) id", "AZURE_CLIENT_ID"),
+    CredentialSpec("client_secret", "service principal client secret", "AZURE_CLIENT_SECRET"),
+)
+ENVIRONMENT_KEYS = ("resourceManagerEndpointUrl", "activeDirectoryEndpointUrl",
+                    "activeDirectoryResourceId", "storageEndpointSuffix")
+
+_KNOWN_SETTINGS = {
+    "subscription_id", "tenant_id", "resource_group", "locations", "size", "network", "subnet",
+    "network_resource_group", "public_ip", "admin_username", "ssh_public_key",
+    "ssh_public_key_file", "os_disk_type", "os_disk_size_gb", "name_prefix", "list_scope",
+    "power_state", "terminate_untagged", "delete_poll_s", "delete_timeout_s",
+    "cloud_environment", "libcloud_driver", "concurrency",
+    *CallPolicy.KEYS, *credential_settings(CREDENTIALS),
+}
+# Per-service launch extras honoured from LaunchRequest.settings ([services.X] launch = {...}).
+_LAUNCH_SETTINGS = {"size", "subnet", "network", "public_ip", "admin_username", "ssh_public_key",
+                    "os_disk_type", "os_disk_size_gb", "name_prefix"}
+
+_LOCATION = re.compile(r"^[a-z0-9]{2,40}$")
+_RESOURCE_GROUP = re.compile(r"^[-\w.()]{0,89}[-\w()]$")
+_ARM_CODE = re.compile(r"^\[([A-Za-z][A-Za-z0-9_.]*)\]\s*")
+_NAME_PART = re.compile(r"[^a-z0-9-]+")
+_URN = re.compile(r"^([^:/\s]+):([^:/\s]+):([^:/\s]+):([^:/\s]+)$")
+_GALLERY_VERSION = re.compile(r"/galleries/[^/]+/images/[^/]+/versions/[^/]+$", re.I)
+_GALLERY_IMAGE = re.compile(r"/galleries/[^/]+/images/[^/]+$", re.I)
+_MANAGED_IMAGE = re.compile(r"/providers/Microsoft\.Compute/images/[^/]+$", re.I)
+
+_STATE_BY_PROVISIONING = {
+    "creating": "pending", "updating": "running", "succeeded": "running", "running": "running",
+    "migrating": "running", "deleting": "terminated", "failed": "unknown", "canceled": "unknown",
+}
+_STATE_BY_POWER = {
+    "running": "running", "starting": "pending", "stopping": "stopped", "stopped": "stopped",
+    "deallocating": "stopped", "deallocated": "stopped",
+}
+
+
+def location_name(text: str) -> str:
+    """``East US`` / ``eastus`` -> ``eastus`` (ARM answers with either)."""
+    return text.lower().replace(" ", "")
+
+
+def arm_code(failure_message: str) -> str | None:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9_.]*):\s", failure_message)
+    return m.group(1) if m else None
+
+
+def image_reference_id(ref: Mapping[str, Any] | None) -> str:
+    """The imm image id of an ARM ``imageReference``: a resource id without its leading slash,
+    or ``publisher:offer:sku:version``."""
+    if not ref:
+        return ""
+    for key in ("id", "sharedGalleryImageId", "communityGalleryImageId"):
+        value = ref.get(key)
+        if value:
+            return str(value).lstrip("/")
+    parts = [ref.get(k) for k in ("publisher", "offer", "sku", "version")]
+    return ":".join(str(p) for p in parts) if all(parts) else ""
+
+
+def parse_image_id(image_id: str) -> tuple[str, Any]:
+    """``("urn", (publisher, offer, sku, version))`` or ``("id", "/subscriptions/...")``."""
+    text = (image_id or "").strip()
+    m = _URN.match(text)
+    if m:
+        return "urn", m.groups()
+    if text.lower().startswith(("subscriptions/", "/subscriptions/")):
+        return "id", "/" + text.lstrip("/")
+    raise BadRequest(
+        f"Azure image id {image_id!r} is neither publisher:offer:sku:version nor the resource id "
+        f"of a managed or gallery image (subscriptions/<sub>/resourceGroups/<rg>/providers/"
+        f"Microsoft.Compute/images/<name>)")
+
+
+def _same_reference(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    return image_reference_id(a).lower() == image_reference_id(b).lower()
+
+
+def _version_key(name: str) -> tuple[Any, ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.-]", name))
+
+
+class AzureProvider(Provider):
+    kind = "azure"
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        super().__init__(name, settings, context)
+        s = self.settings
+        where = self.where = f"azure provider {name}"
+        unknown = sorted(set(s) - _KNOWN_SETTINGS - {"kind"})
+        if unknown:
+            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        self.subscription_id = self._required(s, "subscription_id")
+        self.tenant_id = self._required(s, "tenant_id")
+        self.resource_group = self._required(s, "resource_group")
+        if not _RESOURCE_GROUP.match(self.resource_group):
+            raise ConfigError(f"{where}: resource_group {self.resource_group!r} is not a valid "
+                              f"resource group name (letters, digits, - _ . ( ), up to 90)")
+        raw_locations = setting_str_list(s, "locations", where)
+        if not raw_locations:
+            raise ConfigError(f"{where}: set locations, e.g. locations = [\"eastus\"]")
+        self.locations = [location_name(x) for x in raw_locations]
+        bad = [x for x in self.locations if not _LOCATION.match(x)]
+        if bad:
+            raise ConfigError(f"{where}: {', '.join(bad)} is not an Azure location name "
+                              f"(lowercase letters and digits, e.g. eastus, westeurope)")
+        if len(set(self.locations)) != len(self.locations):
+            raise ConfigError(f"{where}: locations lists a location twice")
+        self.policy = CallPolicy.from_settings(s, where)
+        self.size = setting_str(s, "size", where, DEFAULT_SIZE) or DEFAULT_SIZE
+        # per_region checks table keys against the configured (normalized) locations
+        tables = {k: self._per_location(s, k) for k in ("network", "subnet")}
+        self.networks = {loc: self._one_str(v, "network") for loc, v in tables["network"].items()}
+        self.subnets = {loc: self._one_str(v, "subnet") for loc, v in tables["subnet"].items()}
+        self.network_resource_group = setting_str(s, "network_resource_group", where,
+                                                  self.resource_group) or self.resource_group
+        self.public_ip = setting_bool(s, "public_ip", where, False)
+        self.admin_username = setting_str(s, "admin_username", where, "azureuser") or "azureuser"
+        self.ssh_public_key = self._ssh_key(s)
+        self.os_disk_type = setting_str(s, "os_disk_type", where, "Standard_LRS") or "Standard_LRS"
+        disk = s.get("os_disk_size_gb")
+        if disk is not None and (isinstance(disk, bool) or not isinstance(disk, int)
+                                 or not 1 <= disk <= 32767):
+            raise ConfigError(f"{where}: os_disk_size_gb = {disk!r} must be an integer 1..32767")
+        self.os_disk_size_gb: int | None = disk
+        self.name_prefix = setting_str(s, "name_prefix", where)
+        self.list_scope = setting_str(s, "list_scope", where, "resource_group") or "resource_group"
+        if self.list_scope not in ("resource_group", "subscription"):
+            raise ConfigError(f"{where}: list_scope = {self.list_scope!r} must be "
+                              f"\"resource_group\" or \"subscription\"")
+        self.power_state = setting_bool(s, "power_state", where, True)
+        self.terminate_untagged = setting_bool(s, "terminate_untagged", where, False)
+        self.delete_poll_s = setting_num(s, "delete_poll_s", where, 5.0, 0, 300)
+        self.delete_timeout_s = setting_num(s, "delete_timeout_s", where, 600.0, 0, 7200)
+        self.driver_name = setting_str(s, "libcloud_driver", where, DEFAULT_DRIVER) \
+            or DEFAULT_DRIVER
+        self.environment = self._environment(s.get("cloud_environment"))
+        check_credential_settings(s, CREDENTIALS, where)
+        self.scrub = Scrubber()
+        self.caller = CloudCaller(
+            cloud="Azure", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
+            credentials_hint=self._credentials_hint(), endpoint=lambda _region: self.arm_url)
+        self._lock = threading.Lock()
+        self._drivers: dict[str, tuple[Any, threading.Lock]] = {}
+        self._credentials: Credentials | None = None
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def _required(self, s: Mapping[str, Any], key: str) -> str:
+        value = setting_str(s, key, self.where)
+        if not value:
+            raise ConfigError(f"{self.where}: set {key}")
+        if "/" in value or any(c.isspace() for c in value):
+            raise ConfigError(f"{self.where}: {key} = {value!r} must not contain '/' or spaces")
+        return value
+
+    def _one_str(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip() or "/" in value:
+            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty name without "
+                              f"'/' (or a table of them per location)")
+        return value.strip()
+
+    def _per_location(self, s: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = s.get(key)
+        if isinstance(value, Mapping):
+            value = {location_name(str(k)): v for k, v in value.items()}
+        return per_region({key: value} if value is not None else {}, key, self.where,
+                          self.locations)
+
+    def _ssh_key(self, s: Mapping[str, Any]) -> str | None:
+        key = setting_str(s, "ssh_public_key", self.where)
+        path = setting_str(s, "ssh_public_key_file", self.where)
+        if key and path:
+            raise ConfigError(f"{self.where}: set ssh_public_key or ssh_public_key_file, not both")
+        if path:
+            try:
+                key = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{self.where}: cannot read ssh_public_key_file {path}: "
+                                  f"{exc.strerror or type(exc).__name__}") from None
+        if key and not key.startswith(("ssh-", "ecdsa-", "sk-")):
+            raise ConfigError(f"{self.where}: the SSH public key does not look like one "
+                              f"(\"ssh-rsa AAAA...\"); a private key does not belong here")
+        return key or None
+
+    def _environment(self, value: Any) -> dict[str, str]:
+        from libcloud.common.azure_arm import publicEnvironments
+
+        if value is None or isinstance(value, str):
+            env_name = value or "default"
+            if env_name not in publicEnvironments:
+                raise ConfigError(f"{self.where}: cloud_environment {env_name!r} is not one of "
+                                  f"{', '.join(publicEnvironments)} (or a table of endpoints)")
+            return {k: str(v) for k, v in publicEnvironments[env_name].items()}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.where}: cloud_environment must be a name or a table")
+        missing = [k for k in ENVIRONMENT_KEYS if not isinstance(value.get(k), str)
+                   or not value.get(k)]
+        if missing:
+            raise ConfigError(f"{self.where}: cloud_environment lacks {', '.join(missing)}")
+        env = {str(k): str(v) for k, v in value.items()}
+        for key in ("resourceManagerEndpointUrl", "activeDirectoryEndpointUrl"):
+            parts = urllib.parse.urlsplit(env[key])
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{self.where}: cloud_environment {key} {env[key]!r} must be "
+                                  f"an https URL")
+            if self._stock_connection() and (parts.scheme != "https" or parts.port not in
+                                             (None, 443)):
+                raise ConfigError(
+                    f"{self.where}: cloud_environment {key} {env[key]!r}: libcloud's Azure "
+                    f"driver always speaks https on port 443 and ignores any other scheme or "
+                    f"port")
+        return env
+
+    def _stock_connection(self) -> bool:
+        from libcloud.common.azure_arm import AzureResourceManagementConnection
+
+        return getattr(self._driver_class(), "connectionCls", None) is \
+            AzureResourceManagementConnection
+
+    def _driver_class(self) -> Any:
+        from libcloud.compute.providers import get_driver
+
+        try:
+            return get_driver(self.driver_name)
+        except AttributeError:
+            raise ConfigError(f"{self.where}: libcloud has no compute driver "
+                              f"{self.driver_name!r} (libcloud_driver; the default is "
+                              f"\"{DEFAULT_DRIVER}\")") from None
+
+    @property
+    def arm_url(self) -> str:
+        return self.environment["resourceManagerEndpointUrl"]
+
+    def _credentials_hint(self) -> str:
+        names = []
+        for spec in CREDENTIALS:
+            path = self.settings.get(f"{spec.name}_file")
+            env = self.settings.get(f"{spec.name}_env") or spec.default_env
+            names.append(f"file {path}" if path else f"${env}")
+        return f"{'/'.join(names)} (tenant {self.tenant_id})"
+
+    # -- drivers and calls ------------------------------------------------------------------
+
+    def _load_credentials(self) -> Credentials:
+        if self._credentials is None:
+            creds = load_credentials(self.settings, CREDENTIALS, self.where, self.context.log)
+            self.scrub.add(*creds.secrets())
+            self._credentials = creds
+        return self._credentials
+
+    def _location(self, region: str) -> str:
+        loc = location_name(region or "")
+        if loc not in self.locations:
+            raise BadRequest(f"{self.where}: location {region!r} is not configured (locations: "
+                             f"{', '.join(self.locations)})")
+        return loc
+
+    def _driver(self, location: str) -> tuple[Any, threading.Lock]:
+        with self._lock:
+            found = self._drivers.get(location)
+            if found is None:
+                found = (self._make_driver(location), threading.Lock())
+                self._drivers[location] = found
+            return found
+
+    def _make_driver(self, location: str) -> Any:
+        """A driver for ``location``; building it fetches an Azure AD token (a network call)."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        creds = self._load_credentials()
+        cls = self._driver_class()
+        try:
+            return cls(self.tenant_id, self.subscription_id, creds.get("client_id"),
+                       creds.get("client_secret"), region=location,
+                       cloud_environment=dict(self.environment), timeout=self.policy.timeout_s)
+        except BaseHTTPError as exc:
+            exc.message = f"getting an Azure AD token failed: {exc.message}"
+            raise
+
+    def _call(self, location: str, call: str, fn: Callable[[Any], Any], *,
+              recover: Callable[[], Any] | None = None, idempotent: bool = True,
+              label: str | None = None) -> Any:
+        """Run ``fn(driver)`` with ``location``'s driver under its lock, with retries."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        def attempt() -> Any:
+            driver, lock = self._driver(location)
+            with lock:
+                try:
+                    return fn(driver)
+                except BaseHTTPError as exc:
+                    # "[Code] message" (libcloud's wording of ARM errors) -> "Code: message"
+                    msg = str(exc.message or "")
+                    m = _ARM_CODE.match(msg)
+                    if m:
+                        exc.message = f"{m.group(1)}: {msg[m.end():]}"
+                    raise
+
+        return self.caller.call(label or location, call, attempt, recover=recover,
+                                idempotent=idempotent)
+
+    def _request(self, location: str, call: str, path: str, api: str, *, method: str = "GET",
+                 params: Mapping[str, str] | None = None, data: Any = None,
+                 absent_ok: bool = False, label: str | None = None) -> Any:
+        """One raw ARM request; the parsed answer, or None for 404 when ``absent_ok``.
+
+        2xx answers libcloud counts as errors (202 Accepted, 204 No Content) return {}.
+        """
+        from libcloud.common.exceptions import BaseHTTPError
+
+        query = {"api-version": api, **(params or {})}
+
+        def run(driver: Any) -> Any:
+            try:
+                r = driver.connection.request(path, params=query, data=data, method=method)
+            except BaseHTTPError as exc:
+                if exc.code in (202, 204):
+                    return {}
+                raise
+            return r.object if isinstance(r.object, dict | list) else {}
+
+        try:
+            return self._call(location, call, run, label=label)
+        except CloudProviderError as exc:
+            if absent_ok and exc.failure.status == 404 and arm_code(exc.failure.message) not in (
+                    "SubscriptionNotFound", "InvalidSubscriptionId"):
+                return None
+            raise
+
+    def _pages(self, location: str, call: str, path: str, api: str,
+               label: str | None = None) -> list[dict[str, Any]]:
+        """Every item of an ARM list, following ``nextLink``."""
+        items: list[dict[str, Any]] = []
+        params: dict[str, str] = {}
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            obj = self._request(location, call, path, api, params=params, label=label)
+            if isinstance(obj, list):  # a few ARM lists are bare arrays
+                return items + [v for v in obj if isinstance(v, dict)]
+            items += [v for v in obj.get("value") or [] if isinstance(v, dict)]
+            link = obj.get("nextLink")
+            if not link:
+                return items
+            if link in seen:
+                raise ProviderError(f"{self.where}: {call} returned the same nextLink twice "
+                                    f"({len(items)} items so far); the API is looping")
+            seen.add(link)
+            parts = urllib.parse.urlsplit(link)
+            path = parts.path
+            query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+            api = query.pop("api-version", [api])[0]
+            params = {k: v[0] for k, v in query.items()}
+        raise ProviderError(f"{self.where}: {call} did not end after {MAX_PAGES} pages")
+
+    # -- ids --------------------------------------------------------------------------------
+
+    def _rg_path(self, resource_group: str | None = None) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/" \
+               f"{resource_group or self.resource_group}"
+
+    def _vm_path(self, name: str) -> str:
+        return f"{self._rg_path()}/providers/Microsoft.Compute/virtualMachines/{name}"
+
+    def _vm_id(self, instance_id: str) -> str:
+        text = str(instance_id).strip()
+        if text.lower().startswith(("subscriptions/", "/subscriptions/")):
+            return "/" + text.lstrip("/")
+        if text and "/" not in text:
+            return self._vm_path(text)  # a bare VM name: in the configured resource group
+        raise BadRequest(f"{self.where}: {instance_id!r} is not an Azure VM resource id")
+
+    def _vm_name(self, request: LaunchRequest, index: int, prefix: str | None) -> str:
+        base = prefix or request.tags.get(TAG_SERVICE) or "imm"
+        base = _NAME_PART.sub("-", base.lower()).strip("-")[:40].strip("-") or "imm"
+        digest = hashlib.sha256(request.client_token.encode()).hexdigest()[:10]
+        return f"{base}-{digest}-{index}"
+
+    # -- capabilities -----------------------------------------------------------------------
+
+    def capabilities(self) -> set[str]:
+        return {"client_token"}
+
+    # -- listing ----------------------------------------------------------------------------
+
+    def _list_label(self) -> str:
+        return ",".join(self.locations)
+
+    def _scope_path(self) -> str:
+        if self.list_scope == "subscription":
+            return f"/subscriptions/{self.subscription_id}"
+        return self._rg_path()
+
+    def _list_vms(self) -> list[dict[str, Any]]:
+        return self._pages(self.locations[0], "VirtualMachines_List",
+                           f"{self._scope_path()}/providers/Microsoft.Compute/virtualMachines",
+                           VM_API, label=self._list_label())
+
+    def _addresses(self, vms: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str | None,
+                                                                               str | None]]:
+        """VM id (lowercase) -> (private IP, public IP) of its primary NIC."""
+        loc, label = self.locations[0], self._list_label()
+        nic_ids = {}
+        for vm in vms:
+            nics = ((vm.get("properties") or {}).get("networkProfile") or {}).get(
+                "networkInterfaces") or []
+            primary = next((n for n in nics if (n.get("properties") or {}).get("primary")),
+                           nics[0] if nics else None)
+            if primary and primary.get("id"):
+                nic_ids[str(vm["id"]).lower()] = str(primary["id"])
+        if not nic_ids:
+            return {}
+        listed = {str(n.get("id", "")).lower(): n for n in self._pages(
+            loc, "NetworkInterfaces_List",
+            f"{self._scope_path()}/providers/Microsoft.Network/networkInterfaces", NIC_API,
+            label=label)}
+        for nic_id in nic_ids.values():
+            if nic_id.lower() not in listed:  # a NIC outside the listed scope
+                got = self._request(loc, "NetworkInterfaces_Get", nic_id, NIC_API,
+                                    absent_ok=True, label=label)
+                if got:
+                    listed[nic_id.lower()] = got
+        ips: dict[str, tuple[str | None, str | None]] = {}
+        public_refs: dict[str, str] = {}
+        for vm_id, nic_id in nic_ids.items():
+            nic = listed.get(nic_id.lower())
+            configs = ((nic or {}).get("properties") or {}).get("ipConfigurations") or []
+            if not configs:
+                continue
+            first = next((c for c in configs if (c.get("properties") or {}).get("primary")),
+                         configs[0])
+            props = first.get("properties") or {}
+            ips[vm_id] = (props.get("privateIPAddress"), None)
+            pub = (props.get("publicIPAddress") or {}).get("id")
+            if pub:
+                public_refs[vm_id] = str(pub)
+        if public_refs:
+            pubs = {str(p.get("id", "")).lower(): p for p in self._pages(
+                loc, "PublicIPAddresses_List",
+                f"{self._scope_path()}/providers/Microsoft.Network/publicIPAddresses", IP_API,
+                label=label)}
+            for vm_id, pub_id in public_refs.items():
+                addr = ((pubs.get(pub_id.lower()) or {}).get("properties") or {}).get("ipAddress")
+                ips[vm_id] = (ips[vm_id][0], addr)
+        return ips
+
+    def _instance_view(self, vm: Mapping[str, Any]) -> dict[str, Any] | None:
+        loc = location_name(str(vm.get("location", "")))
+        return self._request(loc if loc in self.locations else self.locations[0],
+                             "VirtualMachines_InstanceView", f"{vm['id']}/instanceView", VM_API,
+                             absent_ok=True)
+
+    @staticmethod
+    def _state(vm: Mapping[str, Any], view: Mapping[str, Any] | None) -> tuple[str, str | None]:
+        """(imm state, Azure power state) from the model's provisioningState and the view."""
+        provisioning = str((vm.get("properties") or {}).get("provisioningState") or "").lower()
+        power = None
+        if view:
+            for status in view.get("statuses") or []:
+                code = str(status.get("code") or "")
+                if code.startswith("PowerState/"):
+                    power = code.split("/", 1)[1].lower()
+                elif code.startswith("ProvisioningState/"):
+                    provisioning = code.split("/", 1)[1].lower()
+        if provisioning == "deleting":
+            return "terminated", power
+        if power in _STATE_BY_POWER:
+            return _STATE_BY_POWER[power], power
+        if provisioning.startswith("failed"):
+            return "unknown", power
+        return _STATE_BY_PROVISIONING.get(provisioning, "unknown"), power
+
+    def _to_instance(self, vm: Mapping[str, Any], addresses: tuple[str | None, str | None],
+                     view: Mapping[str, Any] | None) -> Instance:
+        props = vm.get("properties") or {}
+        storage = props.get("storageProfile") or {}
+        state, power = self._state(vm, view)
+        private, public = addresses
+        vm_id = str(vm.get("id", ""))
+        parts = vm_id.split("/")
+        tags = {str(k): "" if v is None else str(v) for k, v in (vm.get("tags") or {}).items()}
+        return Instance(
+            id=vm_id, provider=self.name, region=location_name(str(vm.get("location", ""))),
+            image_id=image_reference_id(storage.get("imageReference")), state=state,
+            launched_at=parse_time(props.get("timeCreated")) or 0, tags=tags,
+            address=private or public,
+            extra={k: v for k, v in {
+                "name": vm.get("name"), "resource_group": parts[4] if len(parts) > 4 else None,
+                "vm_size": (props.get("hardwareProfile") or {}).get("vmSize"),
+                "vm_id": props.get("vmId"), "provisioning_state": props.get("provisioningState"),
+                "power_state": power, "private_ip": private, "public_ip": public,
+            }.items() if v is not None},
+        )
+
+    def _instances(self, vms: Sequence[Mapping[str, Any]]) -> list[Instance]:
+        addresses = self._addresses(vms) if vms else {}
+        out = []
+        for vm in vms:
+            view = self._instance_view(vm) if self.power_state else None
+            out.append(self._to_instance(vm, addresses.get(str(vm["id"]).lower(), (None, None)),
+                                         view))
+        return out
+
+    def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
+        want = {str(k): str(v) for k, v in (tags or {}).items()}
+        selected = []
+        for vm in self._list_vms():
+            if not vm.get("id") or location_name(str(vm.get("location", ""))) not in \
+                    self.locations:
+                continue
+            vm_tags = vm.get("tags") or {}
+            if all(str(vm_tags.get(k)) == v and k in vm_tags for k, v in want.items()):
+                selected.append(vm)
+        return iter(self._instances(selected))  # all I/O done here, in the caller's thread
+
+    # -- launch -----------------------------------------------------------------------------
+
+    def _get_vm(self, location: str, vm_id: str, label: str | None = None) -> dict[str, Any] | None:
+        got = self._request(location, "VirtualMachines_Get", vm_id, VM_API, absent_ok=True,
+                            label=label)
+        return got or None
+
+    def _subnet_id(self, location: str, network: str | None, extra: Mapping[str, Any]) -> str:
+        if network and network.lower().lstrip("/").startswith("subscriptions/"):
+            return "/" + network.lstrip("/")  # a full subnet resource id
+        vnet, _, subnet = (network or "").partition("/")
+        vnet = vnet or self.networks.get(location) or ""
+        subnet = subnet or str(extra.get("subnet") or "") or self.subnets.get(location) \
+            or "default"
+        if not vnet:
+            raise BadRequest(f"{self.where}: no virtual network for {location}: set network "
+                             f"(or network = {{ {location} = \"...\" }}) on the provider, or the "
+                             f"service's network")
+        return (f"{self._rg_path(self.network_resource_group)}/providers/Microsoft.Network/"
+                f"virtualNetworks/{vnet}/subnets/{subnet}")
+
+    def _tags(self, request: LaunchRequest, token: str) -> dict[str, str]:
+        tags = {str(k): str(v) for k, v in request.tags.items()}
+        tags[TAG_TOKEN] = token
+        too_long = sorted(k for k, v in tags.items() if len(v) > MAX_TAG_VALUE or len(k) > 512)
+        if too_long:
+            raise BadRequest(f"{self.where}: tag(s) {', '.join(too_long)} exceed ARM's limits "
+                             f"(names 512, values {MAX_TAG_VALUE} characters)")
+        bad = sorted(k for k in tags if any(c in k for c in "<>%&\\?/"))
+        if bad:
+            raise BadRequest(f"{self.where}: tag name(s) {', '.join(bad)} contain a character "
+                             f"ARM refuses (< > % & \\ ? /)")
+        if len(tags) > MAX_TAGS:
+            raise BadRequest(f"{self.where}: {len(tags)} tags; ARM allows {MAX_TAGS}")
+        return tags
+
+    def launch(self, request: LaunchRequest) -> list[Instance]:
+        location = self._location(request.region)
+        if isinstance(request.count, bool) or not isinstance(request.count, int) \
+                or not 1 <= request.count <= 1000:
+            raise BadRequest(f"{self.where}: launch count {request.count!r} must be 1..1000")
+        if not request.client_token:
+            raise BadRequest(f"{self.where}: launch needs a client token")
+        extra = dict(request.settings or {})
+        unknown = sorted(set(extra) - _LAUNCH_SETTINGS)
+        if unknown:
+            self.context.log.warning("%s: launch ignores settings %s (user_data: libcloud's "
+                                     "Azure driver cannot send customData on Python 3)",
+                                     self.where, ", ".join(unknown))
+        kind, ref = parse_image_id(request.image_id)
+        token = request.client_token if len(request.client_token) <= MAX_TAG_VALUE else \
+            "sha256:" + hashlib.sha256(request.client_token.encode()).hexdigest()
+        tags = self._tags(request, token)
+        spec = {
+            "size": str(request.size or extra.get("size") or self.size),
+            "subnet_id": self._subnet_id(location, request.network or extra.get("network"),
+                                         extra),
+            "public_ip": bool(extra.get("public_ip", self.public_ip)),
+            "admin_username": str(extra.get("admin_username") or self.admin_username),
+            "ssh_public_key": extra.get("ssh_public_key") or self.ssh_public_key,
+            "os_disk_type": str(extra.get("os_disk_type") or self.os_disk_type),
+            "os_disk_size_gb": extra.get("os_disk_size_gb") or self.os_disk_size_gb,
+        }
+        prefix = extra.get("name_prefix") or self.name_prefix
+        want_ref = ({"id": ref} if kind == "id" else
+                    dict(zip(("publisher", "offer", "sku", "version"), ref, strict=True)))
+        names = [self._vm_name(request, index, prefix) for index in range(request.count)]
+        found = {name: self._get_vm(location, self._vm_path(name)) for name in names}
+        for name, vm in found.items():
+            if vm:
+                self._check_existing(location, name, vm, token, want_ref)
+        reused_list = self._instances([vm for vm in found.values() if vm])
+        reused = {inst.id.lower(): n for n, inst in enumerate(reused_list)}
+        if reused:
+            self.context.log.info("%s, location %s: %d VM(s) of launch %s exist already",
+                                  self.where, location, len(reused), token)
+        instances = []
+        for name in names:
+            vm = found[name]
+            instances.append(reused_list[reused[str(vm["id"]).lower()]] if vm else
+                             self._launch_one(location, name, kind, ref, tags, spec))
+        self.context.log.info("%s, location %s: launched %s from %s (token %s)", self.where,
+                              location, ", ".join(i.extra.get("name", i.id) for i in instances),
+                              request.image_id, request.client_token)
+        return instances
+
+    def _check_existing(self, location: str, name: str, vm: Mapping[str, Any], token: str,
+                        want_ref: Mapping[str, Any]) -> None:
+        tags = vm.get("tags") or {}
+        if tags.get(TAG_TOKEN) != token:
+            raise ProviderError(
+                f"{self.where}, location {location}: a VM named {name} exists already in "
+                f"resource group {self.resource_group} but was not launched with client token "
+                f"{token} (its {TAG_TOKEN} tag: {tags.get(TAG_TOKEN)!r}); delete it or change "
+                f"name_prefix", code="conflict")
+        props = vm.get("properties") or {}
+        have_ref = (props.get("storageProfile") or {}).get("imageReference")
+        if not _same_reference(have_ref, want_ref):
+            raise ProviderError(
+                f"{self.where}, location {location}: client token {token} was already used to "
+                f"launch {name} from {image_reference_id(have_ref)}, not "
+                f"{image_reference_id(want_ref)}; a retried launch must repeat the first one "
+                f"exactly", code="idempotent-mismatch")
+        if str(props.get("provisioningState", "")).lower() == "deleting":
+            raise ProviderError(f"{self.where}, location {location}: VM {name} of launch {token} "
+                                f"is being deleted; it cannot be launched again under the same "
+                                f"client token", code="conflict")
+
+    def _launch_one(self, location: str, name: str, kind: str, ref: Any,
+                    tags: Mapping[str, str], spec: Mapping[str, Any]) -> Instance:
+        """Create the public IP (optional), NIC and VM ``name``: each an idempotent PUT."""
+        from libcloud.compute.base import NodeAuthSSHKey, NodeLocation, NodeSize
+        from libcloud.compute.drivers.azure_arm import (
+            AzureComputeGalleryImage,
+            AzureImage,
+            AzureIPAddress,
+            AzureNic,
+            AzureSubnet,
+        )
+
+        vm_path = self._vm_path(name)
+        rg = self.resource_group
+
+        def where(driver: Any) -> Any:
+            return NodeLocation(location, location, "", driver)
+
+        public: AzureIPAddress | None = None
+        if spec["public_ip"]:
+            # Standard SKU, static: Azure no longer creates Basic public IPs (libcloud's
+            # ex_create_public_ip asks for one)
+            pip_id = f"{self._rg_path()}/providers/Microsoft.Network/publicIPAddresses/{name}-ip"
+            got = self._request(location, "PublicIPAddresses_CreateOrUpdate", pip_id, IP_API,
+                                method="PUT", data={
+                                    "location": location, "tags": dict(tags),
+                                    "sku": {"name": "Standard"},
+                                    "properties": {"publicIPAllocationMethod": "Static",
+                                                   "publicIPAddressVersion": "IPv4"}})
+            public = AzureIPAddress(got.get("id") or pip_id, f"{name}-ip",
+                                    got.get("properties") or {})
+        subnet_id = spec["subnet_id"]
+        nic: AzureNic = self._call(
+            location, "NetworkInterfaces_CreateOrUpdate",
+            lambda d: d.ex_create_network_interface(
+                f"{name}-nic", AzureSubnet(subnet_id, subnet_id.rsplit("/", 1)[-1], {}), rg,
+                where(d), public_ip=public))
+
+        def create(driver: Any) -> dict[str, Any]:
+            if kind == "urn":
+                publisher, offer, sku, version = ref
+                image: Any = AzureImage(version, sku, offer, publisher, location, driver)
+            else:
+                image = AzureComputeGalleryImage("", "", "", ref.rsplit("/", 1)[-1], driver)
+                image.id = ref  # imageReference {"id": ...}: managed or gallery image
+            size = NodeSize(spec["size"], spec["size"], 0, 0, 0, 0.0, driver)
+            auth = NodeAuthSSHKey(spec["ssh_public_key"]) if spec["ssh_public_key"] else None
+            node = driver.create_node(
+                name=name, size=size, image=image, auth=auth, ex_resource_group=rg,
+                location=where(driver), ex_user_name=spec["admin_username"], ex_nic=nic,
+                ex_tags=dict(tags), ex_use_managed_disks=True,
+                ex_storage_account_type=spec["os_disk_type"], ex_os_disk_delete=True,
+                ex_disk_size=spec["os_disk_size_gb"])
+            return dict(node.extra)
+
+        def recover() -> dict[str, Any] | None:
+            return self._get_vm(location, vm_path)
+
+        vm = self._call(location, "VirtualMachines_CreateOrUpdate", create, recover=recover,
+                        idempotent=False)
+        configs = (nic.extra or {}).get("ipConfigurations") or [{}]
+        private = (configs[0].get("properties") or {}).get("privateIPAddress")
+        address = (private, (public.extra or {}).get("ipAddress") if public else None)
+        return self._to_instance(vm, address, None)
+
+    # -- terminate --------------------------------------------------------------------------
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(self._vm_id(i) for i in instance_ids))
+        if not ids:
+            return
+        label = self._list_label()
+        vms: dict[str, dict[str, Any]] = {}
+        for vm_id in ids:
+            got = self._get_vm(self.locations[0], vm_id, label=label)
+            if got:
+                vms[vm_id] = got
+        gone = [i for i in ids if i not in vms]
+        if gone:
+            self.context.log.info("%s: %s already gone", self.where, ", ".join(gone))
+        if not self.terminate_untagged:
+            foreign = sorted(i for i, vm in vms.items() if TAG_SERVICE not in (vm.get("tags")
+                                                                               or {}))
+            if foreign:
+                raise BadRequest(
+                    f"{self.where}: refusing to delete {', '.join(foreign)}: no {TAG_SERVICE} "
+                    f"tag, so imm did not launch them (set terminate_untagged = true on the "
+                    f"provider to allow it)")
+        for vm_id, vm in vms.items():  # every DELETE first: Azure deletes them in parallel
+            if str((vm.get("properties") or {}).get("provisioningState", "")).lower() != \
+                    "deleting":
+                self._request(self._vm_location(vm), "VirtualMachines_Delete", vm_id, VM_API,
+                              method="DELETE", absent_ok=True)
+        for vm_id, vm in vms.items():
+            self._destroy(vm_id, vm)
+
+    def _vm_location(self, vm: Mapping[str, Any]) -> str:
+        loc = location_name(str(vm.get("location", "")))
+        return loc if loc in self.locations else self.locations[0]
+
+    def _destroy(self, vm_id: str, vm: Mapping[str, Any]) -> None:
+        """libcloud's destroy_node: wait until the VM is gone, delete its NICs and OS disk; then
+        the public IPs imm made for it."""
+        location = self._vm_location(vm)
+        name = str(vm.get("name") or vm_id.rsplit("/", 1)[-1])
+        nics = ((vm.get("properties") or {}).get("networkProfile") or {}).get(
+            "networkInterfaces") or []
+        publics = []
+        for ref in nics:
+            nic = self._request(location, "NetworkInterfaces_Get", str(ref.get("id")), NIC_API,
+                                absent_ok=True)
+            for conf in ((nic or {}).get("properties") or {}).get("ipConfigurations") or []:
+                pub = ((conf.get("properties") or {}).get("publicIPAddress") or {}).get("id")
+                if pub and str(pub).rsplit("/", 1)[-1] == f"{name}-ip":
+                    publics.append(str(pub))
+        poll = self.delete_poll_s
+        polls = max(1, int(self.delete_timeout_s / poll) if poll > 0 else 100)
+
+        def destroy(driver: Any) -> None:
+            from libcloud.common.exceptions import BaseHTTPError
+
+            node = driver._to_node(dict(vm), fetch_nic=False, fetch_power_state=False)
+            try:
+                driver.destroy_node(node, ex_destroy_nic=True, ex_destroy_vhd=False,
+                                    ex_poll_qty=polls, ex_poll_wait=poll,
+                                    ex_destroy_os_disk=True)
+            except BaseHTTPError as exc:
+                if exc.code != 404:  # the VM (or its resource group) is gone
+                    raise
+
+        self._call(location, "VirtualMachines_Delete", destroy)
+        for pub in publics:
+            self._request(location, "PublicIPAddresses_Delete", pub, IP_API, method="DELETE",
+                          absent_ok=True)
+        self.context.log.info("%s, location %s: deleted VM %s", self.where, location, name)
+
+    # -- images -----------------------------------------------------------------------------
+
+    def describe_image(self, region: str, image_id: str) -> ImageInfo | None:
+        location = self._location(region)
+        kind, ref = parse_image_id(image_id)
+        if kind == "urn":
+            return self._marketplace_image(location, image_id, *ref)
+        return self._resource_image(location, image_id, ref)
+
+    def _marketplace_image(self, location: str, image_id: str, publisher: str, offer: str,
+                           sku: str, version: str) -> ImageInfo | None:
+        base = (f"/subscriptions/{self.subscription_id}/providers/Microsoft.Compute/locations/"
+                f"{location}/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/"
+                f"{sku}/versions")
+        resolved = version
+        if version.lower() == "latest":
+            listed = self._request(location, "VirtualMachineImages_List", base, VM_API,
+                                   absent_ok=True)
+            # a bare JSON array of {name, location, id}
+            rows = listed if isinstance(listed, list) else (listed or {}).get("value") or []
+            names = [str(v.get("name")) for v in rows if isinstance(v, dict) and v.get("name")]
+            if not names:
+                return None
+            resolved = max(names, key=_version_key)
+        got = self._request(location, "VirtualMachineImages_Get", f"{base}/{resolved}", VM_API,
+                            absent_ok=True)
+        if got is None:
+            return None
+        props = got.get("properties") or {}
+        return ImageInfo(
+            region=location, image_id=image_id, name=f"{publisher} {offer} {sku} {version}",
+            state="available",
+            extra={k: v for k, v in {
+                "publisher": publisher, "offer": offer, "sku": sku, "version": resolved,
+                "os_type": (props.get("osDiskImage") or {}).get("operatingSystem"),
+                "hyper_v_generation": props.get("hyperVGeneration"),
+                "architecture": props.get("architecture"),
+            }.items() if v is not None})
+
+    def _resource_image(self, location: str, image_id: str, ref: str) -> ImageInfo | None:
+        if _GALLERY_VERSION.search(ref):
+            call, api = "GalleryImageVersions_Get", GALLERY_API
+        elif _GALLERY_IMAGE.search(ref):
+            call, api = "GalleryImages_Get", GALLERY_API
+        elif _MANAGED_IMAGE.search(ref):
+            call, api = "Images_Get", IMAGE_API
+        else:
+            raise BadRequest(f"{self.where}: {image_id!r} is not the id of a managed image "
+                             f"(.../providers/Microsoft.Compute/images/NAME) or of a gallery "
+                             f"image (.../galleries/G/images/I[/versions/V])")
+        got = self._request(location, call, ref, api, absent_ok=True)
+        if got is None:
+            return None
+        props = got.get("properties") or {}
+        home = location_name(str(got.get("location", "")))
+        regions = {home} | {location_name(str(r.get("name", ""))) for r in
+                            (props.get("publishingProfile") or {}).get("targetRegions") or []}
+        if location not in regions:
+            self.context.log.info("%s: image %s lives in %s, not in %s", self.where, ref,
+                                  ", ".join(sorted(r for r in regions if r)), location)
+            return None
+        state = str(props.get("provisioningState") or "")
+        storage = props.get("storageProfile") or {}
+        return ImageInfo(
+            region=location, image_id=image_id, name=got.get("name"),
+            state="available" if state.lower() == "succeeded" else (state.lower() or None),
+            extra={k: v for k, v in {
+                "tags": got.get("tags") or {}, "location": home or None,
+                "os_type": ((storage.get("osDisk") or {}).get("osType")
+                            or (props.get("identifier") or {}).get("osType")
+                            or props.get("osType")),
+                "hyper_v_generation": props.get("hyperVGeneration"),
+            }.items() if v is not None})
+
+    def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
+        """Not supported: a managed image belongs to one location and ARM has no call that
+        copies it to another (it has to be rebuilt there from a copied VHD or snapshot), and a
+        Marketplace image exists in every location already. Replicate through an Azure Compute
+        Gallery (target regions) or bake per location, and register each location's image id
+        as its own artifact."""
+        raise BadRequest(
+            f"{self.where}: copy_image is not supported on Azure: managed images are bound to "
+            f"their location and ARM cannot copy them ({src_region} -> {dst_region}); publish "
+            f"{image_id} through an Azure Compute Gallery replicated to {dst_region}, or bake "
+            f"there, and add that image id as the artifact for {dst_region}",
+            code="not-supported")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._drivers.clear()
+            self._credentials = None
+
+
+@hookimpl(trylast=True)
+def imm_register_providers(registry: ProviderRegistry) -> None:
+    registry.add(AzureProvider)
