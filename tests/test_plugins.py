@@ -41,8 +41,11 @@ def imm_policy_check(image, service, rollout):
 @hookimpl
 async def imm_health_gate(rollout, step, instances):
     _log("gate", {"step": step["name"], "instances": len(instances)})
-    if os.path.exists(os.environ["TESTPLUG_FAIL_GATE"]):
-        return "testplug canary analysis: error rate too high"
+    flag = os.environ["TESTPLUG_FAIL_GATE"]
+    if os.path.exists(flag):
+        at = open(flag).read().strip()
+        if at in ("", "x", step["name"]):
+            return "testplug canary analysis: error rate too high"
     return True
 
 @hookimpl
@@ -103,6 +106,35 @@ def test_hooks_are_called_and_status_lists_plugins(tmp_path: Path, images: Path 
     cp = d.fails("rollout", "start", "web", "--image", "web@blk", code=6)
     assert "rule 'plugin'" in cp.stderr and "blocked=yes" in cp.stderr
     assert instances(d, "web") == before
+
+
+def test_rolling_rollback_after_a_retired_batch_relaunches_the_previous_image(
+        tmp_path: Path, images: Path) -> None:  # noqa: F811
+    """The gate fails at the second batch, after one old instance was already retired: the
+    rollback brings the old image back to full strength before the new instances go."""
+    site = install_plugin(tmp_path, "testplug", PLUGIN)
+    flag = tmp_path / "fail-gate"
+    port = free_port()
+    d = Immd(tmp_path, BASE + service("web", port, count=2, strategy="rolling", batch="1"))
+    d.start(extra_env={"PYTHONPATH": str(site), "TESTPLUG_LOG": str(tmp_path / "log"),
+                       "TESTPLUG_FAIL_GATE": str(flag)})
+    register(d, images, "v1", "v2")
+    first = d.json("rollout", "start", "web", "--image", "web@v1", "--wait")
+    flag.write_text("5-attach")
+    with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002) as load:
+        cp = d.run("rollout", "start", "web", "--image", "web@v2", "--wait", check=False)
+        stats = load.stop()
+    assert cp.returncode == 1 and "5-attach" in cp.stderr, cp.stderr
+    assert stats.failed == 0, stats
+    live = instances(d, "web")
+    v1 = d.json("image", "show", "web@v1")["digest"]
+    assert len(live) == 2 and {i["tags"]["imm:digest"] for i in live} == {v1}, live
+    assert first["id"] in {i["tags"]["imm:rollout"] for i in live}
+    with LoadClient(f"http://127.0.0.1:{port}/", concurrency=4) as load:
+        import time
+        time.sleep(1)
+        after = load.stop()
+    assert after.failed == 0 and {json.loads(k)["version"] for k in after.by_backend} == {"v1"}
 
 
 def test_blocked_plugin_is_not_loaded(tmp_path: Path) -> None:
