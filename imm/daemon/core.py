@@ -165,13 +165,13 @@ class Daemon:
         return await self.db.write(write_all)
 
     async def rotate_key(self, actor: str) -> dict[str, Any]:
-        new, staged = self.keyring.stage_rotation()
+        new, staged = await asyncio.to_thread(self.keyring.stage_rotation)
         try:
             result = await self.db.write(self.catalog.rotate_key, actor, new)
         except BaseException:
-            self.keyring.abort_rotation(staged)
+            await asyncio.to_thread(self.keyring.abort_rotation, staged)
             raise
-        self.keyring.commit_rotation(new, staged)
+        await asyncio.to_thread(self.keyring.commit_rotation, new, staged)
         log.info("rotated signing key %s -> %s", result["previous"], result["keyid"])
         return result
 

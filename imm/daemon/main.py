@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from aiohttp import web
@@ -94,7 +95,8 @@ def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
     return sock
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    """Run immd until SIGTERM/SIGINT (or until ``stop`` is set, when embedded in a test)."""
     settings = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
     if args.log_level:
         settings.log_level = args.log_level
@@ -125,7 +127,7 @@ async def serve(args: argparse.Namespace) -> int:
              daemon.keyring.keyid[:16])
     await daemon.engine.startup()
 
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
@@ -149,9 +151,10 @@ async def serve(args: argparse.Namespace) -> int:
             log.info("reloaded %s", fresh.source)
         systemd.notify("READY=1", "STATUS=serving")
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    if threading.current_thread() is threading.main_thread():
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     systemd.notify("READY=1", f"STATUS=serving on {where}", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
