@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import re
 import subprocess
 import textwrap
@@ -204,3 +205,16 @@ def test_every_immctl_command_has_help() -> None:
     for group in ("image", "channel", "ledger", "keys", "rollout", "service", "instance"):
         assert group in out
 
+
+
+def test_docs_give_every_hook_with_its_exact_signature() -> None:
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    sys.path.insert(0, str(REPO / "scripts"))
+    from plugin_docs import render
+
+    assert docs == render(), "docs/plugins.md is stale: run scripts/plugin_docs.py"
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
+        if name.startswith("imm_"):
+            sig = str(inspect.signature(fn)).replace("'", "")
+            assert f"### `{name}{sig}`" in docs, f"docs/plugins.md lacks {name}{sig}"
+            assert (inspect.getdoc(fn) or "").split("\n")[0] in docs

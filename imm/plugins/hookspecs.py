@@ -41,9 +41,13 @@ def imm_health_gate(rollout: dict[str, Any], step: dict[str, Any],
                     instances: list[dict[str, Any]]) -> Any:
     """Judge a rollout step (canary analysis). Every implementation is called.
 
-    :param rollout: the rollout as ``immctl rollout status --json`` shows it.
-    :param step: the step being gated: ``{"name", "weight", "batch"}``.
-    :param instances: the new instances of the step (``Instance.to_dict()``).
+    Called after the new instances of a batch pass the router's health check, and after each
+    canary pause. A failing verdict rolls the rollout back.
+
+    :param rollout: ``{"id", "service", "image" (digest), "strategy"}``.
+    :param step: the step being gated: ``{"name" (e.g. "3-pause"), "op" ("attach" | "pause")}``.
+    :param instances: the new instances of the step (``Instance.to_dict()``: id, provider,
+        region, image_id, state, launched_at, tags, address, extra).
     :return: None (no opinion), True (pass), or a string giving the reason to fail. May be an
         awaitable resolving to the same.
     """
@@ -65,7 +69,9 @@ def imm_policy_check(image: dict[str, Any], service: dict[str, Any],
 def imm_rollout_event(event: dict[str, Any]) -> None:
     """Observe a rollout's journal entry after it is written (notify chat, page, metrics).
 
-    :param event: ``{"rollout", "service", "seq", "step", "action", "detail", "actor", "time"}``.
+    :param event: the signed journal record: ``{"type": "rollout", "rollout", "service", "seq",
+        "step", "action" (start | begin | done | fail | pause | resume | promote | abort |
+        complete), "detail", "actor", "time"}``.
     """
 
 

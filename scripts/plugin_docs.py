@@ -1,0 +1,61 @@
+"""Write docs/plugins.md from imm/plugins/hookspecs.py (tests/test_plugins.py checks it is current).
+
+    .venv/bin/python scripts/plugin_docs.py
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from imm.plugins import hookspecs
+
+INTRO = """# Writing imm plugins
+
+imm uses [pluggy](https://pluggy.readthedocs.io/). A plugin is a module (or object) with
+functions marked `@hookimpl`, installed as a distribution with an entry point in the `imm`
+group; immd loads every such entry point at start-up. The built-in `local`, `aws` and `azure`
+providers and the `haproxy`, `dns` and `cloudlb` routers are registered exactly this way, with
+`@hookimpl(trylast=True)`, so a plugin of the same kind registered later wins.
+
+```toml
+# your plugin's pyproject.toml
+[project.entry-points.imm]
+myplugin = "myplugin.hooks"
+```
+
+```python
+from imm.plugins.hookspecs import hookimpl
+
+@hookimpl
+def imm_policy_check(image, service, rollout):
+    if image["ladder_step"] < 4 and service["name"] == "payments":
+        return "payments only takes fully baked images (ladder step 4)"
+    return None
+```
+
+A hook implementation with a misspelled name or argument, or a plugin that fails to import,
+stops immd at start-up with a message naming the plugin. `IMM_BLOCK_PLUGINS=a,b` or
+`[plugins] block = ["a"]` in the config keeps named plugins from loading; `immctl status` lists
+what is loaded and which hooks each implements. Hooks whose docstring says so may return an
+awaitable; immd awaits it.
+
+Providers and routers subclass `imm.plugins.base.Provider` / `Router` and are registered from
+`imm_register_providers` / `imm_register_routers`. Their methods are synchronous: immd runs them
+in worker threads with a per-provider concurrency limit.
+
+## Hooks
+"""
+
+
+def render() -> str:
+    out = [INTRO]
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
+        if name.startswith("imm_"):
+            sig = str(inspect.signature(fn)).replace("'", "")
+            out += [f"### `{name}{sig}`", "", inspect.getdoc(fn) or "", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").write_text(render())
