@@ -55,10 +55,10 @@ def iso(ts: int) -> str:
 
 
 def daemon(state: Path, provider: str) -> Any:
-    import audit_plugin
-
     from imm import config
     from imm.daemon.core import Daemon
+
+    import audit_plugin
 
     s = config.parse(provider, "bench", state_dir=str(state), socket=str(state / "s.sock"))
     d = Daemon(s, extra_plugins=[audit_plugin])
@@ -71,9 +71,9 @@ def daemon(state: Path, provider: str) -> Any:
 def phase_list(n: int) -> dict[str, Any]:
     import logging
 
-    import audit_plugin
-
     from imm.plugins.base import ProviderContext
+
+    import audit_plugin
 
     p = audit_plugin.SyntheticProvider("synth", {"count": n}, ProviderContext(
         Path(tempfile.gettempdir()), logging.getLogger("bench")))

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import audit_plugin
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,6 +34,7 @@ from imm.errors import BadRequest
 from imm.plugins.base import Instance, LaunchRequest, ProviderContext
 from imm.plugins.providers.local import LocalProvider
 
+import audit_plugin
 from conftest import Immd
 
 REPO = Path(__file__).resolve().parents[1]

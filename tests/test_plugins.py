@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from test_e2e_rollout import BASE, images, instances, register, service  # noqa: F401
 
 from imm.plugins import hookspecs
 
 from backends import LoadClient, free_port
 from conftest import IMMCTL, Immd
+from test_e2e_rollout import BASE, images, instances, register, service  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

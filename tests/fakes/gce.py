@@ -46,7 +46,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -720,9 +720,3 @@ class FakeGCE:
 
         return self._new_op(zone, what, instance, apply)
 
-
-def iter_fixture_names() -> Iterator[str]:
-    """Names of the recorded GCE responses in the installed libcloud (for diagnostics)."""
-    for entry in FIXTURES.iterdir():
-        if entry.name.endswith(".json"):
-            yield entry.name

@@ -49,7 +49,7 @@ of the right project (401 otherwise).
 
 Test controls: ``calls`` (a Counter of operation names such as ``nova.servers.create``),
 ``requests`` (everything received), ``fail(op, ...)`` (answer an operation with an error, or act
-and then answer too late), ``revoke_tokens()``, ``add_image()``, ``servers()``.
+and then answer too late), ``revoke_tokens()``, ``add_image()``, ``servers()``, ``settle()``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,6 +276,14 @@ class FakeOpenStack:
         r = self.regions[region] if region else next(iter(self.regions.values()))
         with self.lock:
             return self._new_image(r, name, status, properties)
+
+    def settle(self) -> None:
+        """Let time pass: every server still building finishes, every deleted one is gone."""
+        with self.lock:
+            for r in self.regions.values():
+                r.ready_at = dict.fromkeys(r.ready_at, 0.0)
+                r.deleting = dict.fromkeys(r.deleting, 0.0)
+                self._tick(r)
 
     def servers(self, region: str | None = None, all_tenants: bool = False
                 ) -> list[dict[str, Any]]:
@@ -883,15 +891,3 @@ ROUTES = _compile([
     ("DELETE", r"/v2/images/(?P<id>[^/]+)", "glance.images.delete", images_delete),
     ("GET", r"/v2\.0/networks", "neutron.networks.list", networks_list),
 ])
-
-
-def iter_ops() -> Iterator[str]:
-    """Every operation name ``fail()`` and ``calls`` know."""
-    seen: set[str] = set()
-    for _m, _p, op, _h in ROUTES:
-        if op not in seen:
-            seen.add(op)
-            yield op
-
-
-__all__ = ["FakeOpenStack", "fixture", "iter_ops"]
