@@ -48,10 +48,10 @@ A location (``eastus``, ``westeurope``) is imm's region. Settings (``[providers.
     backoff_max_s = 10
 
 Image ids (artifacts) are image references: ``publisher:offer:sku:version`` for a Marketplace
-image, or the resource id of a managed image or an Azure Compute Gallery image (version). imm's
-catalog ids cannot start with ``/``, so resource ids are written (and reported) without the
-leading slash: ``subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/images/web-2``;
-the leading slash is accepted too.
+image, or the resource id of a managed image or an Azure Compute Gallery image (version). They
+are reported without the leading slash
+(``subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/images/web-2``), so
+record artifacts in that form; the provider accepts the leading slash too.
 
 What it does:
 

@@ -1,0 +1,833 @@
+"""The ``openstack`` provider: nova servers and glance images through libcloud's
+``OpenStack_2_NodeDriver`` (keystone v3 password auth), one driver per region.
+
+Settings (``[providers.NAME]`` in the config)::
+
+    kind = "openstack"
+    auth_url = "https://keystone.example.com:5000"   # keystone; a trailing /v3 is dropped
+    username = "imm"
+    project = "web-prod"                     # the project (tenant) servers live in
+    domain = "Default"                       # the user's domain (name)
+    project_domain_id = "default"            # the project's domain (id)
+    regions = ["RegionOne"]                  # one driver per region; endpoints from the catalog
+    flavor = "m1.small"                      # name or id, when the service names no size;
+                                             # or a table per region
+    network = ["private"]                    # network name(s) or id(s); or a table per region
+    security_groups = ["web"]                # optional, by name
+    key_name = "ops"                         # optional nova key pair
+    availability_zone = "nova"               # optional
+    wait_active_s = 600                      # launch waits for ACTIVE (0: return at BUILD)
+    poll_interval_s = 2
+    page_size = 500                          # servers per page (nova's limit/marker paging)
+    terminate_untagged = false               # refuse to delete servers imm did not launch
+
+    # the password: an environment variable (default OS_PASSWORD) or a file, never the value
+    password_env = "OS_PASSWORD"             # or password_file = "/etc/imm/openstack.password"
+
+    # endpoint overrides instead of the catalog (all three, or none; string or table per region)
+    compute_url = "https://nova.example.com:8774/v2.1/<project id>"
+    image_url = "https://glance.example.com:9292"
+    network_url = "https://neutron.example.com:9696"
+
+    timeout_s = 30                           # per HTTP request
+    retries = 5                              # throttling (429), 5xx, timeouts, resets
+    backoff_base_s = 0.5
+    backoff_max_s = 10
+
+Tags are server **metadata** (key/value, 255 characters each, so the full ``imm:digest`` fits):
+given as ``ex_metadata`` when the server is created, read back from ``extra["metadata"]``. The
+image id of an instance is the glance image id nova reports (``extra["imageId"]``).
+
+What it does:
+
+- ``list_instances`` pages through ``GET /servers/detail`` with ``limit``/``marker`` (each page
+  is its own retried call), in all regions concurrently, and filters by metadata here (nova has
+  no server-side metadata filter). Only the token's project is listed: libcloud's
+  ``ex_all_tenants`` (``all_tenants=1``) would list every project's servers to an admin, which is
+  not what imm manages. Servers being deleted (task state ``deleting``) and soft-deleted ones are
+  listed as ``terminated``; ``ERROR`` ones as ``unknown`` with the fault in ``extra``.
+- ``launch`` is idempotent by the client token: server ``i`` of a launch is named
+  ``<service>-<slot>-<sha256(token)[:16]>-<i>`` and carries an ``imm:token`` metadata item. Before
+  creating anything the servers whose name holds that hash (nova's ``name`` filter) and whose
+  ``imm:token`` matches are looked up and reused; only the missing ones are created (one
+  ``create_node`` each; a create that timed out is looked up by its name before it is tried
+  again). Then it waits (``wait_active_s``) until every server is ACTIVE; servers that end in
+  ERROR are deleted and the launch fails naming nova's fault, so a retry (same token) replaces
+  just those. Flavor and network names are resolved to ids (paged ``/flavors/detail``, neutron
+  ``/v2.0/networks``) once per region.
+- ``terminate`` finds each id's region (``GET /servers/<id>``; 404 = already gone), refuses
+  servers without an ``imm:service`` tag unless ``terminate_untagged = true``, then
+  ``destroy_node`` (``DELETE /servers/<id>``; 404 = gone).
+- ``describe_image`` is glance's ``GET /v2/images/<id>`` (what ``get_image`` calls, read raw so
+  that checksums and custom properties survive); None on 404.
+- ``copy_image`` is not supported: glance images live in one region's glance, and neither glance
+  nor nova can copy an image to another region (glance's ``copy-image`` import method only copies
+  between the stores of one glance). A copy means downloading the image data from one region and
+  uploading it to the other, gigabytes through immd; let the baker (Packer's openstack builder,
+  ``glance image-create`` per region) upload to every region and record each artifact instead.
+
+Authentication: each libcloud connection (compute, image, network) gets a keystone token on first
+use and keeps it until shortly before its ``expires_at``; the log-in is done as a step of its own
+before each call (a no-op while the token is valid), so that errors say whether keystone, the
+catalog (no endpoint for the region) or the service failed. When a service answers 401 anyway
+(token revoked, keystone keys rotated) libcloud drops the token; the call is then made once more
+with a fresh one. Keystone tokens are scrubbed from error messages like the password.
+
+Calls run through :class:`~imm.plugins.providers.cloud.CloudCaller` (see there for retries and
+error messages); each region's driver is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ...errors import BadRequest, ConfigError, ProviderError
+from ..base import TAG_SERVICE, TAG_SLOT, ImageInfo, Instance, LaunchRequest, Provider, ProviderContext
+from ..hookspecs import hookimpl
+from .cloud import (
+    REDACTED,
+    CallPolicy,
+    CloudCaller,
+    CloudProviderError,
+    Credentials,
+    CredentialSpec,
+    Failure,
+    Scrubber,
+    check_credential_settings,
+    credential_settings,
+    load_credentials,
+    parse_time,
+    per_region,
+    setting_bool,
+    setting_int,
+    setting_num,
+    setting_str,
+    setting_str_list,
+)
+
+if TYPE_CHECKING:
+    from ..registry import ProviderRegistry
+
+TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a credential
+CREDENTIALS = (CredentialSpec("password", "password", "OS_PASSWORD"),)
+MAX_META = 255  # nova: metadata keys and values, server names
+META_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")  # nova's metadata key pattern
+UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                  r"[0-9a-fA-F]{12}$")
+MAX_PAGES = 10000
+STATE_MAP = {
+    "ACTIVE": "running", "BUILD": "pending", "REBUILD": "pending", "REBOOT": "running",
+    "HARD_REBOOT": "running", "PASSWORD": "running", "RESIZE": "running",
+    "VERIFY_RESIZE": "running", "REVERT_RESIZE": "running", "MIGRATING": "running",
+    "SHUTOFF": "stopped", "SUSPENDED": "stopped", "PAUSED": "stopped", "SHELVED": "stopped",
+    "SHELVED_OFFLOADED": "stopped", "RESCUE": "stopped", "SOFT_DELETED": "terminated",
+    "DELETED": "terminated", "ERROR": "unknown", "UNKNOWN": "unknown",
+}
+# libcloud's NodeState (as str) -> the nova status it came from, when only a Node is at hand
+NODE_STATES = {
+    "running": "ACTIVE", "pending": "BUILD", "error": "ERROR", "stopped": "SHUTOFF",
+    "suspended": "SUSPENDED", "terminated": "DELETED", "rebooting": "REBOOT",
+    "reconfiguring": "RESIZE", "unknown": "UNKNOWN",
+}
+_URL_KEYS = ("compute_url", "image_url", "network_url")
+_KNOWN_SETTINGS = {
+    "kind", "auth_url", "username", "project", "domain", "project_domain_id", "regions",
+    "flavor", "network", "security_groups", "key_name", "availability_zone", "wait_active_s",
+    "poll_interval_s", "page_size", "terminate_untagged", *_URL_KEYS, *CallPolicy.KEYS,
+    *credential_settings(CREDENTIALS),
+}
+# Per-service launch extras honoured from LaunchRequest.settings.
+_LAUNCH_SETTINGS = {"flavor", "size", "network", "security_groups", "key_name",
+                    "availability_zone", "user_data"}
+_IMAGE_KEYS = {  # glance's own image fields; anything else is a custom property
+    "id", "name", "status", "visibility", "protected", "checksum", "os_hash_algo",
+    "os_hash_value", "owner", "size", "virtual_size", "min_ram", "min_disk", "disk_format",
+    "container_format", "created_at", "updated_at", "tags", "self", "file", "schema",
+    "locations", "direct_url", "os_hidden", "stores",
+}
+
+
+# Keystone tokens: Fernet (gAAAAA...) and the older PKI/PKIZ ones; both are bearer secrets.
+_KEYSTONE_TOKEN = re.compile(r"\b(?:gAAAAA[A-Za-z0-9_=-]{20,}|PKIZ_[A-Za-z0-9_=-]{20,}|"
+                             r"MII[A-Za-z0-9+/=-]{40,})")
+
+
+class TokenScrubber(Scrubber):
+    """Also removes keystone tokens: the ones the drivers hold now, and anything shaped like
+    one (a server that echoes its request headers would otherwise put X-Auth-Token in an
+    error message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: dict[str, set[str]] = {}  # region -> the tokens its driver holds
+
+    def __call__(self, text: Any) -> str:
+        out = super().__call__(text)
+        for tokens in list(self.tokens.values()):
+            for token in tokens:
+                out = out.replace(token, REDACTED)
+        return _KEYSTONE_TOKEN.sub(REDACTED, out)
+
+
+def effective_token(client_token: str) -> str:
+    """A metadata value holds 255 characters; longer or unprintable tokens are hashed."""
+    if client_token and len(client_token) <= MAX_META and client_token.isprintable():
+        return client_token
+    return "imm-" + hashlib.sha256(client_token.encode()).hexdigest()[:56]
+
+
+def absent(exc: CloudProviderError) -> bool:
+    """The service said 404: the server or image does not exist (keystone's 404 is "auth")."""
+    return exc.failure.status == 404 and exc.failure.kind == "client"
+
+
+def token_key(token: str) -> str:
+    """The part of a launch's server names that identifies its client token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+class OpenStackProvider(Provider):
+    kind = "openstack"
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        super().__init__(name, settings, context)
+        s = self.settings
+        where = self.where = f"openstack provider {name}"
+        unknown = sorted(set(s) - _KNOWN_SETTINGS)
+        if unknown:
+            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        self.auth_url = self._auth_url(setting_str(s, "auth_url", where))
+        self.username = self._required(s, "username")
+        self.project = self._required(s, "project")
+        self.domain = setting_str(s, "domain", where, "Default") or "Default"
+        self.project_domain_id = setting_str(s, "project_domain_id", where, "default") or \
+            "default"
+        regions = setting_str_list(s, "regions", where) if "regions" in s else ["RegionOne"]
+        if not regions:
+            raise ConfigError(f"{where}: regions is empty; name at least one, e.g. "
+                              f"regions = [\"RegionOne\"]")
+        if len(set(regions)) != len(regions):
+            raise ConfigError(f"{where}: regions lists a region twice")
+        self.regions = regions
+        self.policy = CallPolicy.from_settings(s, where)
+        self.page_size = setting_int(s, "page_size", where, 500, 1, 1000)
+        self.wait_active_s = setting_num(s, "wait_active_s", where, 600, 0, 86400)
+        self.poll_interval_s = setting_num(s, "poll_interval_s", where, 2, 0.01, 600)
+        self.terminate_untagged = setting_bool(s, "terminate_untagged", where, False)
+        self.flavors = {r: self._one_str(v, "flavor")
+                        for r, v in per_region(s, "flavor", where, regions).items()}
+        self.networks = {r: setting_str_list({"v": v}, "v", f"{where} network")
+                         for r, v in per_region(s, "network", where, regions).items()}
+        self.security_groups = setting_str_list(s, "security_groups", where)
+        self.key_name = setting_str(s, "key_name", where)
+        self.availability_zone = setting_str(s, "availability_zone", where)
+        self.urls: dict[str, dict[str, str]] = {r: {} for r in regions}
+        for key in _URL_KEYS:
+            for r, v in per_region(s, key, where, regions).items():
+                self.urls[r][key] = self._url(self._one_str(v, key), key)
+        for r, urls in self.urls.items():
+            if urls and len(urls) != len(_URL_KEYS):
+                missing = ", ".join(k for k in _URL_KEYS if k not in urls)
+                raise ConfigError(
+                    f"{where}: region {r} overrides {', '.join(sorted(urls))} but not {missing}; "
+                    f"set all three or none (libcloud sends the services it is not told about "
+                    f"to the last URL it was given)")
+        check_credential_settings(s, CREDENTIALS, where)
+        self.scrub = TokenScrubber()
+        self.caller = CloudCaller(
+            cloud="OpenStack", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
+            credentials_hint=self._credentials_hint(), endpoint=self._endpoint_text)
+        self._lock = threading.Lock()
+        self._drivers: dict[str, tuple[Any, threading.Lock]] = {}
+        self._credentials: Credentials | None = None
+        self._flavor_ids: dict[str, dict[str, str]] = {}
+        self._networks_cache: dict[str, list[dict[str, Any]]] = {}
+
+    # -- settings helpers
+
+    def _required(self, s: Mapping[str, Any], key: str) -> str:
+        value = setting_str(s, key, self.where)
+        if value is None:
+            raise ConfigError(f"{self.where}: set {key}")
+        return value
+
+    def _one_str(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty string "
+                              f"(or a table of them per region)")
+        return value.strip()
+
+    def _url(self, url: str, key: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(f"{self.where}: {key} = {url!r} must be an http(s) URL such as "
+                              f"https://keystone.example.com:5000")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise ConfigError(f"{self.where}: {key} = {url!r} has an invalid port") from None
+        return url.rstrip("/")
+
+    def _auth_url(self, url: str | None) -> str:
+        if url is None:
+            raise ConfigError(f"{self.where}: set auth_url, the keystone endpoint, e.g. "
+                              f"auth_url = \"https://keystone.example.com:5000\"")
+        url = self._url(url, "auth_url")
+        # OS_AUTH_URL usually ends in /v3; libcloud appends /v3/auth/tokens itself.
+        return re.sub(r"/v3(?:\.\d+)?$", "", url)
+
+    def _credentials_hint(self) -> str:
+        path = self.settings.get("password_file")
+        env = self.settings.get("password_env") or "OS_PASSWORD"
+        source = f"the password in file {path}" if path else f"the password in ${env}"
+        return (f"{source} and username {self.username!r} (domain {self.domain!r}), project "
+                f"{self.project!r} at {self.auth_url}")
+
+    def _endpoint_text(self, region: str) -> str:
+        urls = self.urls.get(region)
+        if urls:
+            return f"{urls['compute_url']} (and image_url/network_url)"
+        return f"keystone {self.auth_url} and the {region} endpoints of its catalog"
+
+    # -- drivers
+
+    def _load_credentials(self) -> Credentials:
+        if self._credentials is None:
+            self._credentials = load_credentials(self.settings, CREDENTIALS, self.where,
+                                                 self.context.log)
+            self.scrub.add(*self._credentials.secrets())
+        return self._credentials
+
+    def _driver(self, region: str) -> tuple[Any, threading.Lock]:
+        if region not in self.regions:
+            raise BadRequest(f"{self.where}: region {region!r} is not configured (regions: "
+                             f"{', '.join(self.regions)})")
+        with self._lock:
+            found = self._drivers.get(region)
+            if found is None:
+                found = (self._make_driver(region), threading.Lock())
+                self._drivers[region] = found
+            return found
+
+    def _make_driver(self, region: str) -> Any:
+        from libcloud.compute.drivers.openstack import OpenStack_2_NodeDriver
+
+        password = self._load_credentials().get("password")
+        kwargs: dict[str, Any] = {
+            "api_version": "2.0", "ex_force_auth_version": "3.x_password",
+            "ex_force_auth_url": self.auth_url, "ex_tenant_name": self.project,
+            "ex_domain_name": self.domain, "ex_tenant_domain_id": self.project_domain_id,
+            "ex_force_service_region": region, "timeout": self.policy.timeout_s,
+            "secure": self.auth_url.startswith("https:"),
+        }
+        urls = self.urls.get(region) or {}
+        if urls:
+            kwargs.update(ex_force_base_url=urls["compute_url"],
+                          ex_force_image_url=urls["image_url"],
+                          ex_force_network_url=urls["network_url"])
+        try:
+            return OpenStack_2_NodeDriver(self.username, password, **kwargs)
+        except Exception as exc:  # a driver's constructor can raise anything
+            raise ProviderError(f"{self.where}, region {region}: cannot set up the libcloud "
+                                f"OpenStack driver: {type(exc).__name__}: "
+                                f"{self.scrub(exc)}") from None
+
+    def _call(self, region: str, call: str, fn: Callable[[Any], Any], *,
+              service: str = "compute", recover: Callable[[], Any] | None = None,
+              idempotent: bool = True) -> Any:
+        """Run ``fn(driver)`` for ``region`` under the region's lock, with retries, once the
+        driver's connection to ``service`` (compute, image, network) holds a token."""
+        driver, lock = self._driver(region)
+
+        def attempt() -> Any:
+            with lock:
+                try:
+                    return self._authenticated(region, call, service, driver, fn)
+                finally:
+                    conns = (driver.connection, driver.image_connection,
+                             driver.network_connection)
+                    self.scrub.tokens[region] = {
+                        t for t in (getattr(c, "auth_token", None) for c in conns)
+                        if isinstance(t, str) and len(t) >= 8}
+
+        return self.caller.call(region, call, attempt, recover=recover, idempotent=idempotent)
+
+    def _authenticated(self, region: str, call: str, service: str, driver: Any,
+                       fn: Callable[[Any], Any]) -> Any:
+        """``fn(driver)`` after logging in; a token the service refuses is replaced once."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        conn = {"compute": driver.connection, "image": driver.image_connection,
+                "network": driver.network_connection}[service]
+        self._login(region, call, service, conn)
+        try:
+            return fn(driver)
+        except BaseHTTPError as exc:
+            if exc.code != 401:
+                raise
+            # The service refused a token keystone gave us (revoked, keys rotated, expired
+            # early); libcloud has dropped it. Log in again and repeat the call, once.
+            self.context.log.info("%s, region %s: %s refused the keystone token (%s); "
+                                  "authenticating again", self.where, region, service,
+                                  self.scrub(exc.message))
+            self._login(region, call, service, conn)
+            return fn(driver)
+
+    def _login(self, region: str, call: str, service: str, conn: Any) -> None:
+        """Make sure ``conn`` holds a valid token and knows its endpoint, which is what libcloud
+        does before each request anyway; done here so that keystone's and the catalog's
+        failures can be told apart from the service's."""
+        from libcloud.common.exceptions import BaseHTTPError
+        from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
+
+        keystone = f"keystone {self.auth_url}/v3/auth/tokens"
+        try:
+            conn._populate_hosts_and_request_paths()  # no request while the token is valid
+        except InvalidCredsError:
+            raise InvalidCredsError(
+                f"{keystone} refused the password of user {self.username} (domain "
+                f"{self.domain}) for project {self.project}") from None
+        except BaseHTTPError as exc:
+            raise self._keystone_error(region, call, exc.code, str(exc.message),
+                                       exc.headers) from None
+        except MalformedResponseError as exc:
+            m = re.match(r"code: (\d{3}) body:(.*)", str(exc.body or ""), re.S)
+            if not m:
+                raise
+            raise self._keystone_error(region, call, int(m.group(1)), m.group(2)) from None
+        except (LibcloudError, ValueError) as exc:
+            if "endpoint" not in str(exc):
+                raise
+            kind = {"compute": "compute (nova)", "image": "image (glance)",
+                    "network": "network (neutron)"}[service]
+            try:
+                regions = sorted(set(conn.service_catalog.get_regions()))
+            except Exception:  # noqa: BLE001 - only for the message
+                regions = []
+            message = (
+                f"OpenStack provider {self.name}, region {region}: {call} failed: the catalog of "
+                f"keystone {self.auth_url} has {'more than one' if isinstance(exc, ValueError) else 'no'} "
+                f"public {kind} endpoint for region {region} (the catalog's regions: "
+                f"{', '.join(regions) or 'none'}); check regions, or set compute_url, image_url "
+                f"and network_url")
+            raise ProviderError(message, detail={
+                "cloud": "OpenStack", "provider": self.name, "region": region, "call": call,
+                "attempts": 1, "kind": "catalog", "http_status": None,
+                "cloud_code": None}) from None
+
+    def _keystone_error(self, region: str, call: str, status: int, text: str,
+                        headers: Any = None) -> Exception:
+        """Keystone's answer to POST /v3/auth/tokens: throttling and 5xx as HTTP errors (so they
+        are retried), anything else as an auth failure, never as the service's 404."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        message = f"keystone {self.auth_url}/v3/auth/tokens answered {status}: " \
+                  f"{' '.join(str(text).split())[:500]}"
+        if status == 429 or status >= 500:
+            return BaseHTTPError(status, message, headers=headers)
+        return self.caller.error(region, call, Failure("auth", False, self.scrub(message), status))
+
+    def _per_region(self, fn: Callable[[str], Any]) -> dict[str, Any]:
+        if len(self.regions) == 1:
+            return {self.regions[0]: fn(self.regions[0])}
+        with ThreadPoolExecutor(max_workers=min(8, len(self.regions)),
+                                thread_name_prefix=f"imm-openstack-{self.name}") as pool:
+            futures = {r: pool.submit(fn, r) for r in self.regions}
+            return {r: f.result() for r, f in futures.items()}
+
+    # -- capabilities
+
+    def capabilities(self) -> set[str]:
+        return {"client_token"}
+
+    # -- listing
+
+    def _pages(self, region: str, call: str, path: str, key: str,
+               params: Mapping[str, str] | None = None,
+               convert: Callable[[Any, dict[str, Any]], Any] | None = None) -> list[Any]:
+        """Every item of a nova collection, one retried call per page (``limit``/``marker``,
+        following ``<key>_links`` rel=next the way nova gives it)."""
+        out: list[Any] = []
+        marker: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            query = {**(params or {}), "limit": str(self.page_size)}
+            if marker:
+                query["marker"] = marker
+
+            def page(driver: Any, query: dict[str, str] = query) -> tuple[list[Any], str | None]:
+                obj = driver.connection.request(path, params=query).object or {}
+                items = obj.get(key) or []
+                links = [link for link in obj.get(f"{key}_links") or []
+                         if link.get("rel") == "next"]
+                nxt = None
+                if links and items:
+                    q = urllib.parse.parse_qs(urllib.parse.urlsplit(links[0]["href"]).query)
+                    nxt = (q.get("marker") or [str(items[-1]["id"])])[0]
+                return [convert(driver, i) if convert else i for i in items], nxt
+
+            items, marker = self._call(region, call, page)
+            out += items
+            if not marker:
+                return out
+            if marker in seen:
+                raise ProviderError(f"{self.where}, region {region}: {call} pages loop (marker "
+                                    f"{marker} came back); the API is misbehaving")
+            seen.add(marker)
+        raise ProviderError(f"{self.where}, region {region}: {call} has more than {MAX_PAGES} "
+                            f"pages; raise page_size")
+
+    def _to_instance(self, region: str, node: Any, status: str | None = None) -> Instance:
+        """A libcloud Node (``_to_node`` of nova's server body) as an imm Instance; ``status``
+        is nova's own status when the raw body is at hand."""
+        extra = node.extra or {}
+        if status is None:
+            status = NODE_STATES.get(str(node.state), "UNKNOWN")
+        status = status.upper()
+        task = extra.get("task_state")
+        state = "terminated" if task == "deleting" else STATE_MAP.get(status, "unknown")
+        v4 = [ip for ip in (node.private_ips or []) + (node.public_ips or []) if ":" not in ip]
+        private = next((ip for ip in node.private_ips or [] if ":" not in ip), None)
+        public = next((ip for ip in node.public_ips or [] if ":" not in ip), None)
+        fault = extra.get("fault") or {}
+        metadata = extra.get("metadata") or {}
+        return Instance(
+            id=str(node.id), provider=self.name, region=region,
+            image_id=str(extra.get("imageId") or ""), state=state,
+            launched_at=parse_time(extra.get("created")) or 0,
+            tags={str(k): "" if v is None else str(v) for k, v in metadata.items()},
+            address=private or (v4[0] if v4 else None),
+            extra={k: v for k, v in {
+                "nova_status": status, "task_state": task, "name": node.name,
+                "flavor_id": None if extra.get("flavorId") is None else str(extra["flavorId"]),
+                "availability_zone": extra.get("availability_zone"),
+                "private_ip": private, "public_ip": public,
+                "fault": fault.get("message"),
+                "fault_details": str(fault["details"])[:300] if fault.get("details") else None,
+            }.items() if v is not None},
+        )
+
+    def _servers(self, region: str, params: Mapping[str, str] | None = None,
+                 call: str = "GET /servers/detail") -> list[Instance]:
+        return self._pages(region, call, "/servers/detail", "servers", params,
+                           lambda d, raw: self._to_instance(region, d._to_node(raw),
+                                                            str(raw.get("status") or "")))
+
+    def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
+        want = {str(k): str(v) for k, v in (tags or {}).items()}
+        results = self._per_region(self._servers)
+        for region in self.regions:
+            for inst in results[region]:
+                if inst.extra.get("nova_status") == "DELETED":
+                    continue
+                if all(inst.tags.get(k) == v for k, v in want.items()):
+                    yield inst
+
+    # -- launch
+
+    def _find_token(self, region: str, token: str) -> list[Instance]:
+        found = self._servers(region, {"name": token_key(token)},
+                              "GET /servers/detail (launch token)")
+        mine = [i for i in found if i.tags.get(TAG_TOKEN) == token and i.state != "terminated"]
+        return sorted(mine, key=lambda i: (self._index(i, token), i.id))
+
+    @staticmethod
+    def _index(inst: Instance, token: str) -> int:
+        m = re.search(rf"-{token_key(token)}-(\d+)$", str(inst.extra.get("name") or ""))
+        return int(m.group(1)) if m else 1 << 30
+
+    def _flavor_id(self, region: str, wanted: str) -> str:
+        for refresh in (False, True):
+            known = self._flavor_ids.get(region)
+            if known is None or refresh:
+                flavors = self._pages(region, "GET /flavors/detail", "/flavors/detail",
+                                      "flavors")
+                known = {}
+                for f in flavors:  # ids first: a flavor named like another's id loses
+                    known.setdefault(str(f.get("name")), str(f["id"]))
+                for f in flavors:
+                    known[str(f["id"])] = str(f["id"])
+                self._flavor_ids[region] = known
+            if wanted in known:
+                return known[wanted]
+        names = sorted({k for k, v in (self._flavor_ids.get(region) or {}).items() if k != v})
+        raise BadRequest(f"{self.where}, region {region}: no flavor {wanted!r} (flavor or the "
+                         f"service's size); flavors: {', '.join(names[:30]) or 'none'}")
+
+    def _network_ids(self, region: str, wanted: Sequence[str]) -> list[str]:
+        if not wanted:
+            return []
+        out: list[str] = []
+        for refresh in (False, True):
+            nets = self._networks_cache.get(region)
+            if nets is None or refresh:
+                nets = self._call(region, "GET /v2.0/networks", lambda d: (
+                    d.network_connection.request(d._networks_url_prefix).object or {}
+                ).get("networks") or [], service="network")
+                self._networks_cache[region] = nets
+            out = []
+            for w in wanted:
+                by_id = [n for n in nets if n.get("id") == w]
+                by_name = [n for n in nets if n.get("name") == w]
+                if by_id or len(by_name) == 1:
+                    out.append(str((by_id or by_name)[0]["id"]))
+                elif len(by_name) > 1:
+                    raise BadRequest(f"{self.where}, region {region}: {len(by_name)} networks "
+                                     f"are named {w!r}; give its id in network instead")
+            if len(out) == len(wanted):
+                return out
+        names = sorted(str(n.get("name")) for n in self._networks_cache.get(region) or [])
+        missing = [w for w in wanted if not any(w in (n.get("id"), n.get("name"))
+                                                for n in self._networks_cache.get(region) or [])]
+        raise BadRequest(f"{self.where}, region {region}: no network {', '.join(missing)} "
+                         f"(network); networks: {', '.join(names[:30]) or 'none'}")
+
+    def _check_tags(self, tags: Mapping[str, str]) -> None:
+        bad = [k for k, v in tags.items() if not META_KEY.match(k) or len(v) > MAX_META]
+        if bad:
+            raise BadRequest(f"{self.where}: tag(s) {', '.join(sorted(bad))} cannot be nova "
+                             f"metadata (keys: letters, digits and -_:. up to 255; values up "
+                             f"to 255 characters)")
+        if len(tags) > 128:
+            raise BadRequest(f"{self.where}: {len(tags)} tags; nova allows 128 metadata items")
+
+    def launch(self, request: LaunchRequest) -> list[Instance]:
+        from libcloud.compute.base import NodeImage, NodeSize
+        from libcloud.compute.drivers.openstack import OpenStackNetwork, OpenStackSecurityGroup
+
+        region = request.region
+        self._driver(region)  # validates the region
+        if not isinstance(request.count, int) or request.count < 1:
+            raise BadRequest(f"{self.where}: launch count {request.count!r} must be >= 1")
+        if not request.client_token:
+            raise BadRequest(f"{self.where}: launch needs a client token")
+        extra = dict(request.settings or {})
+        unknown = sorted(set(extra) - _LAUNCH_SETTINGS)
+        if unknown:
+            self.context.log.warning("%s: launch ignores settings %s", self.where,
+                                     ", ".join(unknown))
+        token = effective_token(request.client_token)
+        metadata = {str(k): str(v) for k, v in request.tags.items()}
+        metadata[TAG_TOKEN] = token
+        self._check_tags(metadata)
+
+        existing = self._find_token(region, token)
+        broken = [i for i in existing if i.extra.get("nova_status") == "ERROR"]
+        if broken:
+            self.context.log.warning("%s, region %s: replacing %s of launch %s (ERROR: %s)",
+                                     self.where, region, ", ".join(i.id for i in broken), token,
+                                     broken[0].extra.get("fault") or "no fault given")
+            self._destroy(region, [i.id for i in broken])
+            existing = [i for i in existing if i not in broken]
+        if len(existing) >= request.count:
+            self.context.log.info("%s, region %s: launch %s already ran: %s", self.where, region,
+                                  token, ", ".join(i.id for i in existing))
+            return self._wait_active(region, token, existing)
+
+        flavor = request.size or extra.get("flavor") or extra.get("size") or \
+            self.flavors.get(region)
+        if not flavor:
+            raise BadRequest(f"{self.where}: no flavor for region {region}: set flavor on the "
+                             f"provider or size on the service")
+        flavor_id = self._flavor_id(region, str(flavor))
+        nets = request.network or extra.get("network") or self.networks.get(region) or []
+        net_ids = self._network_ids(region, [nets] if isinstance(nets, str) else list(nets))
+        groups = extra.get("security_groups", self.security_groups) or []
+        key_name = extra.get("key_name") or self.key_name
+        zone = extra.get("availability_zone") or self.availability_zone
+        user_data = extra.get("user_data")
+
+        prefix = "-".join(v for v in (request.tags.get(TAG_SERVICE), request.tags.get(TAG_SLOT))
+                          if v) or "imm"
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", prefix)[:200]
+        taken = {self._index(i, token) for i in existing}
+        free = (n for n in range(10 ** 6) if n not in taken)
+        names = [f"{prefix}-{token_key(token)}-{next(free)}"
+                 for _ in range(request.count - len(existing))]
+
+        created: list[Instance] = []
+        for name in names:
+            def create(driver: Any, name: str = name) -> Instance:
+                kwargs: dict[str, Any] = {"ex_metadata": dict(metadata)}
+                if net_ids:
+                    kwargs["networks"] = [OpenStackNetwork(n, None, None, driver)
+                                          for n in net_ids]
+                if groups:
+                    kwargs["ex_security_groups"] = [
+                        OpenStackSecurityGroup(None, None, g, None, driver) for g in groups]
+                if key_name:
+                    kwargs["ex_keyname"] = key_name
+                if zone:
+                    kwargs["ex_availability_zone"] = zone
+                if user_data:
+                    kwargs["ex_userdata"] = str(user_data)
+                node = driver.create_node(
+                    name=name, size=NodeSize(flavor_id, flavor_id, 0, 0, 0, 0.0, driver),
+                    image=NodeImage(request.image_id, request.image_id, driver), **kwargs)
+                return self._to_instance(region, node)
+
+            def recover(name: str = name) -> Instance | None:
+                return next((i for i in self._find_token(region, token)
+                             if i.extra.get("name") == name), None)
+
+            inst = self._call(region, "POST /servers", create, recover=recover, idempotent=False)
+            created.append(inst)
+            self.context.log.info("%s, region %s: created server %s (%s) from image %s",
+                                  self.where, region, inst.id, name, request.image_id)
+        return self._wait_active(region, token, existing + created)
+
+    def _wait_active(self, region: str, token: str, instances: list[Instance]) -> list[Instance]:
+        """Wait until the launch's servers are ACTIVE; delete those that end in ERROR and fail."""
+        ids = {i.id for i in instances}
+        deadline = time.monotonic() + self.wait_active_s
+        current = instances
+        while True:
+            errored = [i for i in current if i.extra.get("nova_status") == "ERROR"]
+            if errored:
+                fault = errored[0].extra.get("fault") or "no fault given"
+                details = errored[0].extra.get("fault_details")
+                self._destroy(region, [i.id for i in errored])
+                raise ProviderError(
+                    f"{self.where}, region {region}: server(s) {', '.join(i.id for i in errored)}"
+                    f" went to ERROR: {fault}" + (f" ({details})" if details else "") +
+                    "; deleted them (a retried launch replaces them). Check quotas, flavor, "
+                    "image and network", detail={"cloud": "OpenStack", "provider": self.name,
+                                                 "region": region, "call": "POST /servers",
+                                                 "kind": "build-failed", "fault": fault})
+            building = [i for i in current if i.state == "pending"]
+            if not building or self.wait_active_s <= 0:
+                return current
+            if time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"{self.where}, region {region}: server(s) "
+                    f"{', '.join(i.id for i in building)} still building after "
+                    f"{self.wait_active_s:g}s (wait_active_s)", detail={
+                        "cloud": "OpenStack", "provider": self.name, "region": region,
+                        "call": "POST /servers", "kind": "build-timeout"})
+            time.sleep(self.poll_interval_s)
+            found = {i.id: i for i in self._find_token(region, token) if i.id in ids}
+            current = sorted(found.values(), key=lambda i: (self._index(i, token), i.id))
+            vanished = ids - set(found)
+            if vanished:
+                raise ProviderError(f"{self.where}, region {region}: server(s) "
+                                    f"{', '.join(sorted(vanished))} vanished while building")
+
+    # -- terminate
+
+    def _get_server(self, region: str, server_id: str) -> Instance | None:
+        def get(driver: Any) -> Instance:
+            obj = driver.connection.request(f"/servers/{urllib.parse.quote(server_id)}").object
+            return self._to_instance(region, driver._to_node(obj["server"]),
+                                     str(obj["server"].get("status") or ""))
+
+        try:
+            inst: Instance = self._call(region, "GET /servers/<id>", get)
+        except CloudProviderError as exc:
+            if absent(exc):
+                return None
+            raise
+        return inst
+
+    def _destroy(self, region: str, ids: Sequence[str]) -> None:
+        from libcloud.compute.base import Node
+        from libcloud.compute.types import NodeState
+
+        for sid in ids:
+            def delete(driver: Any, sid: str = sid) -> Any:
+                return driver.destroy_node(Node(sid, sid, NodeState.UNKNOWN, [], [], driver))
+
+            try:
+                self._call(region, "DELETE /servers/<id>", delete)
+            except CloudProviderError as exc:
+                if not absent(exc):
+                    raise
+            self.context.log.info("%s, region %s: deleting server %s", self.where, region, sid)
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(str(i) for i in instance_ids))
+        if not ids:
+            return
+
+        def locate(region: str) -> dict[str, Instance]:
+            found = {}
+            for sid in ids:
+                inst = self._get_server(region, sid)
+                if inst is not None:
+                    found[sid] = inst
+            return found
+
+        located = self._per_region(locate)
+        gone = set(ids) - {i for found in located.values() for i in found}
+        if gone:
+            self.context.log.info("%s: %s already gone", self.where, ", ".join(sorted(gone)))
+        if not self.terminate_untagged:
+            foreign = sorted(i for found in located.values() for i, inst in found.items()
+                             if TAG_SERVICE not in inst.tags)
+            if foreign:
+                raise BadRequest(
+                    f"{self.where}: refusing to terminate {', '.join(foreign)}: no "
+                    f"{TAG_SERVICE} metadata, so imm did not launch them (set "
+                    f"terminate_untagged = true on the provider to allow it)")
+        for region, found in located.items():
+            live = [i for i, inst in found.items() if inst.state != "terminated"]
+            self._destroy(region, live)
+
+    # -- images
+
+    def describe_image(self, region: str, image_id: str) -> ImageInfo | None:
+        def get(driver: Any) -> dict[str, Any]:
+            path = f"/v2/images/{urllib.parse.quote(image_id, safe='')}"
+            obj = driver.image_connection.request(path).object
+            if not isinstance(obj, dict) or "id" not in obj:
+                raise ProviderError(f"{self.where}, region {region}: glance answered GET "
+                                    f"{path} without an image")
+            return obj
+
+        try:
+            obj = self._call(region, "GET /v2/images/<id>", get, service="image")
+        except CloudProviderError as exc:
+            if absent(exc):
+                return None
+            raise
+        props = {k: v for k, v in obj.items() if k not in _IMAGE_KEYS and v is not None}
+        return ImageInfo(
+            region=region, image_id=str(obj["id"]), name=obj.get("name"),
+            state=obj.get("status"),
+            extra={k: v for k, v in {
+                "visibility": obj.get("visibility"), "checksum": obj.get("checksum"),
+                "os_hash_algo": obj.get("os_hash_algo"), "os_hash_value": obj.get("os_hash_value"),
+                "size": obj.get("size"), "disk_format": obj.get("disk_format"),
+                "container_format": obj.get("container_format"), "owner": obj.get("owner"),
+                "created_at": obj.get("created_at"), "tags": obj.get("tags") or [],
+                "properties": props,
+            }.items() if v is not None},
+        )
+
+    def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
+        raise BadRequest(
+            f"{self.where}: cannot copy image {image_id} from {src_region} to {dst_region}: "
+            f"glance images belong to one region and OpenStack has no cross-region copy (glance's "
+            f"copy-image import only copies between the stores of one glance). Upload the image "
+            f"to {dst_region} with the baker (Packer's openstack builder or glance "
+            f"image-create) and record it with immctl image artifact add", code="not-supported")
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._drivers.clear()
+            self._credentials = None
+            self._flavor_ids.clear()
+            self._networks_cache.clear()
+
+
+@hookimpl(trylast=True)
+def imm_register_providers(registry: ProviderRegistry) -> None:
+    registry.add(OpenStackProvider)
