@@ -42,6 +42,28 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[Any], timeout: float = 20
 
 
 _ALL: list[Immd] = []
+_READER_COPY: Path | None = None
+
+
+def reader_copy() -> Path:
+    """immctl's stdlib-only modules copied where any user can read them (the checkout may sit
+    under a directory other users cannot enter, such as /root)."""
+    global _READER_COPY
+    if _READER_COPY is None:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="immctl-reader-"))
+        for rel in ("imm/__init__.py", "imm/errors.py", "imm/cli"):
+            src = REPO / rel
+            if src.is_dir():
+                shutil.copytree(src, root / rel, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, root / rel)
+        for p in [root, *root.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        _READER_COPY = root
+    return _READER_COPY
 
 
 def processes_under(root: Path) -> list[int]:
@@ -128,7 +150,7 @@ class Immd:
             kw.update(user=user, group=group, extra_groups=[])
             cmd = [SYSTEM_PYTHON, "-c", "import sys; from imm.cli.main import main; "
                    "sys.exit(main(sys.argv[1:]))", *args]
-            kw["env"] = {**self.env(), "PYTHONPATH": str(REPO)}
+            kw["env"] = {**self.env(), "PYTHONPATH": str(reader_copy())}
         else:
             kw["env"] = self.env()
         cp = subprocess.run(cmd, capture_output=True, text=True,

@@ -15,7 +15,7 @@ import pytest
 
 from imm.cli.client import UnixHTTPConnection
 
-from conftest import Immd
+from conftest import Immd, reader_copy
 
 NOBODY = 65534
 
@@ -89,7 +89,7 @@ for path, ops in spec["paths"].items():
             s, b = req(method.upper(), p, b"{}")
             out[method.upper() + " " + path] = [s, json.loads(b)["error"]["code"]]
 print(json.dumps(out))
-""" % str(Path(__file__).parent.parent)
+""" % str(reader_copy())
     cp = subprocess.run(["/usr/bin/python3", "-c", script, str(d.sock)], capture_output=True,
                         text=True, user=NOBODY, group=NOBODY, extra_groups=[], check=True)
     results = json.loads(cp.stdout)
