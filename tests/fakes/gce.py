@@ -16,6 +16,11 @@ read with ``importlib.resources``, never copied):
 - ``aggregated_instances.json``              pre-existing instances ("pets" imm did not launch)
 - ``aggregated_disks.json``                  their disks
 - ``project.json``                           the project
+- ``regions.json`` (+ ``regions_<r>.json``)  regions (``GET /regions``, ``/regions/R``)
+- ``global_httpHealthChecks.json``           legacy HTTP health checks (target pools use them)
+- ``aggregated_targetPools.json``, ``regions_us-central1_targetPools[_www-pool].json``
+                                             target pools (network load balancing)
+- ``regions_us-central1_forwardingRules.json`` forwarding rules (their IPs show in getHealth)
 
 What it keeps consistent: ``instances.insert`` validates the body the way GCE does (name, labels,
 metadata keys, machine type, source image), creates the instance (PROVISIONING) and its boot
@@ -27,6 +32,20 @@ with ``maxResults`` / ``pageToken`` / ``nextPageToken`` (at most ``page_size`` i
 aggregated lists carry a ``NO_RESULTS_ON_PAGE`` warning for empty zones. Every request needs
 ``Authorization: Bearer <token>`` (401 otherwise). Unknown paths answer 404 with a GCE error
 body. Operations complete ``op_delay_s`` after they are created (checked on every request).
+
+Target pools (the ``cloudlb`` router's ``driver = "gce"``): ``GET /regions/R/targetPools[/P]``,
+``POST .../addInstance`` / ``.../removeInstance`` (``{"instances": [{"instance": URL}]}``, full or
+partial instance URLs, several per call) answer a *regional* operation that is polled to DONE;
+membership changes when it is done. The instances must exist (404 otherwise) and lie in a zone
+of the pool's region (400). Adding a member twice / removing a non-member answers 400
+``memberAlreadyExists`` / ``memberNotFound`` (libcloud ships no recording of either; the names are
+those of instanceGroups' answers, and refusing is the stricter of the two possible behaviours).
+``POST .../getHealth`` (``{"instance": URL}``) answers one ``healthStatus`` entry per forwarding
+rule pointing at the pool (one without ``ipAddress`` when none does): ``HEALTHY`` when the
+instance is RUNNING and not marked with :meth:`FakeGCE.set_unhealthy`, ``UNHEALTHY`` otherwise;
+a pool without health checks reports every existing instance ``HEALTHY`` (what GCE does); an
+instance that does not exist answers 404, one that is not a member 400. Test helpers:
+:meth:`FakeGCE.add_target_pool`, :meth:`FakeGCE.pool_members`, :meth:`FakeGCE.set_unhealthy`.
 
 Faults for retry tests: :meth:`FakeGCE.fail` answers chosen requests with an error status (or,
 with ``apply=True``, carries the request out and then answers with the error, like a response
@@ -64,6 +83,9 @@ _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 _META_KEY = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+_INSTANCE_REF = re.compile(
+    r"(?:(?:https?://[^/]+)?/?(?:compute/v1/)?projects/[^/]+/)?"
+    r"zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)")
 
 
 class ApiError(Exception):
@@ -139,6 +161,11 @@ class FakeGCE:
         self.disks: dict[str, dict[str, dict[str, Any]]] = {}  # zone -> name -> disk
         self.operations: dict[str, Operation] = {}  # name -> op (zone or global)
         self.project_resource: dict[str, Any] = {}
+        self.regions: dict[str, dict[str, Any]] = {}
+        self.health_checks: dict[str, dict[str, Any]] = {}  # legacy httpHealthChecks
+        self.target_pools: dict[str, dict[str, dict[str, Any]]] = {}  # region -> name -> pool
+        self.forwarding_rules: dict[str, dict[str, dict[str, Any]]] = {}  # region -> name -> rule
+        self.unhealthy: set[tuple[str, str]] = set()  # (zone, instance): fails health checks
         self._seed()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -182,6 +209,37 @@ class FakeGCE:
                 self.instances.setdefault(zone, {})[i["name"]] = i
         self.project_resource = self._fixture("project.json")
         self.project_resource["name"] = self.project
+        for r in self._fixture("regions.json")["items"]:
+            self.regions[r["name"]] = r
+        for extra in ("asia-east1", "us-east1"):
+            r = self._fixture(f"regions_{extra}.json")
+            self.regions.setdefault(r["name"], r)
+        for name in self.regions:
+            self.target_pools[name] = {}
+            self.forwarding_rules[name] = {}
+        for hc in self._fixture("global_httpHealthChecks.json")["items"]:
+            self.health_checks[hc["name"]] = hc
+        # The recordings disagree a little (www-pool has no instances in the aggregated list):
+        # the region's list and the single-pool recording win over the aggregated one.
+        for key, entry in self._fixture("aggregated_targetPools.json")["items"].items():
+            region = key.split("/")[-1]
+            for tp in entry.get("targetPools", []):
+                self.target_pools.setdefault(region, {})[tp["name"]] = tp
+        for tp in [*self._fixture("regions_us-central1_targetPools.json")["items"],
+                   self._fixture("regions_us-central1_targetPools_www-pool.json")]:
+            self.target_pools["us-central1"][tp["name"]] = tp
+        # backup-pool names a health check the recordings do not hold: keep references whole.
+        for pools in self.target_pools.values():
+            for tp in pools.values():
+                for link in tp.get("healthChecks", []):
+                    name = link.rstrip("/").split("/")[-1]
+                    if name not in self.health_checks:
+                        hc = copy.deepcopy(self.health_checks["basic-check"])
+                        hc.update(name=name, id=str(next(self._ids)),
+                                  selfLink=self.link(f"global/httpHealthChecks/{name}"))
+                        self.health_checks[name] = hc
+        for fr in self._fixture("regions_us-central1_forwardingRules.json")["items"]:
+            self.forwarding_rules["us-central1"][fr["name"]] = fr
 
     def add_image(self, name: str, *, family: str | None = None,
                   labels: dict[str, str] | None = None, status: str = "READY") -> dict[str, Any]:
@@ -197,6 +255,53 @@ class FakeGCE:
             self.images[self.project][name] = template
             return template
 
+    def add_target_pool(self, name: str, region: str = "us-central1", *,
+                        health_checks: tuple[str, ...] = ("basic-check",),
+                        forwarding_rule: bool = True,
+                        instances: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A new target pool (and, with ``forwarding_rule``, a TCP forwarding rule to it, whose
+        IP getHealth reports). ``instances`` are ``zones/Z/instances/N`` paths or URLs."""
+        with self.lock:
+            for hc in health_checks:
+                if hc not in self.health_checks:
+                    raise KeyError(f"no httpHealthCheck {hc}")
+            pool = {
+                "kind": "compute#targetPool", "id": str(next(self._ids)),
+                "creationTimestamp": _now(), "name": name, "description": "",
+                "region": self.link(f"regions/{region}"),
+                "healthChecks": [self.link(f"global/httpHealthChecks/{hc}")
+                                 for hc in health_checks],
+                "instances": [self.instance_link(i) for i in instances],
+                "sessionAffinity": "NONE",
+                "selfLink": self.link(f"regions/{region}/targetPools/{name}"),
+            }
+            self.target_pools[region][name] = pool
+            if forwarding_rule:
+                n = next(self._ips)
+                self.forwarding_rules[region][f"{name}-rule"] = {
+                    "kind": "compute#forwardingRule", "id": str(next(self._ids)),
+                    "creationTimestamp": _now(), "name": f"{name}-rule",
+                    "IPAddress": f"198.51.100.{n % 250 + 2}", "IPProtocol": "TCP",
+                    "portRange": "80-80", "region": self.link(f"regions/{region}"),
+                    "target": pool["selfLink"],
+                    "selfLink": self.link(f"regions/{region}/forwardingRules/{name}-rule"),
+                }
+            return pool
+
+    def pool_members(self, name: str, region: str = "us-central1") -> list[str]:
+        """The pool's instances as ``zones/Z/instances/N``, in the pool's order."""
+        with self.lock:
+            self._tick()
+            return [self._short(u) for u in self.target_pools[region][name]["instances"]]
+
+    def set_unhealthy(self, zone: str, name: str, unhealthy: bool = True) -> None:
+        """Make an instance fail (or pass again) every target pool's health check."""
+        with self.lock:
+            if unhealthy:
+                self.unhealthy.add((zone, name))
+            else:
+                self.unhealthy.discard((zone, name))
+
     # ------------------------------------------------------------------ links
 
     def link(self, path: str) -> str:
@@ -204,6 +309,18 @@ class FakeGCE:
 
     def image_link(self, project: str, name: str) -> str:
         return f"{GOOGLE}{API}{project}/global/images/{name}"
+
+    def instance_link(self, ref: str) -> str:
+        """``zones/Z/instances/N``, ``projects/P/zones/...`` or a URL -> the full URL."""
+        return self.link(self._short(ref))
+
+    @staticmethod
+    def _short(ref: str) -> str:
+        m = _INSTANCE_REF.fullmatch(str(ref))
+        if not m:
+            raise invalid(f"Invalid value for field 'resource.instances[0].instance': '{ref}'. "
+                          f"The URL is malformed.")
+        return f"zones/{m.group('zone')}/instances/{m.group('name')}"
 
     # ------------------------------------------------------------------ test helpers
 
@@ -379,6 +496,19 @@ class FakeGCE:
             return 200, self._get(self.networks, seg[2], where)
         if method == "GET" and len(seg) == 3 and seg[:2] == ["global", "operations"]:
             return 200, self._operation(seg[2], where)
+        if method == "GET" and seg[:2] == ["global", "httpHealthChecks"] and len(seg) <= 3:
+            if len(seg) == 2:
+                return 200, self._list("compute#httpHealthCheckList", "global/httpHealthChecks",
+                                       list(self.health_checks.values()), query)
+            return 200, self._get(self.health_checks, seg[2], where)
+        if method == "GET" and rest == "regions":
+            return 200, self._list("compute#regionList", "regions", list(self.regions.values()),
+                                   query)
+        if len(seg) >= 2 and seg[0] == "regions":
+            region = seg[1]
+            if region not in self.regions:
+                raise not_found(f"projects/{project}/regions/{region}")
+            return self._region(method, region, seg[2:], query, body, where)
         if method == "GET" and len(seg) == 2 and seg[0] == "aggregated" and \
                 seg[1] in ("instances", "disks"):
             return 200, self._aggregated(seg[1], query)
@@ -424,6 +554,103 @@ class FakeGCE:
             if len(seg) == 3 and method == "POST" and seg[2] in ("setLabels", "setMetadata"):
                 return 200, self._set(zone, seg[1], seg[2], body, where)
         raise not_found(where)
+
+    def _region(self, method: str, region: str, seg: list[str], query: dict[str, str],
+                body: Any, where: str) -> tuple[int, Any]:
+        if method == "GET" and not seg:
+            return 200, self.regions[region]
+        kind = seg[0] if seg else ""
+        if kind == "operations" and len(seg) == 2 and method == "GET":
+            return 200, self._operation(seg[1], where)
+        if kind == "forwardingRules" and method == "GET":
+            if len(seg) == 1:
+                return 200, self._list("compute#forwardingRuleList",
+                                       f"regions/{region}/forwardingRules",
+                                       list(self.forwarding_rules[region].values()), query)
+            if len(seg) == 2:
+                return 200, self._get(self.forwarding_rules[region], seg[1], where)
+        if kind == "targetPools":
+            pools = self.target_pools[region]
+            if len(seg) == 1 and method == "GET":
+                return 200, self._list("compute#targetPoolList", f"regions/{region}/targetPools",
+                                       list(pools.values()), query)
+            if len(seg) == 2 and method == "GET":
+                return 200, self._get(pools, seg[1], where)
+            if len(seg) == 3 and method == "POST":
+                pool = self._get(pools, seg[1], "/".join(where.split("/")[:-1]))
+                if seg[2] in ("addInstance", "removeInstance"):
+                    return 200, self._pool_change(region, pool, seg[2], body)
+                if seg[2] == "getHealth":
+                    return 200, self._pool_health(region, pool, body)
+        raise not_found(where)
+
+    def _find_instance(self, link: str) -> dict[str, Any]:
+        short = self._short(link)
+        _, zone, _, name = short.split("/")
+        if zone not in self.instances or name not in self.instances[zone]:
+            raise not_found(f"projects/{self.project}/{short}")
+        return self.instances[zone][name]
+
+    def _pool_change(self, region: str, pool: dict[str, Any], what: str,
+                     body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("instances"), list) \
+                or not body["instances"]:
+            raise invalid("Required field 'instances' not specified")
+        links: list[str] = []
+        current = {self._short(u) for u in pool["instances"]}
+        for ref in body["instances"]:
+            if not isinstance(ref, dict) or not isinstance(ref.get("instance"), str):
+                raise invalid("Invalid value for field 'resource.instances': each item needs "
+                              "'instance'")
+            link = self.instance_link(ref["instance"])
+            short = self._short(link)
+            zone = short.split("/")[1]
+            if what == "addInstance":
+                self._find_instance(link)
+                if zone.rsplit("-", 1)[0] != region:
+                    raise invalid(f"Instance '{short}' is in zone {zone}, not in region "
+                                  f"{region} of target pool '{pool['name']}'")
+                if short in current:
+                    raise ApiError(400, "memberAlreadyExists",
+                                   f"Resource 'projects/{self.project}/{short}' is already a "
+                                   f"member of 'projects/{self.project}/regions/{region}/"
+                                   f"targetPools/{pool['name']}'.")
+            elif short not in current:
+                raise ApiError(400, "memberNotFound",
+                               f"Resource 'projects/{self.project}/{short}' is not a member of "
+                               f"'projects/{self.project}/regions/{region}/targetPools/"
+                               f"{pool['name']}'.")
+            links.append(link)
+
+        def apply() -> None:
+            have = [u for u in pool["instances"]
+                    if self._short(u) not in {self._short(x) for x in links}]
+            pool["instances"] = have + links if what == "addInstance" else have
+
+        return self._new_op(None, what, pool, apply, region=region)
+
+    def _pool_health(self, region: str, pool: dict[str, Any], body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("instance"), str):
+            raise invalid("Required field 'instance' not specified")
+        link = self.instance_link(body["instance"])
+        instance = self._find_instance(link)
+        short = self._short(link)
+        if short not in {self._short(u) for u in pool["instances"]}:
+            raise invalid(f"Resource 'projects/{self.project}/{short}' is not a member of "
+                          f"target pool '{pool['name']}'")
+        zone = short.split("/")[1]
+        if not pool.get("healthChecks"):
+            state = "HEALTHY"  # GCE: without a health check every instance counts as healthy
+        elif instance.get("status") == "RUNNING" and (zone, instance["name"]) \
+                not in self.unhealthy:
+            state = "HEALTHY"
+        else:
+            state = "UNHEALTHY"
+        ips = [fr["IPAddress"] for fr in self.forwarding_rules.get(region, {}).values()
+               if fr.get("target") == pool["selfLink"]]
+        entries = [{"instance": link, "ipAddress": ip, "healthState": state} for ip in ips] \
+            or [{"instance": link, "healthState": state}]
+        return {"kind": "compute#targetPoolInstanceHealth", "healthStatus": entries}
 
     # ------------------------------------------------------------------ generic helpers
 
@@ -500,9 +727,10 @@ class FakeGCE:
     # ------------------------------------------------------------------ operations
 
     def _new_op(self, zone: str | None, op_type: str, target: dict[str, Any] | str,
-                effect: Callable[[], None] | None) -> dict[str, Any]:
+                effect: Callable[[], None] | None, *, region: str | None = None
+                ) -> dict[str, Any]:
         name = f"operation-{int(time.time() * 1000)}-{next(self._ids):x}"
-        scope = f"zones/{zone}" if zone else "global"
+        scope = f"zones/{zone}" if zone else f"regions/{region}" if region else "global"
         target_link = target if isinstance(target, str) else target["selfLink"]
         body = {
             "kind": "compute#operation", "id": str(next(self._ids)), "name": name,
@@ -514,6 +742,8 @@ class FakeGCE:
         }
         if zone:
             body["zone"] = self.link(f"zones/{zone}")
+        elif region:
+            body["region"] = self.link(f"regions/{region}")
         self.operations[name] = Operation(body, time.monotonic() + self.op_delay_s, effect)
         return copy.deepcopy(body)
 

@@ -1,4 +1,5 @@
-"""The ``cloudlb`` router: AWS load balancers through libcloud's ELB (classic) and ALB drivers.
+"""The ``cloudlb`` router: cloud load balancers through libcloud — AWS's ELB (classic) and ALB
+drivers, and Google Cloud's GCE load balancer driver (network load balancing, target pools).
 
 A route is what instances are registered with:
 
@@ -6,6 +7,8 @@ A route is what instances are registered with:
 - ``driver = "alb"`` (ALB, also NLB target groups): a **target group ARN**; backends are EC2
   instances (target type ``instance``) or IP addresses (target type ``ip``, the address given to
   ``add``).
+- ``driver = "gce"``: a **target pool name** in the router's region; backends are GCE instances.
+  See "Google Cloud (driver = gce)" below.
 
 Backend names are what imm passes to ``add`` (the instance id). For instance targets the name
 must be the EC2 instance id; the address's port, if any, becomes the ALB target's port (else
@@ -69,6 +72,78 @@ Settings (``[routers.NAME]``)::
 
 A route's settings (the service's ``route_settings``) may set ``standby_target_group`` and
 ``drain_timeout_s`` for that route.
+
+Google Cloud (``driver = "gce"``)
+---------------------------------
+
+A route is a **target pool** (network load balancing: a forwarding rule sends its traffic to the
+pool; the pool sends each new connection to one of its instances that passes the pool's legacy
+HTTP health check). Backend names are imm's instance ids, which for the ``gcp`` provider are
+instance **names**; the pool holds instance URLs (``.../zones/<zone>/instances/<name>``). The
+router keeps the name -> ``zones/<zone>/instances/<name>`` map in its state file, like the AWS
+modes. The zone comes from the address when it is an instance path or URL
+(``zones/us-central1-a/instances/web-1``), else from the settings: with one zone configured it is
+that zone; with several, ``add`` looks the instance up by name in each (``instances.get``) and,
+if the name exists in more than one, keeps the one whose internal or external IP is the address.
+
+The same rules as for AWS hold, with GCE's words:
+
+- **No weights, no weight 0.** Weight > 0 puts the instance in the pool (``addInstance``), weight
+  0 takes it out (``removeInstance``). Without a standby pool ``add`` puts the instance in the
+  pool at once: GCE health-checks only pool members and sends a member no new connection until
+  its health check passes, and imm waits for that health before it moves traffic. So green
+  serves as soon as it is healthy, next to blue, until blue's weight goes to 0.
+- ``standby_target_pool`` (router or route settings): ``add`` puts the instance in that pool
+  instead, where GCE health-checks it without it serving the route; weight > 0 moves it into the
+  route's pool (in first, then out of standby); weight 0 moves it back. GCE reports health per
+  forwarding-rule IP and only checks pools that something points at: give the standby pool the
+  same health check and a forwarding rule of its own (an address no client uses), or its
+  members' health stays unknown and imm's health wait times out.
+- **Target pools have no connection draining.** ``drain`` and ``remove`` both take the instance
+  out of the pool (``removeInstance``): no new connections go to it from then on, and GCE does
+  not protect the ones already open (they end when imm terminates the instance). ``remove``
+  waits ``drain_timeout_s`` counted from the drain only when it is configured (default 0 for
+  ``gce``: no wait), e.g. to let short requests finish before the instance goes away.
+- Health is the pool's own view: ``getHealth`` for each member (one call per instance; GCE's API
+  takes one instance per call), one entry per forwarding rule IP: HEALTHY everywhere -> True,
+  UNHEALTHY anywhere -> False, no entry / no state / instance gone -> None. A pool without a
+  health check counts every instance as healthy (GCE's rule): the router warns about it in
+  ``ensure_route``, since imm's health gate then proves only membership.
+- Members added by someone else show up under their instance name (weight 1) and can be set to
+  weight 0, drained or removed.
+- Calls are raw requests through the GCE LB driver's own connection (the one it shares with its
+  ``GCENodeDriver``): libcloud's ``ex_get_targetpool`` fetches every member instance, health check
+  and region to build its objects (N+2 requests per read), its ``ex_targetpool_get_health`` fails
+  on a member whose instance no longer exists, and its add/remove move one instance per
+  operation. ``addInstance`` / ``removeInstance`` send every instance of a change in one call and
+  poll the regional operation to DONE (``poll_interval_s``, ``operation_timeout_s``). A retried
+  change first checks whether the earlier attempt took effect; an answer that the instance is
+  already (not) a member counts as done once the pool shows it.
+
+Settings (``[routers.NAME]``, ``driver = "gce"``)::
+
+    kind = "cloudlb"
+    driver = "gce"
+    project = "my-project"               # default: project_id of the service account key
+    zones = ["us-central1-a", "us-central1-b"]   # or zone = "us-central1-a"; one region
+    region = "us-central1"               # optional: the zones' region (checked)
+    standby_target_pool = "web-standby"  # optional, see above
+    drain_timeout_s = 0                  # remove() waits this long after the drain (default 0)
+    auth_type = "SA"                     # credentials exactly as for the gcp provider:
+    credentials_env = "GOOGLE_APPLICATION_CREDENTIALS"  # service_account_file, client_id,
+    token_cache_file = "/var/lib/imm/cloudlb/NAME.token.json"  # client_secret_env/_file, ...
+    endpoint = "https://www.googleapis.com"  # optional: the API host
+    libcloud_driver = "gce"              # optional: the libcloud LB driver name
+    poll_interval_s = 2                  # between polls of regional operations
+    operation_timeout_s = 300            # how long an addInstance/removeInstance may take
+    timeout_s = 30                       # per request; retries as for the gcp provider
+    retries = 5
+    backoff_base_s = 0.5
+    backoff_max_s = 10
+
+The default token cache is ``<state_dir>/cloudlb/<router>.token.json`` (not the gcp provider's,
+so a router and a provider with the same name never share one). Constructing the router does no
+I/O: the key is read and the driver built on the first call.
 """
 
 from __future__ import annotations
@@ -87,7 +162,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BadRequest, ConfigError, Conflict, NotFound, RouterError
+from ...errors import BadRequest, ConfigError, Conflict, ImmError, NotFound, RouterError
 from ..base import Backend, Router, RouterContext
 from ..hookspecs import hookimpl
 from ..providers.cloud import (
@@ -106,6 +181,7 @@ from ..providers.cloud import (
     setting_int,
     setting_num,
     setting_str,
+    setting_str_list,
 )
 
 if TYPE_CHECKING:
@@ -131,6 +207,27 @@ _KNOWN_SETTINGS = {
     "drain_timeout_s",
     *CallPolicy.KEYS, *credential_settings(CREDENTIALS),
 }
+FLAVOURS = ("elb", "alb", "gce")
+
+# Google Cloud (driver = "gce")
+GCE_HEALTH: dict[str, bool | None] = {"HEALTHY": True, "UNHEALTHY": False}
+DEFAULT_GCE_POLL_S = 2.0
+DEFAULT_GCE_OPERATION_TIMEOUT_S = 300.0
+# What the gcp provider reads for its credentials (handed to it, see CloudLBRouter._gcp).
+GCE_AUTH_SETTINGS = ("project", "auth_type", "service_account_file", "credentials_env",
+                     "client_id", "client_secret_env", "client_secret_file", "token_cache_file",
+                     # refused by the gcp provider with "do not belong in the config file":
+                     "private_key", "key", "client_secret", "access_token")
+_GCE_KNOWN_SETTINGS = {
+    "kind", "driver", "region", "zone", "zones", "standby_target_pool", "endpoint",
+    "libcloud_driver", "drain_timeout_s", "poll_interval_s", "operation_timeout_s",
+    *GCE_AUTH_SETTINGS, *CallPolicy.KEYS,
+}
+_GCE_ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
+_GCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_GCE_INSTANCE = re.compile(
+    r"(?:(?:https?://[^/]+)?/?(?:compute/v1/)?projects/[^/]+/)?"
+    r"zones/(?P<zone>[a-z0-9-]+)/instances/(?P<name>[a-z0-9-]+)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +252,10 @@ class _LBApi:
     def __init__(self, request: Callable[[str, str, dict[str, str]], Any]) -> None:
         self._request = request  # (route, action, params) -> parsed XML, with retries
 
-    def members(self, route: str, only: list[str] | None = None) -> dict[str, list[Target]]:
+    def members(self, route: str, only: list[str] | None = None,
+                with_health: bool = True) -> dict[str, list[Target]]:
+        """``{target id: [Target, ...]}``; ``with_health=False`` when only membership matters
+        (AWS answers health with membership anyway; GCE needs a call per member for it)."""
         raise NotImplementedError
 
     def register(self, route: str, targets: list[tuple[str, int | None]]) -> None:
@@ -173,6 +273,14 @@ class _LBApi:
     def healthy(self, word: str | None) -> bool | None:
         return self.health_map.get(word or "", None)
 
+    def target_by_name(self, name: str, live: Mapping[str, list[Target]]) -> str:
+        """The target id of a backend imm has no record of (AWS: the name is the id)."""
+        return name
+
+    def display_name(self, tid: str) -> str:
+        """The backend name of a target imm has no record of."""
+        return tid
+
 
 class _ELBApi(_LBApi):
     flavour = "elb"
@@ -184,7 +292,8 @@ class _ELBApi(_LBApi):
         super().__init__(request)
         self.root, self.ns = elb.ROOT, elb.NS
 
-    def members(self, route: str, only: list[str] | None = None) -> dict[str, list[Target]]:
+    def members(self, route: str, only: list[str] | None = None,
+                with_health: bool = True) -> dict[str, list[Target]]:
         from libcloud.utils.xml import findall, findtext
 
         data = self._request(route, "DescribeInstanceHealth", {"LoadBalancerName": route})
@@ -233,7 +342,8 @@ class _ALBApi(_LBApi):
         self.root, self.ns = alb.ROOT, alb.NS
         self._types: dict[str, str] = {}
 
-    def members(self, route: str, only: list[str] | None = None) -> dict[str, list[Target]]:
+    def members(self, route: str, only: list[str] | None = None,
+                with_health: bool = True) -> dict[str, list[Target]]:
         """Registered targets; with ``only``, the state of just those ids, which includes
         targets still draining after their deregistration ("draining") or gone ("unused")."""
         from libcloud.utils.xml import findall, findtext
@@ -278,6 +388,135 @@ class _ALBApi(_LBApi):
                 raise NotFound(f"no target group {route}")
             self._types[route] = findtext(groups[0], "TargetType", self.ns) or "instance"
         return self._types[route]
+
+
+class _GCEApi(_LBApi):
+    """Target pools of one region, through the GCE LB driver's connection (see the module
+    docstring for why not libcloud's target pool methods). Target ids are
+    ``zones/<zone>/instances/<name>``."""
+
+    flavour = "gce"
+    health_map = GCE_HEALTH
+
+    def __init__(self, router: CloudLBRouter) -> None:  # no request callable: see _gce_call
+        self.r = router
+        self._urls: dict[str, str] = {}  # target id -> the URL the pool lists it under
+
+    def _path(self, route: str, tail: str = "") -> str:
+        if not _GCE_NAME.fullmatch(route):
+            raise BadRequest(f"{self.r.where}: route {route!r} is not a target pool name "
+                             f"(lowercase letters, digits and '-', at most 63)")
+        return f"/regions/{self.r.region}/targetPools/{route}{tail}"
+
+    def pool(self, route: str) -> dict[str, Any]:
+        """The target pool resource (NotFound when it does not exist)."""
+        where = self._path(route)
+        try:
+            return dict(self.r._gce_call(f"targetPools.get {route}",
+                                         lambda conn: conn.request(where).object))
+        except CloudRouterError as exc:
+            if exc.failure.status == 404:
+                raise NotFound(f"{self.r.where}: target pool {route} does not exist in "
+                               f"{self.r.region} ({exc.failure.cloud_code or 'HTTP 404'}); "
+                               f"check the service's route") from None
+            raise
+
+    def members(self, route: str, only: list[str] | None = None,
+                with_health: bool = True) -> dict[str, list[Target]]:
+        out: dict[str, list[Target]] = {}
+        for url in self.pool(route).get("instances") or []:
+            tid = _gce_target_id(str(url))
+            if only is not None and tid not in only:
+                continue
+            self._urls[tid] = str(url)
+            out[tid] = [Target(tid, None, self._health(route, tid) if with_health else "")]
+        return out
+
+    def _health(self, route: str, tid: str) -> str:
+        """HEALTHY / UNHEALTHY / UNKNOWN, over every forwarding rule IP of the pool."""
+        url, where = self.url(tid), self._path(route, "/getHealth")
+
+        def get(conn: Any) -> Any:
+            return conn.request(where, method="POST", data={"instance": url}).object
+
+        try:  # read-only despite the POST: retried like a GET
+            answer = self.r._gce_call(f"targetPools.getHealth {route} ({self.display_name(tid)})",
+                                      get)
+        except CloudRouterError as exc:
+            if exc.failure.status in (400, 404):  # the instance is gone (or left meanwhile)
+                self.r.context.log.info("%s: getHealth of %s on %s answered HTTP %s (%s): "
+                                        "health unknown", self.r.where, tid, route,
+                                        exc.failure.status, exc.failure.cloud_code)
+                return "UNKNOWN"
+            raise
+        states = [str(e.get("healthState") or "") for e in
+                  (answer.get("healthStatus") or [] if isinstance(answer, dict) else [])
+                  if isinstance(e, dict)]
+        if "UNHEALTHY" in states:
+            return "UNHEALTHY"
+        if states and all(st == "HEALTHY" for st in states):
+            return "HEALTHY"
+        return "UNKNOWN"
+
+    def url(self, tid: str) -> str:
+        return self._urls.get(tid) or self.r._instance_url(tid)
+
+    def register(self, route: str, targets: list[tuple[str, int | None]]) -> None:
+        self._change(route, "addInstance", [t for t, _ in targets])
+
+    def deregister(self, route: str, targets: list[tuple[str, int | None]]) -> None:
+        self._change(route, "removeInstance", [t for t, _ in targets])
+
+    def _change(self, route: str, what: str, tids: list[str]) -> None:
+        if not tids:
+            return
+        urls = [self.url(t) for t in tids]
+        join = what == "addInstance"
+        call = f"targetPools.{what} {route} ({', '.join(self.display_name(t) for t in tids)})"
+
+        def done() -> bool:
+            live = self.members(route, with_health=False)
+            return all((t in live) == join for t in tids)
+
+        where = self._path(route, f"/{what}")
+
+        def post(conn: Any) -> Any:
+            return conn.request(where, method="POST",
+                                data={"instances": [{"instance": u} for u in urls]}).object
+
+        try:
+            # Not idempotent by itself: before a retry, look whether the attempt took effect.
+            op = self.r._gce_call(call, post, recover=lambda: {} if done() else None)
+            self.r._gce_wait(call, op)
+        except CloudRouterError as exc:
+            # "already a member" / "not a member" (or an earlier attempt that did it): done.
+            if exc.failure.kind != "client":
+                raise
+            try:
+                already = done()
+            except ImmError:
+                already = False
+            if not already:
+                raise
+
+    def target_by_name(self, name: str, live: Mapping[str, list[Target]]) -> str:
+        if name in live:
+            return name
+        found = [tid for tid in live if self.display_name(tid) == name]
+        return found[0] if len(found) == 1 else name
+
+    def display_name(self, tid: str) -> str:
+        return tid.rsplit("/", 1)[-1]
+
+
+def _gce_target_id(url: str) -> str:
+    """An instance URL (or partial URL) -> ``zones/<zone>/instances/<name>``."""
+    m = _GCE_INSTANCE.search(url)
+    return f"zones/{m.group('zone')}/instances/{m.group('name')}" if m else url
+
+
+def _gce_region(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
 
 
 # --------------------------------------------------------------------------- state file
@@ -327,15 +566,27 @@ class CloudLBRouter(Router):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"cloudlb router {name}"
-        unknown = sorted(set(s) - _KNOWN_SETTINGS)
+        flavour = setting_str(s, "driver", where)
+        if flavour not in FLAVOURS:
+            raise ConfigError(f"{where}: driver = {flavour!r} must be \"elb\" (classic load "
+                              f"balancer, route = its name), \"alb\" (route = a target group "
+                              f"ARN) or \"gce\" (route = a GCE target pool name)")
+        unknown = sorted(set(s) - (_GCE_KNOWN_SETTINGS if flavour == "gce" else _KNOWN_SETTINGS))
         if unknown:
             context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
-        flavour = setting_str(s, "driver", where)
-        if flavour not in ("elb", "alb"):
-            raise ConfigError(f"{where}: driver = {flavour!r} must be \"elb\" (classic load "
-                              f"balancer, route = its name) or \"alb\" (route = a target group "
-                              f"ARN)")
         self.flavour = flavour
+        safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".") else \
+            urllib.parse.quote(name, safe="")
+        self.state = _StateFile(context.state_dir / "cloudlb" / f"{safe}.json")
+        self._standby: dict[str, str] = {}  # per-route standby target groups (ensure_route)
+        self._drain_timeout: dict[str, float] = {}  # per-route drain_timeout_s (ensure_route)
+        self._driver: Any = None
+        self._credentials: Credentials | None = None
+        self._driver_lock = threading.Lock()
+        self._lock = threading.RLock()
+        if flavour == "gce":
+            self._init_gce(s, safe)
+            return
         region = setting_str(s, "region", where)
         if not region:
             raise ConfigError(f"{where}: set region, e.g. region = \"us-east-1\"")
@@ -360,20 +611,72 @@ class CloudLBRouter(Router):
             endpoint=lambda _r: self._endpoint_text(), error_cls=CloudRouterError,
             kind_word="router")
         self.api: _LBApi = (_ELBApi if flavour == "elb" else _ALBApi)(self._request)
-        safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".") else \
-            urllib.parse.quote(name, safe="")
-        self.state = _StateFile(context.state_dir / "cloudlb" / f"{safe}.json")
-        self._standby: dict[str, str] = {}  # per-route standby target groups (ensure_route)
-        self._drain_timeout: dict[str, float] = {}  # per-route drain_timeout_s (ensure_route)
-        self._driver: Any = None
-        self._credentials: Credentials | None = None
-        self._driver_lock = threading.Lock()
-        self._lock = threading.RLock()
+
+    def _init_gce(self, s: Mapping[str, Any], safe: str) -> None:
+        """Settings of ``driver = "gce"``; no I/O (the key is read on the first call)."""
+        from ..base import ProviderContext
+        from ..providers.gcp import GCPProvider
+
+        where = self.where
+        if "zone" in s and "zones" in s:
+            raise ConfigError(f"{where}: set zone or zones, not both")
+        zones = setting_str_list(s, "zones" if "zones" in s else "zone", where)
+        if not zones:
+            raise ConfigError(f"{where}: set zones (or zone), the GCE zones of the instances it "
+                              f"puts in target pools, e.g. zones = [\"us-central1-a\"]")
+        bad = [z for z in zones if not _GCE_ZONE.fullmatch(z)]
+        if bad:
+            raise ConfigError(f"{where}: {', '.join(bad)} do not look like GCE zones "
+                              f"(e.g. us-central1-a)")
+        regions = sorted({_gce_region(z) for z in zones})
+        if len(regions) > 1:
+            raise ConfigError(f"{where}: zones {', '.join(zones)} span regions "
+                              f"{', '.join(regions)}; a target pool is regional: use one "
+                              f"router per region")
+        region = setting_str(s, "region", where) or regions[0]
+        if region != regions[0]:
+            raise ConfigError(f"{where}: region = {region!r} but zones are in {regions[0]}")
+        self.region = region
+        self.zones: list[str] = list(dict.fromkeys(zones))
+        self.driver_name = setting_str(s, "libcloud_driver", where, "gce") or "gce"
+        self.port = None
+        self.drain_timeout_s = setting_num(s, "drain_timeout_s", where, 0.0, 0, 3600)
+        if "standby_target_group" in s:
+            raise ConfigError(f"{where}: standby_target_group is for driver = \"alb\"; a GCE "
+                              f"router takes standby_target_pool")
+        self.standby = setting_str(s, "standby_target_pool", where)
+        endpoint = setting_str(s, "endpoint", where)
+        self.endpoint = parse_endpoint(endpoint, where) if endpoint else None
+        self.policy = CallPolicy.from_settings(s, where)
+        self.poll_interval = setting_num(s, "poll_interval_s", where, DEFAULT_GCE_POLL_S, 0, 60)
+        self.operation_timeout = setting_num(s, "operation_timeout_s", where,
+                                             DEFAULT_GCE_OPERATION_TIMEOUT_S, 1, 86400)
+        # Credentials exactly as the gcp provider reads them: one of its own does it (its
+        # constructor only checks settings), with this router's token cache by default.
+        auth = {k: s[k] for k in GCE_AUTH_SETTINGS if k in s}
+        auth["zones"] = self.zones
+        self._token_cache_default = "token_cache_file" not in s
+        auth.setdefault("token_cache_file",
+                        str(self.context.state_dir / "cloudlb" / f"{safe}.token.json"))
+        try:
+            self._gcp = GCPProvider(self.name, auth, ProviderContext(self.context.state_dir,
+                                                                     self.context.log))
+        except ConfigError as exc:
+            raise ConfigError(exc.message.replace(f"gcp provider {self.name}", where)) from None
+        self.scrub = self._gcp.scrub  # gets the key's secrets when the provider reads it
+        self.caller = CloudCaller(
+            cloud="GCP", name=self.name, policy=self.policy, scrub=self.scrub,
+            log=self.context.log, credentials_hint=self._gcp._credentials_hint(),
+            endpoint=lambda _r: self._endpoint_text(), error_cls=CloudRouterError,
+            kind_word="router")
+        self.api = _GCEApi(self)
 
     def _endpoint_text(self) -> str:
         if self.endpoint:
             host, port, secure = self.endpoint
             return f"{'https' if secure else 'http'}://{host}:{port}"
+        if self.flavour == "gce":
+            return "https://www.googleapis.com (the Compute Engine API)"
         return f"the {self.flavour.upper()} endpoint of {self.region}"
 
     # -- driver
@@ -392,6 +695,8 @@ class CloudLBRouter(Router):
         except AttributeError:
             raise ConfigError(f"{self.where}: libcloud has no load balancer driver "
                               f"{self.driver_name!r} (libcloud_driver)") from None
+        if self.flavour == "gce":
+            return self._make_gce_driver(cls)
         if self._credentials is None:
             self._credentials = load_credentials(self.settings, CREDENTIALS, self.where,
                                                  self.context.log)
@@ -411,6 +716,145 @@ class CloudLBRouter(Router):
             raise RouterError(f"{self.where}: cannot set up the libcloud {self.driver_name} "
                               f"driver: {type(exc).__name__}: {self.scrub(exc)}") from None
         return driver
+
+    def _make_gce_driver(self, cls: Any) -> Any:
+        """The GCE LB driver on a GCE compute driver authenticated and aimed the way the gcp
+        provider does it (TESTING.md: no host/port in the constructor; set them on the
+        connection and connect again)."""
+        from libcloud.compute.providers import get_driver as get_compute_driver
+
+        from ..providers.gcp import API_SCOPE
+
+        helper = self._gcp
+        try:
+            user_id, key = helper._credentials()
+            project = helper.project
+        except ConfigError as exc:
+            raise ConfigError(exc.message.replace(f"gcp provider {self.name}", self.where)
+                              ) from None
+        cache = helper.token_cache
+        if self._token_cache_default:
+            cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+        def build() -> Any:
+            node: Any = get_compute_driver("gce")(
+                user_id, key, datacenter=None, project=project, auth_type=helper.auth_type,
+                credential_file=str(cache), scopes=[API_SCOPE])
+            if self.endpoint:
+                host, port, secure = self.endpoint
+                point_connection(node, host, port, secure, self.policy.timeout_s)
+            else:
+                set_timeout(node, self.policy.timeout_s)
+            node.connection.poll_interval = self.poll_interval
+            return cls(gce_driver=node)
+
+        driver = self.caller.call(self.region, "authenticate (OAuth2 token)", build)
+        self._note_token(driver)
+        return driver
+
+    def _note_token(self, driver: Any) -> None:
+        token = getattr(getattr(driver.connection, "oauth2_credential", None), "token", None)
+        if isinstance(token, dict):
+            self.scrub.add(token.get("access_token"), token.get("refresh_token"))
+
+    def _gce_call(self, call: str, fn: Callable[[Any], Any],
+                  recover: Callable[[], Any] | None = None) -> Any:
+        """``fn(connection)`` through the CloudCaller, with GCE's reason code in front of the
+        message (``notFound: The resource ...``) so that errors carry it as cloud_code."""
+        from libcloud.common.google import GoogleBaseError
+
+        from ..providers.gcp import _with_reason
+
+        driver = self.driver()
+
+        def go() -> Any:
+            with self._driver_lock:
+                conn = driver.connection
+                conn.gce_params = None
+                try:
+                    return fn(conn)
+                except GoogleBaseError as exc:
+                    raise _with_reason(exc) from None
+
+        try:
+            return self.caller.call(self.region, call, go, recover=recover)
+        finally:
+            self._note_token(driver)
+
+    def _gce_wait(self, call: str, op: Any) -> None:
+        """Poll a regional operation until it is DONE (an operation that ended in an error
+        raises from libcloud's response parsing, with the operation's error code)."""
+        link = op.get("selfLink") if isinstance(op, dict) else None
+        if not link or op.get("status") == "DONE":
+            return
+        deadline = time.monotonic() + self.operation_timeout
+        what = f"{call} (operation {op.get('name', '?')})"
+        while True:
+            status = self._gce_call(what, lambda conn: str(conn.request(link).object.get(
+                "status")))
+            if status == "DONE":
+                return
+            if time.monotonic() > deadline:
+                raise RouterError(
+                    f"{self.where}, region {self.region}: {call} not done after "
+                    f"operation_timeout_s={self.operation_timeout:g}s; it may still finish "
+                    f"(imm reads the pool again on its next step), or raise operation_timeout_s",
+                    detail={"cloud": "GCP", "router": self.name, "region": self.region,
+                            "call": call})
+            time.sleep(self.poll_interval)
+
+    def _instance_url(self, tid: str) -> str:
+        from ..providers.gcp import GOOGLE_API
+
+        return f"{GOOGLE_API}/compute/v1/projects/{self._gcp.project}/{tid}"
+
+    def _gce_target(self, name: str, address: str) -> str:
+        """``zones/<zone>/instances/<name>`` of a backend: the zone from the address when it is
+        an instance path or URL, else from the settings (looked up when there are several)."""
+        m = _GCE_INSTANCE.search(address)
+        if m:
+            zone, instance = m.group("zone"), m.group("name")
+        else:
+            if not _GCE_NAME.fullmatch(name):
+                raise BadRequest(f"{self.where}: backend {name!r} must be a GCE instance name "
+                                 f"(imm's instance id on GCP), or give zones/<zone>/instances/"
+                                 f"<name> as its address")
+            instance, zone = name, self._zone_of(name, address)
+        if _gce_region(zone) != self.region:
+            raise BadRequest(f"{self.where}: instance {instance} is in zone {zone}, outside "
+                             f"region {self.region}: a target pool holds instances of its own "
+                             f"region only")
+        return f"zones/{zone}/instances/{instance}"
+
+    def _zone_of(self, name: str, address: str) -> str:
+        if len(self.zones) == 1:
+            return self.zones[0]
+        from libcloud.common.google import ResourceNotFoundError
+
+        host, _ = _split_address(address)
+        found: list[tuple[str, Any]] = []
+        for zone in self.zones:
+            def get(conn: Any, zone: str = zone) -> Any:
+                try:
+                    return conn.request(f"/zones/{zone}/instances/{name}").object
+                except ResourceNotFoundError:
+                    return None
+
+            instance = self._gce_call(f"instances.get {name} ({zone})", get)
+            if isinstance(instance, dict):
+                found.append((zone, instance))
+        if not found:
+            raise NotFound(f"{self.where}: no instance {name} in zones {', '.join(self.zones)}; "
+                           f"give zones/<zone>/instances/{name} as its address if it runs "
+                           f"elsewhere")
+        if len(found) > 1:
+            by_ip = [z for z, inst in found if host in _gce_ips(inst)]
+            if len(by_ip) != 1:
+                raise BadRequest(f"{self.where}: instance {name} exists in zones "
+                                 f"{', '.join(z for z, _ in found)} and address {address!r} "
+                                 f"does not tell which; give zones/<zone>/instances/{name}")
+            return by_ip[0]
+        return found[0][0]
 
     def _request(self, route: str, action: str, params: dict[str, str]) -> Any:
         driver = self.driver()
@@ -435,6 +879,8 @@ class CloudLBRouter(Router):
         return self._standby.get(route, self.standby)
 
     def _target_of(self, route: str, name: str, address: str) -> tuple[str, int | None]:
+        if self.flavour == "gce":
+            return self._gce_target(name, address), None
         host, port = _split_address(address)
         if self.flavour == "elb":
             if not _INSTANCE_ID.fullmatch(name):
@@ -465,19 +911,35 @@ class CloudLBRouter(Router):
 
     def ensure_route(self, route: str, settings: Mapping[str, Any]) -> None:
         where = f"{self.where} route {route}"
-        standby = setting_str(settings, "standby_target_group", where)
+        gce = self.flavour == "gce"
+        if gce and "standby_target_group" in settings:
+            raise BadRequest(f"{where}: standby_target_group is for driver = \"alb\"; a GCE "
+                             f"route takes standby_target_pool")
+        standby = setting_str(settings, "standby_target_pool" if gce else "standby_target_group",
+                              where)
         if "drain_timeout_s" in settings:
             self._drain_timeout[route] = setting_num(settings, "drain_timeout_s", where,
                                                      DEFAULT_DRAIN_TIMEOUT_S, 0, 3600)
         if standby:
-            if self.flavour != "alb":
+            if self.flavour == "elb":
                 raise BadRequest(f"{self.where}: standby_target_group needs driver = \"alb\"")
             self._standby[route] = standby
         with self._lock:
-            self.api.members(route)  # NotFound when the route does not exist
+            if isinstance(self.api, _GCEApi):
+                self._check_pool(self.api, route)
+            self.api.members(route, with_health=False)  # NotFound when the route is missing
             sb = self._standby_of(route)
             if sb:
-                self.api.members(sb)
+                self.api.members(sb, with_health=False)
+
+    def _check_pool(self, api: _GCEApi, route: str) -> None:
+        pool = api.pool(route)
+        if not pool.get("healthChecks"):
+            self.context.log.warning(
+                "%s: target pool %s has no health check: GCE counts every member as healthy, "
+                "so imm's health gate only proves that an instance is in the pool; add an HTTP "
+                "health check to the pool (gcloud compute target-pools add-health-checks)",
+                self.where, route)
 
     # -- reads
 
@@ -486,7 +948,7 @@ class CloudLBRouter(Router):
             known = self.state.load().get(route, {})
             live = self.api.members(route)
             sb_route = self._standby_of(route)
-            standby = self.api.members(sb_route) if sb_route else {}
+            standby = self.api.members(sb_route) if sb_route else {}  # with health: parked
         out: list[Backend] = []
         seen: set[str] = set()
         for name in sorted(known):
@@ -511,7 +973,8 @@ class CloudLBRouter(Router):
         for tid in sorted(set(live) - seen):
             t = live[tid][0]
             draining = t.health == "draining"
-            out.append(Backend(name=tid, address=f"{tid}:{t.port}" if t.port else tid,
+            out.append(Backend(name=self.api.display_name(tid),
+                               address=f"{tid}:{t.port}" if t.port else tid,
                                weight=0 if draining else 1, state="drain" if draining else "ready",
                                healthy=None if draining else self.api.healthy(t.health)))
         return out
@@ -545,7 +1008,8 @@ class CloudLBRouter(Router):
                 self.api.register(route, [(target, port)])
 
     def _registered(self, route: str, target: str) -> bool:
-        return any(t.health != "draining" for t in self.api.members(route).get(target, []))
+        return any(t.health != "draining" for t in
+                   self.api.members(route, with_health=False).get(target, []))
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
         for name, w in weights.items():
@@ -554,10 +1018,11 @@ class CloudLBRouter(Router):
         with self._lock:
             routes = self.state.load()
             members = routes.setdefault(route, {})
-            live = self.api.members(route)
+            live = self.api.members(route, with_health=False)
             sb = self._standby_of(route)
-            standby = self.api.members(sb) if sb else {}
-            missing = sorted(n for n in weights if n not in members and n not in live)
+            standby = self.api.members(sb, with_health=False) if sb else {}
+            missing = sorted(n for n in weights if n not in members
+                             and self.api.target_by_name(n, live) not in live)
             if missing:
                 raise NotFound(f"{self.where}: no backend {', '.join(missing)} on {route}; add "
                                f"it first")
@@ -567,7 +1032,7 @@ class CloudLBRouter(Router):
             off_standby: list[tuple[str, int | None]] = []
             for name, w in weights.items():
                 m = members.get(name)
-                tid = m["target"] if m else name
+                tid = m["target"] if m else self.api.target_by_name(name, live)
                 port = m.get("port") if m else None
                 serving = [t for t in live.get(tid, []) if t.health != "draining"]
                 if w > 0:
@@ -604,8 +1069,8 @@ class CloudLBRouter(Router):
             routes = self.state.load()
             members = routes.setdefault(route, {})
             m = members.get(name)
-            tid = m["target"] if m else name
-            live = self.api.members(route)
+            live = self.api.members(route, with_health=False)
+            tid = m["target"] if m else self.api.target_by_name(name, live)
             if m is None and tid not in live:
                 raise NotFound(f"{self.where}: no backend {name} on {route}")
             self._deregister_everywhere(route, tid, live)
@@ -623,8 +1088,8 @@ class CloudLBRouter(Router):
         with self._lock:
             routes = self.state.load()
             m = routes.get(route, {}).get(name)
-            tid = m["target"] if m else name
-            live = self.api.members(route)
+            live = self.api.members(route, with_health=False)
+            tid = m["target"] if m else self.api.target_by_name(name, live)
             if m is None and tid not in live:
                 return
             self._deregister_everywhere(route, tid, live)
@@ -641,6 +1106,15 @@ class CloudLBRouter(Router):
     def _wait_drained(self, route: str, name: str, tid: str, started: float) -> None:
         timeout = self._drain_timeout.get(route, self.drain_timeout_s)
         deadline = started + timeout
+        if self.flavour == "gce":  # target pools have no draining to watch
+            left = deadline - time.time()
+            if left > 0:
+                self.context.log.info(
+                    "%s: %s left target pool %s; waiting drain_timeout_s=%gs from the drain "
+                    "before forgetting it (target pools have no connection draining)",
+                    self.where, name, route, timeout)
+                time.sleep(left)
+            return
         lb_delay = self.api.draining_timeout(route)
         if lb_delay:  # classic ELB: draining is invisible; wait out its timeout (capped)
             time.sleep(max(0.0, min(started + lb_delay, deadline) - time.time()))
@@ -673,7 +1147,8 @@ class CloudLBRouter(Router):
             self._deregister(route, regs)
         sb = self._standby_of(route)
         if sb:
-            sb_regs = [(t.id, t.port) for t in self.api.members(sb).get(tid, [])
+            sb_regs = [(t.id, t.port) for t in
+                       self.api.members(sb, with_health=False).get(tid, [])
                        if t.health != "draining"]
             if sb_regs:
                 self._deregister(sb, sb_regs)
@@ -684,6 +1159,18 @@ class CloudLBRouter(Router):
         except CloudRouterError as exc:
             if exc.failure.cloud_code not in GONE_CODES:
                 raise
+
+
+def _gce_ips(instance: Mapping[str, Any]) -> set[str]:
+    """Internal and external IPs of a GCE instance resource."""
+    ips: set[str] = set()
+    for nic in instance.get("networkInterfaces") or []:
+        if nic.get("networkIP"):
+            ips.add(str(nic["networkIP"]))
+        for ac in nic.get("accessConfigs") or []:
+            if ac.get("natIP"):
+                ips.add(str(ac["natIP"]))
+    return ips
 
 
 def _split_address(address: str) -> tuple[str, int | None]:
