@@ -50,3 +50,9 @@ def _catalog(conn: sqlite3.Connection) -> None:
         CREATE INDEX revocations_root ON revocations(root);
         """
     )
+
+
+@migration("0004-images-created")
+def _images_created(conn: sqlite3.Connection) -> None:
+    # image list pages by (created_at, digest): without this every page re-sorts the table
+    conn.execute("CREATE INDEX images_created ON images(created_at, digest)")

@@ -10,6 +10,7 @@ peer that can reach the socket may only read.
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -58,7 +59,10 @@ def _user_groups(uid: int, gid: int) -> set[int]:
     return set(os.getgrouplist(name, gid))
 
 
+@functools.lru_cache(maxsize=8)
 def _admin_gid(admin_group: str) -> int | None:
+    """The admin group's gid (cached: a missing group means a scan of /etc/group per call;
+    cleared when the config is reloaded)."""
     if not admin_group:
         return None
     try:

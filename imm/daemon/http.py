@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,10 +31,23 @@ def error_response(err: ImmError) -> web.Response:
     return json_response(err.to_dict(), status=err.status)
 
 
+# SO_PEERCRED cannot change during a connection: identify each connection once.
+_PEERS: weakref.WeakKeyDictionary[Any, tuple[str, Peer | None]] = weakref.WeakKeyDictionary()
+
+
 def peer_of(request: web.Request, admin_group: str) -> Peer | None:
     transport = request.transport
     if transport is None:
         return None
+    cached = _PEERS.get(transport)
+    if cached is not None and cached[0] == admin_group:
+        return cached[1]
+    peer = _identify(transport, admin_group)
+    _PEERS[transport] = (admin_group, peer)
+    return peer
+
+
+def _identify(transport: Any, admin_group: str) -> Peer | None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None

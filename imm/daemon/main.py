@@ -28,7 +28,7 @@ from .. import __version__, config
 from ..errors import ConfigError, ImmError
 from . import systemd
 from .app import make_app
-from .auth import make_peer
+from .auth import _admin_gid, make_peer
 from .core import Daemon
 
 log = logging.getLogger("imm.daemon")
@@ -138,6 +138,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             log.error("reload failed, keeping the running config: %s", e.message)
         else:
             settings.admin_group = fresh.admin_group
+            _admin_gid.cache_clear()
             old_services = settings.services
             settings.services = fresh.services
             try:
