@@ -45,6 +45,7 @@ log = logging.getLogger("imm.rollout")
 ACTIVE = ("running", "paused", "rolling-back")
 TERMINAL = ("completed", "rolled-back", "failed")
 POLL_S = 0.2
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # backoff between attempts to finish a rollback
 
 
 class StepFailed(Exception):
@@ -275,6 +276,7 @@ class Engine:
                  "running" if s["name"] in begun else "pending"} for s in r["params"]["plan"]]
         svc = self.services.get(r["service"])
         instances: list[dict[str, Any]] = []
+        instances_error: str | None = None
         if svc is not None and r["state"] not in TERMINAL:
             backends: dict[str, Any] = {}
             router = self.router(svc)
@@ -284,7 +286,12 @@ class Engine:
                                                                             svc.route)}
                 except ImmError:
                     backends = {}
-            for i in await self.service_instances(svc):
+            try:
+                live = await self.service_instances(svc)
+            except ImmError as e:
+                live = []
+                instances_error = e.message
+            for i in live:
                 b = backends.get(i.id)
                 instances.append({"id": i.id, "digest": i.tags.get(TAG_DIGEST),
                                   "new": i.tags.get(TAG_ROLLOUT) == rid,
@@ -300,12 +307,13 @@ class Engine:
             "previous": r["previous_digest"], "step": r["step"], "error": r["error"],
             "actor": r["actor"], "created_at": r["created_at"], "finished_at": r["finished_at"],
             "elapsed_s": int((end - created).total_seconds()), "plan": plan,
-            "instances": instances, "journal": r["journal"],
+            "instances": instances, "instances_error": instances_error, "journal": r["journal"],
         }
 
     # -- running --------------------------------------------------------------------------------
 
     async def run(self, rid: str) -> None:
+        backoff = RETRY_MIN_S
         try:
             while True:
                 r = await self.load(rid)
@@ -317,14 +325,23 @@ class Engine:
                     await self.wake[rid].wait()
                     continue
                 if state == "rolling-back":
-                    await self.rollback(r)
+                    try:
+                        await self.rollback(r)
+                        backoff = RETRY_MIN_S
+                    except ImmError as e:
+                        # a cloud or router outage: the rollback is idempotent, so try again
+                        log.warning("rollout %s: rollback not finished (%s); retrying in %.1fs",
+                                    rid, e.message, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RETRY_MAX_S)
                     continue
                 try:
                     finished = await self.advance(r)
-                except StepFailed as e:
-                    log.warning("rollout %s failed: %s; rolling back", rid, e)
-                    await self.journal(rid, r["step"] or "start", "fail", {"reason": str(e)},
-                                       state="rolling-back", error=str(e))
+                except (StepFailed, ImmError) as e:
+                    reason = e.message if isinstance(e, ImmError) else str(e)
+                    log.warning("rollout %s failed: %s; rolling back", rid, reason)
+                    await self.journal(rid, r["step"] or "start", "fail", {"reason": reason},
+                                       state="rolling-back", error=reason)
                     continue
                 if finished:
                     await self.journal(rid, "complete", "complete", {}, state="completed")
@@ -339,6 +356,8 @@ class Engine:
                                    state="rolling-back", error=f"internal error: {e}")
             except Exception:  # noqa: BLE001
                 log.exception("rollout %s: could not record the failure", rid)
+                return
+            asyncio.get_running_loop().call_later(RETRY_MAX_S, self.spawn, rid)
 
     def _test_kill(self, step: str, when: str) -> None:
         """Test-only: IMM_TEST_KILL_AT=<step name>:<before|after> SIGKILLs immd right there."""
