@@ -14,13 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .daemon.auth import AdminRule
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
 DAEMON_KEYS = {
-    "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "max_body_bytes", "tcp",
-    "log_level",
+    "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
+    "max_body_bytes", "tcp", "log_level",
 }
 
 
@@ -32,6 +33,7 @@ class Settings:
     socket_mode: int = 0o660
     socket_group: str = ""
     admin_group: str = "imm-admin"
+    owner_is_admin: bool = True
     max_body_bytes: int = 1 << 20
     tcp: str = ""
     log_level: str = "info"
@@ -42,6 +44,10 @@ class Settings:
     audit: dict[str, Any] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def admin_rule(self) -> AdminRule:
+        return AdminRule(self.admin_group, self.owner_is_admin)
 
     @property
     def db_path(self) -> Path:
@@ -105,6 +111,9 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     max_body = d.get("max_body_bytes", 1 << 20)
     if not isinstance(max_body, int) or max_body < 1024:
         raise _err(source, f"daemon.max_body_bytes {max_body!r} must be an integer ≥ 1024")
+    owner_is_admin = d.get("owner_is_admin", True)
+    if not isinstance(owner_is_admin, bool):
+        raise _err(source, f"daemon.owner_is_admin {owner_is_admin!r} must be true or false")
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
@@ -124,7 +133,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
                 raise _err(source, f"[{what}.{name}] needs kind = \"...\"")
     return Settings(
         source=source, state_dir=state, socket=sock, socket_mode=mode, socket_group=group,
-        admin_group=str(d.get("admin_group", "imm-admin")), max_body_bytes=max_body, tcp=tcp,
+        admin_group=str(d.get("admin_group", "imm-admin")), owner_is_admin=owner_is_admin,
+        max_body_bytes=max_body, tcp=tcp,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), raw=data,

@@ -14,7 +14,7 @@ from .routes_audit import audit_context
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(
         client_max_size=daemon.settings.max_body_bytes,
-        middlewares=make_middlewares(lambda: daemon.settings.admin_group,
+        middlewares=make_middlewares(lambda: daemon.settings.admin_rule,
                                      daemon.metrics.observe),
     )
     app[DAEMON] = daemon

@@ -20,6 +20,26 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class AdminRule:
+    """Who may change things: root, members of ``group``, and (``owner_is_admin``) the user
+    immd runs as. A system install sets owner_is_admin = false: local instances run as immd's
+    user, and they must not be able to roll out or revoke."""
+
+    group: str
+    owner_is_admin: bool = True
+
+
+def is_admin(uid: int, groups: set[int] | frozenset[int], rule: AdminRule,
+             daemon_uid: int) -> bool:
+    if uid == 0:
+        return True
+    if rule.owner_is_admin and uid == daemon_uid:
+        return True
+    gid = _admin_gid(rule.group)
+    return gid is not None and gid in groups
+
+
+@dataclass(frozen=True)
 class Peer:
     uid: int
     gid: int
@@ -71,20 +91,19 @@ def _admin_gid(admin_group: str) -> int | None:
         return None
 
 
-def make_peer(uid: int, gid: int, pid: int | None, admin_group: str) -> Peer:
+def make_peer(uid: int, gid: int, pid: int | None, rule: AdminRule) -> Peer:
     groups = _proc_groups(pid) if pid else set()
     if not groups:
         groups = _user_groups(uid, gid)
     groups.add(gid)
-    admin_gid = _admin_gid(admin_group)
-    admin = uid == 0 or uid == os.geteuid() or (admin_gid is not None and admin_gid in groups)
+    admin = is_admin(uid, groups, rule, os.geteuid())
     return Peer(uid=uid, gid=gid, pid=pid, groups=frozenset(groups), admin=admin)
 
 
-def unix_peer(sock: socket.socket, admin_group: str) -> Peer:
+def unix_peer(sock: socket.socket, rule: AdminRule) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return make_peer(uid, gid, pid, admin_group)
+    return make_peer(uid, gid, pid, rule)
 
 
 def _hex_addr(host: str, port: int, family: int) -> str:
@@ -96,7 +115,7 @@ def _hex_addr(host: str, port: int, family: int) -> str:
 
 
 def tcp_peer(peer: tuple[str, int], local: tuple[str, int], family: int,
-             admin_group: str) -> Peer | None:
+             rule: AdminRule) -> Peer | None:
     """The uid of the process holding the other end of a loopback TCP connection."""
     table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
     want_local = _hex_addr(peer[0], peer[1], family)
@@ -112,7 +131,7 @@ def tcp_peer(peer: tuple[str, int], local: tuple[str, int], family: int,
                         gid = pwd.getpwuid(uid).pw_gid
                     except KeyError:
                         gid = -1
-                    return make_peer(uid, gid, None, admin_group)
+                    return make_peer(uid, gid, None, rule)
     except OSError:
         return None
     return None

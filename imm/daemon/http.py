@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, Forbidden, ImmError, PayloadTooLarge
-from .auth import Peer, tcp_peer, unix_peer
+from .auth import AdminRule, Peer, tcp_peer, unix_peer
 
 log = logging.getLogger("imm.daemon")
 
@@ -32,35 +32,36 @@ def error_response(err: ImmError) -> web.Response:
 
 
 # SO_PEERCRED cannot change during a connection: identify each connection once.
-_PEERS: weakref.WeakKeyDictionary[Any, tuple[str, Peer | None]] = weakref.WeakKeyDictionary()
+_PEERS: weakref.WeakKeyDictionary[Any, tuple[AdminRule, Peer | None]] = \
+    weakref.WeakKeyDictionary()
 
 
-def peer_of(request: web.Request, admin_group: str) -> Peer | None:
+def peer_of(request: web.Request, rule: AdminRule) -> Peer | None:
     transport = request.transport
     if transport is None:
         return None
     cached = _PEERS.get(transport)
-    if cached is not None and cached[0] == admin_group:
+    if cached is not None and cached[0] == rule:
         return cached[1]
-    peer = _identify(transport, admin_group)
-    _PEERS[transport] = (admin_group, peer)
+    peer = _identify(transport, rule)
+    _PEERS[transport] = (rule, peer)
     return peer
 
 
-def _identify(transport: Any, admin_group: str) -> Peer | None:
+def _identify(transport: Any, rule: AdminRule) -> Peer | None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     if sock.family == socket.AF_UNIX:
-        return unix_peer(sock, admin_group)
+        return unix_peer(sock, rule)
     peer = transport.get_extra_info("peername")
     local = transport.get_extra_info("sockname")
     if peer and local and peer[0] in ("127.0.0.1", "::1"):
-        return tcp_peer(peer[:2], local[:2], sock.family, admin_group)
+        return tcp_peer(peer[:2], local[:2], sock.family, rule)
     return None
 
 
-def make_middlewares(admin_group: Callable[[], str],
+def make_middlewares(admin_rule: Callable[[], AdminRule],
                      observe: Callable[[str, str, int, float], None]) -> list[Any]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -98,15 +99,17 @@ def make_middlewares(admin_group: Callable[[], str],
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = peer_of(request, admin_group())
+        rule = admin_rule()
+        peer = peer_of(request, rule)
         if peer is None:
             raise Forbidden("cannot identify the peer of this connection; connect through the "
                             "unix socket or a loopback TCP connection")
         request["peer"] = peer
         if request.method in MUTATING and not peer.admin:
             raise Forbidden(
-                f"{peer.user} (uid {peer.uid}) may only read; changing things needs root, the "
-                f"daemon's user or membership of group {admin_group()!r}",
+                f"{peer.user} (uid {peer.uid}) may only read; changing things needs root"
+                + (", the daemon's user" if rule.owner_is_admin else "")
+                + f" or membership of group {rule.group!r}",
                 detail={"uid": peer.uid})
         return await handler(request)
 

@@ -101,7 +101,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     if args.log_level:
         settings.log_level = args.log_level
     logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
-    me = make_peer(os.geteuid(), os.getegid(), os.getpid(), settings.admin_group)
+    me = make_peer(os.geteuid(), os.getegid(), os.getpid(), settings.admin_rule)
     daemon = Daemon(settings)
     await asyncio.to_thread(daemon.open, f"{me.actor} immd start")
     app = make_app(daemon)
@@ -138,6 +138,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             log.error("reload failed, keeping the running config: %s", e.message)
         else:
             settings.admin_group = fresh.admin_group
+            settings.owner_is_admin = fresh.owner_is_admin
             _admin_gid.cache_clear()
             old_services = settings.services
             settings.services = fresh.services
