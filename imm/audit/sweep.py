@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..catalog.service import Catalog
     from ..daemon.core import Daemon
 
+SCHEDULE_TICK_S = 5.0  # how often the scheduler looks at the (reloadable) interval
 log = logging.getLogger("imm.audit")
 
 CHUNK = 1000  # instances per transaction: ~tens of ms of writer time, then the loop breathes
@@ -504,19 +505,31 @@ class Auditor:
                 await self.task
 
     async def schedule(self) -> None:
-        """Sweep every ``interval_s`` seconds until cancelled (returns at once when off)."""
-        interval = self.interval()
-        if interval <= 0:
-            return
-        log.info("audit sweeps every %g s", interval)
+        """Sweep every ``interval_s`` seconds until cancelled. The interval is read again on
+        every tick, so a SIGHUP reload that changes it (or turns sweeps on or off) takes hold."""
+        interval = self.interval()  # a bad value stops start-up with a message
+        announced: float | None = None
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
             try:
-                await self.run_sweep(SCHEDULED_ACTOR)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the schedule goes on
-                log.exception("scheduled audit sweep failed")
+                interval = self.interval()
+            except ConfigError as e:
+                log.error("%s; scheduled sweeps paused", e.message)
+                interval = 0.0
+            if interval != announced:
+                log.info("audit sweeps every %g s" if interval > 0 else
+                         "scheduled audit sweeps are off", interval)
+                announced = interval
+            if interval > 0 and time.monotonic() - last >= interval:
+                last = time.monotonic()
+                try:
+                    await self.run_sweep(SCHEDULED_ACTOR)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - the schedule goes on
+                    log.exception("scheduled audit sweep failed")
+            await asyncio.sleep(min(interval, SCHEDULE_TICK_S) if interval > 0
+                                else SCHEDULE_TICK_S)
 
     async def _run(self, sweep: int, actor: str) -> None:
         dm = self.daemon

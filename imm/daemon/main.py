@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .. import __version__, config
 from ..errors import ConfigError, ImmError
+from ..rollout.services import load_services
 from . import systemd
 from .app import make_app
 from .auth import _admin_gid, make_peer
@@ -131,26 +132,25 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
+        """Re-read the config; apply all of it or, if any part is wrong, none of it."""
         systemd.reloading()
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
+            services = load_services(fresh.services, set(daemon.providers), set(daemon.routers))
         except ImmError as e:
-            log.error("reload failed, keeping the running config: %s", e.message)
+            log.error("reload refused, keeping the running config (services not changed): %s",
+                      e.message)
         else:
             settings.admin_group = fresh.admin_group
             settings.owner_is_admin = fresh.owner_is_admin
-            _admin_gid.cache_clear()
-            old_services = settings.services
+            settings.audit = fresh.audit
             settings.services = fresh.services
-            try:
-                daemon.engine.reload_services()
-            except ImmError as e:
-                settings.services = old_services
-                log.error("reload: services not changed: %s", e.message)
+            daemon.engine.services = services
+            _admin_gid.cache_clear()
             settings.log_level = args.log_level or fresh.log_level
             logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(),
                                                  logging.INFO))
-            log.info("reloaded %s", fresh.source)
+            log.info("reloaded %s (providers and routers change on restart)", fresh.source)
         systemd.notify("READY=1", "STATUS=serving")
 
     if threading.current_thread() is threading.main_thread():
