@@ -179,10 +179,19 @@ class Immd:
 @pytest.fixture(autouse=True)
 def _reap_daemons() -> Iterator[None]:
     yield
+    problems = []
     while _ALL:
         d = _ALL.pop()
         d.stop()
         d.reap()
+        log = d.log.read_bytes() if d.log.exists() else b""
+        # a traceback in immd's log is a bug whatever the test did: errors reach operators as
+        # one-line messages; a logging error is a broken log call
+        for marker in (b"Traceback (most recent call last)", b"--- Logging error ---"):
+            if marker in log:
+                at = log.index(marker)
+                problems.append(f"{d.log}: {log[max(0, at - 300):at + 1500].decode(errors='replace')}")
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.fixture
@@ -210,3 +219,38 @@ def make_immd(tmp_path: Path) -> Iterator[Any]:
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    """A moto_server on a free loopback port for the module: the AWS peer of the tests."""
+    import urllib.request
+
+    exe = shutil.which("moto_server") or str(BIN / "moto_server")
+    if not Path(exe).exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=1)  # moto can take seconds to exit on SIGTERM; it keeps no state
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -13,7 +13,6 @@ import logging
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -438,30 +437,6 @@ def test_server_down_names_server(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- Route53 via moto
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop(proc)
 
 
 @dataclass

@@ -18,10 +18,7 @@ import http.server
 import json
 import random
 import re
-import shutil
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -64,35 +61,6 @@ EC2_DRIVER, ELB_DRIVER, ALB_DRIVER, R53_DRIVER = "ec2_moto", "elb_moto", "alb_mo
 
 
 # --------------------------------------------------------------------------- moto
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def free_port() -> int:

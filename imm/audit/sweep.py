@@ -517,8 +517,10 @@ class Auditor:
                 log.error("%s; scheduled sweeps paused", e.message)
                 interval = 0.0
             if interval != announced:
-                log.info("audit sweeps every %g s" if interval > 0 else
-                         "scheduled audit sweeps are off", interval)
+                if interval > 0:
+                    log.info("audit sweeps every %g s", interval)
+                else:
+                    log.info("scheduled audit sweeps are off")
                 announced = interval
             if interval > 0 and time.monotonic() - last >= interval:
                 last = time.monotonic()
