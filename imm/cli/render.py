@@ -30,12 +30,16 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
             return ",".join(str(x) for x in v) or "-"
         return str(v)
 
+    # a first header written "  ID" indents the whole table (a table under a heading)
+    first = columns[0][1]
+    indent = " " * (len(first) - len(first.lstrip()))
+    columns = [(columns[0][0], first.lstrip()), *columns[1:]]
     cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
     out = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]
     for c in cells:
         out.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
-    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.write("\n".join(indent + line for line in out) + "\n")
 
 
 def block(pairs: Sequence[tuple[str, Any]]) -> None:
