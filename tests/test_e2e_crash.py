@@ -81,3 +81,29 @@ def test_kill9_at_every_step(tmp_path: Path, images: Path, strategy: str,  # noq
     assert stats.failed == 0, stats
     assert stats.ok > 100
     assert all(o[2] == "completed" for o in outcomes), outcomes
+
+
+def test_sigterm_parks_a_rollout_and_the_next_immd_finishes_it(tmp_path: Path,
+                                                               images: Path) -> None:  # noqa: F811
+    port = free_port()
+    cfg = BASE + service("web", port, count=2, strategy="canary", canary_steps=[50],
+                         canary_pause_s=4)
+    d = Immd(tmp_path, cfg).start()
+    register(d, images, "v1", "v2")
+    d.run("rollout", "start", "web", "--image", "web@v1", "--wait")
+    with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.005) as load:
+        r = d.json("rollout", "start", "web", "--image", "web@v2")
+        deadline = time.monotonic() + 30
+        while d.json("rollout", "status", r["id"])["step"] != "3-pause":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert d.stop() == 0  # graceful: the pause is parked, not finished
+        assert d.log.read_text().count("parked at shutdown") == 1
+        d.start()
+        end = d.json("rollout", "watch", r["id"])
+        stats = load.stop()
+    assert end["state"] == "completed"
+    assert stats.failed == 0, stats
+    steps = [j["step"] for j in end["journal"] if j["action"] == "done"]
+    assert steps.count("3-pause") == 1
+    assert {i["tags"]["imm:rollout"] for i in instances(d, "web")} == {r["id"]}
