@@ -83,6 +83,21 @@ def processes_under(root: Path) -> list[int]:
     return found
 
 
+def reap_under(root: Path) -> None:
+    """SIGKILL every process working under ``root`` until none is left (haproxy's master may
+    be mid-reload, so look more than once)."""
+    for _ in range(10):
+        pids = processes_under(root)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 class Immd:
     """One immd process plus helpers to call immctl against it."""
 
@@ -125,16 +140,7 @@ class Immd:
 
     def reap(self) -> None:
         """Kill what this immd left running on purpose (instances, haproxy): tests clean up."""
-        for _ in range(3):
-            pids = processes_under(self.root)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        reap_under(self.root)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "IMM_SOCKET": str(self.sock)}

@@ -17,7 +17,7 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 from backends import free_port
-from conftest import IMMCTL, have, wait_for_socket
+from conftest import IMMCTL, have, reap_under, wait_for_socket
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 REPO = Path(__file__).resolve().parent.parent
@@ -96,14 +96,7 @@ health_timeout_s = 20
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=60)
-        for p in Path("/proc").iterdir():
-            if p.name.isdigit():
-                try:
-                    if str(tmp_path) in os.readlink(p / "cwd") or str(tmp_path) in (
-                            p / "cmdline").read_text(errors="replace"):
-                        os.kill(int(p.name), 9)
-                except OSError:
-                    pass
+        reap_under(tmp_path)
     blocked = [r for r in caplog.records if "BlockingError" in r.getMessage()
                or (r.exc_info and "BlockingError" in repr(r.exc_info[1]))]
     assert not blocked, [r.getMessage() for r in blocked]
