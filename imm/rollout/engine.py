@@ -45,6 +45,7 @@ log = logging.getLogger("imm.rollout")
 ACTIVE = ("running", "paused", "rolling-back")
 TERMINAL = ("completed", "rolled-back", "failed")
 POLL_S = 0.2
+VIEW_TTL_S = 1.0  # how long status shares one listing of a service's instances and route
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # backoff between attempts to finish a rollback
 
 
@@ -58,6 +59,7 @@ class Engine:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wake: dict[str, asyncio.Event] = {}
+        self._views: dict[str, tuple[float, tuple[list[Instance], dict[str, Any], str | None]]] = {}
         self.reload_services()
 
     def reload_services(self) -> None:
@@ -268,6 +270,33 @@ class Engine:
             out.extend(i for i in got if i.state in ("pending", "running"))
         return out
 
+    async def live_view(self, svc: Service) -> tuple[list[Instance], dict[str, Any], str | None]:
+        """The service's instances and route backends, as status shows them.
+
+        Watchers poll status several times a second; the view is shared and kept for
+        VIEW_TTL_S so they do not turn into a stream of cloud API calls competing with the
+        rollout for the provider's concurrency limit. The engine's own steps never use it.
+        """
+        cached = self._views.get(svc.name)
+        if cached is not None and time.monotonic() - cached[0] < VIEW_TTL_S:
+            return cached[1]
+        backends: dict[str, Any] = {}
+        router = self.router(svc)
+        if router is not None and svc.route:
+            try:
+                backends = {b.name: b for b in await asyncio.to_thread(router.backends,
+                                                                        svc.route)}
+            except ImmError:
+                backends = {}
+        error: str | None = None
+        try:
+            live = await self.service_instances(svc)
+        except ImmError as e:
+            live, error = [], e.message
+        view = (live, backends, error)
+        self._views[svc.name] = (time.monotonic(), view)
+        return view
+
     async def status(self, rid: str) -> dict[str, Any]:
         r = await self.load(rid)
         done = {j["step"] for j in r["journal"] if j["action"] == "done"}
@@ -278,19 +307,7 @@ class Engine:
         instances: list[dict[str, Any]] = []
         instances_error: str | None = None
         if svc is not None and r["state"] not in TERMINAL:
-            backends: dict[str, Any] = {}
-            router = self.router(svc)
-            if router is not None and svc.route:
-                try:
-                    backends = {b.name: b for b in await asyncio.to_thread(router.backends,
-                                                                            svc.route)}
-                except ImmError:
-                    backends = {}
-            try:
-                live = await self.service_instances(svc)
-            except ImmError as e:
-                live = []
-                instances_error = e.message
+            live, backends, instances_error = await self.live_view(svc)
             for i in live:
                 b = backends.get(i.id)
                 instances.append({"id": i.id, "digest": i.tags.get(TAG_DIGEST),
