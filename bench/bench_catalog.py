@@ -38,8 +38,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,8 +55,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 
 from imm.cli.client import Client  # noqa: E402
 
+from daemon import Immd  # noqa: E402
+
 PAGE = 1000  # immctl image list --all asks for pages of this many
-TICK = os.sysconf("SC_CLK_TCK")
 SIGNED_TABLES = ("images", "artifacts", "channel_history", "revocations", "keys")
 
 
@@ -68,68 +67,6 @@ def log(msg: str) -> None:
 
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def child_env(tmp: Path, pyc_cache: bool, sock: Path) -> dict[str, str]:
-    env = {**os.environ, "IMM_SOCKET": str(sock)}
-    if pyc_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-    return env
-
-
-class Immd:
-    """A real immd on a temporary state dir."""
-
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        bindir = Path(sys.executable).parent
-        self.immd = str(bindir / "immd") if (bindir / "immd").exists() else shutil.which("immd")
-        self.immctl = (str(bindir / "immctl") if (bindir / "immctl").exists()
-                       else shutil.which("immctl"))
-        if not self.immd or not self.immctl:
-            raise SystemExit("immd/immctl not found next to this python or on PATH")
-        self.root = root
-        self.sock = root / "immd.sock"
-        self.state = root / "state"
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Immd:
-        self.logf = open(self.root / "immd.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(self.immd), "--state-dir", str(self.state), "--socket", str(self.sock)],
-            stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"immd exited with {self.proc.returncode}; see {self.logf.name}")
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(self.sock))
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"immd did not listen on {self.sock}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.logf.close()
-
-    def cpu(self) -> float:
-        """immd's user+system CPU seconds so far (all its threads)."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-
-    def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(f"file:{self.state / 'imm.db'}?mode=ro", uri=True)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
 
 
 # --- (a) register ----------------------------------------------------------------------------
@@ -369,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
         sock = tmp / "immd.sock"
-        immd = Immd(tmp, child_env(tmp, not args.no_pyc_cache, sock)).start()
+        immd = Immd(tmp, not args.no_pyc_cache).start()
         stack.callback(immd.stop)
         log(f"immd pid {immd.proc.pid if immd.proc else '?'} on {sock}; load {loadavg()}")
 

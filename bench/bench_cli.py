@@ -29,8 +29,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,51 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imm.cli.client import Client  # noqa: E402
 
+from daemon import Immd  # noqa: E402
+
 
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-class Immd:
-    """A real immd on a temporary state dir."""
-
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        bindir = Path(sys.executable).parent
-        self.immd = str(bindir / "immd") if (bindir / "immd").exists() else shutil.which("immd")
-        self.immctl = (str(bindir / "immctl") if (bindir / "immctl").exists()
-                       else shutil.which("immctl"))
-        if not self.immd or not self.immctl:
-            raise SystemExit("immd/immctl not found next to this python or on PATH")
-        self.root = root
-        self.sock = root / "immd.sock"
-        self.env = {**env, "IMM_SOCKET": str(self.sock)}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Immd:
-        self.logf = open(self.root / "immd.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(self.immd), "--state-dir", str(self.root / "state"), "--socket", str(self.sock)],
-            stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"immd exited with {self.proc.returncode}; see {self.logf.name}")
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(self.sock))
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"immd did not listen on {self.sock}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.logf.close()
 
 
 def shebang_python(script: str) -> str:
@@ -174,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imm-bench-cli-", dir=args.dir) as tmpname, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
-        env = dict(os.environ)
-        if not args.no_pyc_cache:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        immd = Immd(tmp, env).start()
+        immd = Immd(tmp, not args.no_pyc_cache).start()
         stack.callback(immd.stop)
         client = Client(str(immd.sock))
         files = tmp / "files"

@@ -29,8 +29,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imm.catalog.digest import file_digest  # noqa: E402
+
+import daemon  # noqa: E402
 
 BLOCK = 64 << 20
 
@@ -87,51 +87,12 @@ def hashlib_loop(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-class Immd:
-    """A real immd on a temporary state dir, and the real immctl pointed at it."""
+class Immd(daemon.Immd):
+    """The shared benchmark daemon, plus ``immctl image add`` of a fresh version each time."""
 
     def __init__(self, root: Path, pyc_cache: bool = True) -> None:
-        bindir = Path(sys.executable).parent
-        self.immd = str(bindir / "immd") if (bindir / "immd").exists() else shutil.which("immd")
-        self.immctl = (str(bindir / "immctl") if (bindir / "immctl").exists()
-                       else shutil.which("immctl"))
-        self.root = root
-        self.sock = root / "immd.sock"
-        self.env = {**os.environ, "IMM_SOCKET": str(self.sock)}
-        if pyc_cache:
-            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-            self.env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root, pyc_cache)
         self.versions = itertools.count(1)
-
-    def available(self) -> bool:
-        return bool(self.immd and self.immctl)
-
-    def start(self) -> Immd:
-        self.log = open(self.root / "immd.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(self.immd), "--state-dir", str(self.root / "state"), "--socket", str(self.sock)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"immd exited with {self.proc.returncode}; see {self.log.name}")
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(self.sock))
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"immd did not listen on {self.sock}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.log.close()
 
     def image_add(self, path: Path) -> str:
         """``immctl image add PATH --name bench --version N --json``; its content digest."""
