@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import routes, routes_audit, routes_rollout
 from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
-from .routes import DAEMON, ROUTES
+from .routes import DAEMON
 from .routes_audit import audit_context
+
+# the whole API, which the OpenAPI document describes
+ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES]
 
 
 def make_app(daemon: Daemon) -> web.Application:
@@ -21,7 +25,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.cleanup_ctx.append(audit_context)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
-    spec = document()
+    spec = document(ROUTES)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(spec)

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from .. import __version__
-from .routes import ROUTES
+from .routes import Route
 
 ERROR = {
     "type": "object", "required": ["error"],
@@ -15,9 +15,9 @@ ERROR = {
 }
 
 
-def document() -> dict[str, Any]:
+def document(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for r in ROUTES:
+    for r in routes:
         op: dict[str, Any] = {
             "summary": r.summary,
             "operationId": f"{r.method.lower()}_{r.handler.__name__}",

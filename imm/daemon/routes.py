@@ -343,11 +343,3 @@ ROUTES: list[Route] = [
           tag="ledger"),
     Route("GET", "/metrics", metrics, "Prometheus metrics", tag="daemon"),
 ]
-
-from .routes_rollout import ROUTES as _ROLLOUT_ROUTES  # noqa: E402
-
-ROUTES += _ROLLOUT_ROUTES
-
-from .routes_audit import ROUTES as _AUDIT_ROUTES  # noqa: E402
-
-ROUTES += _AUDIT_ROUTES
