@@ -454,19 +454,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def split_globals(argv: list[str]) -> tuple[list[str], bool, str | None]:
     """Take --json and --socket from anywhere on the line."""
-    rest, as_json, sock = [], False, None
-    it = iter(range(len(argv)))
-    skip = False
-    for i in it:
-        if skip:
-            skip = False
-            continue
-        arg = argv[i]
+    rest: list[str] = []
+    as_json, sock = False, None
+    args = iter(argv)
+    for arg in args:
         if arg == "--json":
             as_json = True
-        elif arg == "--socket" and i + 1 < len(argv):
-            sock = argv[i + 1]
-            skip = True
+        elif arg == "--socket":
+            sock = next(args, None)
+            if sock is None:
+                rest.append(arg)  # argparse says "--socket: expected one argument"
         elif arg.startswith("--socket="):
             sock = arg.split("=", 1)[1]
         else:
