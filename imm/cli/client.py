@@ -136,6 +136,14 @@ class UnixHTTPConnection:
         resp = Response(self._rfile)
         return resp
 
+    def send_fd(self, fd: int) -> None:
+        """Pass the open descriptor ``fd`` to the daemon (SCM_RIGHTS, on one byte)."""
+        import array
+
+        assert self.sock is not None
+        self.sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      array.array("i", [fd]).tobytes())])
+
 
 class DaemonUnreachable(Exception):
     pass
@@ -159,7 +167,9 @@ class Client:
         self._conn: UnixHTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None,
-                query: dict[str, Any] | None = None) -> Any:
+                query: dict[str, Any] | None = None, pass_fd: int | None = None) -> Any:
+        """One API call; with ``pass_fd``, the open descriptor goes along: the daemon asks
+        for it with ``100 Continue`` once it has checked the request, and reads through it."""
         if query:
             q = {k: v for k, v in query.items() if v is not None}
             if q:
@@ -169,11 +179,16 @@ class Client:
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        if pass_fd is not None:
+            headers["X-Imm-Pass-Fd"] = "1"
         try:
             if self._conn is None:
                 self._conn = UnixHTTPConnection(self.socket_path, self.timeout)
             self._conn.request(method, path, body=payload, headers=headers)
             resp = self._conn.getresponse()
+            if resp.status == 100 and pass_fd is not None:
+                self._conn.send_fd(pass_fd)
+                resp = self._conn.getresponse()
             raw = resp.read()
             if resp.will_close:
                 self._conn.close()

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import (
     ERROR_CLASSES,
     EXIT_ERROR,
+    EXIT_FORBIDDEN,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
@@ -108,14 +109,38 @@ def show_image(img: dict[str, Any]) -> None:
         table(arts, [("provider", "  PROVIDER"), ("region", "REGION"), ("image_id", "IMAGE ID")])
 
 
+def open_image(path: str) -> int:
+    """Open an image file or directory with the caller's own access: immd reads through this
+    descriptor, never by path, so it reads nothing the caller could not."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Fail(f"path {path} does not exist; give the disk image file or image directory",
+                   EXIT_USAGE) from None
+    except PermissionError:
+        raise Fail(f"cannot read {path}: permission denied; immd reads an image with your own "
+                   "access, so you must be able to read it", EXIT_FORBIDDEN) from None
+    except OSError as e:
+        raise Fail(f"cannot open {path}: {e.strerror}", EXIT_USAGE) from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise Fail(f"{path} is not a regular file or directory; an image is a disk file or a "
+                   "directory tree", EXIT_USAGE)
+    return fd
+
+
 def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
     path = os.path.abspath(a.path)
-    if not os.path.exists(path):
-        raise Fail(f"path {a.path} does not exist; give the disk image file or image directory",
-                   EXIT_USAGE)
-    r = c.request("POST", "/v1/images", {
-        "path": path, "name": a.name, "version": a.version, "layers": a.layer,
-        "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label})
+    fd = open_image(path)
+    try:
+        r = c.request("POST", "/v1/images", {
+            "path": path, "name": a.name, "version": a.version, "layers": a.layer,
+            "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label}, pass_fd=fd)
+    finally:
+        os.close(fd)
     if a.json:
         emit_json(r)
     else:
@@ -327,7 +352,8 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
         print(f"ok: {r['size']} leaves, root {r['root']}; checkpoint at size "
               f"{cp.get('size')} verifies and matches")
     else:
-        print(f"FAILED: {len(r['problems'])} problem(s) in {r['size']} leaves", file=sys.stderr)
+        where = "the ledger" if r["size"] is None else f"{r['size']} leaves"
+        print(f"FAILED: {len(r['problems'])} problem(s) in {where}", file=sys.stderr)
         for p in r["problems"]:
             where = (f"leaf {p['index']}" if "index" in p else
                      f"checkpoint {p.get('checkpoint')}" if "checkpoint" in p else
