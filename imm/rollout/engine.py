@@ -496,9 +496,15 @@ class Engine:
     async def gate(self, svc: Service, r: dict[str, Any], step: dict[str, Any],
                    instances: list[Instance]) -> None:
         view = {"id": r["id"], "service": svc.name, "image": r["digest"], "strategy": r["strategy"]}
-        verdicts = await self.d.plugins.call_all(
-            "imm_health_gate", rollout=view, step={"name": step["name"], "op": step["op"]},
-            instances=[i.to_dict() for i in instances])
+        # A gate that hangs (an analysis query that never returns) fails like one that says no:
+        # the rollout never waits past its health timeout.
+        try:
+            verdicts = await asyncio.wait_for(self.d.plugins.call_all(
+                "imm_health_gate", rollout=view, step={"name": step["name"], "op": step["op"]},
+                instances=[i.to_dict() for i in instances]), svc.health_timeout_s)
+        except TimeoutError:
+            raise StepFailed(f"health gate at {step['name']} gave no verdict within the "
+                             f"service's health_timeout_s ({svc.health_timeout_s:g}s)") from None
         for v in verdicts:
             if isinstance(v, str):
                 raise StepFailed(f"health gate at {step['name']} failed: {v}")
