@@ -364,6 +364,14 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
 
 # -- argument parsing -----------------------------------------------------------------------
 
+def ascii_int(text: str) -> int:
+    """An integer argument in ASCII digits (int() would take '٣' for 3)."""
+    body = text[1:] if text.startswith("-") else text
+    if not body or not body.isascii() or not body.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (ASCII digits 0-9)")
+    return int(text)
+
+
 class _Skipped:
     """Stands in for the subcommands of groups this invocation does not use: building every
     group's parsers would be a third of immctl's start-up."""
@@ -431,7 +439,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add(img, "list", cmd_image_list, "list images")
     sp.add_argument("--name")
     sp.add_argument("--status", choices=["active", "revoked"])
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=ascii_int, default=100)
     sp.add_argument("--all", action="store_true", help="every image, page by page")
     sp = add(img, "show", cmd_image_show, "show one image")
     sp.add_argument("ref")
@@ -466,11 +474,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     led = group("ledger", "the Merkle ledger of every signed record")
     add(led, "head", cmd_ledger_head, "size, root and the signed checkpoint")
     sp = add(led, "proof", cmd_ledger_proof, "inclusion proof of a leaf")
-    sp.add_argument("--index", type=int, required=True)
-    sp.add_argument("--size", type=int)
+    sp.add_argument("--index", type=ascii_int, required=True)
+    sp.add_argument("--size", type=ascii_int)
     sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes")
-    sp.add_argument("--from", dest="from_", type=int, required=True)
-    sp.add_argument("--to", type=int)
+    sp.add_argument("--from", dest="from_", type=ascii_int, required=True)
+    sp.add_argument("--to", type=ascii_int)
     add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
 
     from . import extra

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import EXIT_ERROR
 from .client import Client, seg
+from .main import ascii_int
 from .render import block, emit_json, short, table
 
 TERMINAL = ("completed", "rolled-back", "failed")
@@ -183,7 +184,7 @@ def register(sub: Any, add: Any, group: Any) -> None:
         sp.add_argument("id")
     sp = add(ro, "list", cmd_list, "recent rollouts")
     sp.add_argument("--service")
-    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("--limit", type=ascii_int, default=20)
     for name, text in (("pause", "stop advancing after the current step"),
                        ("resume", "carry on a paused rollout"),
                        ("promote", "skip the remaining canary steps and pauses"),

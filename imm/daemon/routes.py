@@ -154,9 +154,13 @@ async def images_import_packer(request: web.Request) -> web.Response:
     data = await body(request)
     text = field(data, "manifest", str, required=True)
     source = field(data, "source", str, default="packer manifest")
-    images = await d(request).import_packer(
-        actor(request), text, source, field(data, "name", str), field(data, "version", str),
-        field(data, "all_runs", bool, default=False))
+    try:
+        images = await d(request).import_packer(
+            actor(request), text, source, field(data, "name", str),
+            field(data, "version", str), field(data, "all_runs", bool, default=False))
+    except RecursionError:
+        raise BadRequest(f"{source}: the Packer manifest nests too deeply to be one; give the "
+                         "manifest post-processor's file") from None
     created = any(i["created"] for i in images)
     return json_response({"images": images}, status=201 if created else 200)
 
