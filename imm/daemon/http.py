@@ -301,6 +301,7 @@ async def receive_fd(request: web.Request) -> int:
     loop = asyncio.get_running_loop()
     transport.pause_reading()
     dup = socket.socket(fileno=os.dup(sock.fileno()))
+    dup.setblocking(False)  # it shares the transport's non-blocking file description anyway
     got: asyncio.Future[int] = loop.create_future()
 
     def readable() -> None:
@@ -310,8 +311,9 @@ async def receive_fd(request: web.Request) -> int:
             data, anc, flags, _ = dup.recvmsg(1, socket.CMSG_SPACE(4 * 4), socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as e:
-            got.set_exception(BadRequest(f"could not receive the descriptor: {e.strerror}"))
+        except Exception as e:  # noqa: BLE001 - a callback: hand every failure to the request
+            why = e.strerror if isinstance(e, OSError) else repr(e)
+            got.set_exception(BadRequest(f"could not receive the descriptor: {why}"))
             return
         fds: list[int] = []
         for level, kind, payload in anc:
