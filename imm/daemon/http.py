@@ -13,6 +13,7 @@ import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -50,10 +51,18 @@ def error_response(err: ImmError) -> web.Response:
 
 
 # The kernel records a unix peer's credentials when it connects (SO_PEERCRED, SO_PEERGROUPS);
-# they are read once per connection and kept with it. Nothing is looked up later by pid.
-Creds = tuple[int, int, int, frozenset[int]]  # pid, uid, gid, groups
+# they are read once per connection and kept with it, with the user's name resolved then.
+# Nothing is looked up later by pid.
+@dataclass(frozen=True)
+class Creds:
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+    user: str
+
+
 _CREDS: weakref.WeakKeyDictionary[Any, Creds | None] = weakref.WeakKeyDictionary()
-_NAMES: dict[int, str] = {}
 
 
 def connection_creds(transport: Any) -> Creds | None:
@@ -63,27 +72,23 @@ def connection_creds(transport: Any) -> Creds | None:
     sock = transport.get_extra_info("socket")
     creds = None
     if sock is not None and sock.family == socket.AF_UNIX:
-        creds = peer_credentials(sock)
+        pid, uid, gid, groups = peer_credentials(sock)
+        creds = Creds(pid, uid, gid, frozenset(groups | {gid}), user_name(uid))
     _CREDS[transport] = creds
     return creds
 
 
-def _peer_from_creds(creds: Creds, rule: AdminRule) -> Peer:
-    pid, uid, gid, groups = creds
-    if uid not in _NAMES:
-        _NAMES[uid] = user_name(uid)
-    gs = frozenset(groups | {gid})
-    return Peer(uid=uid, gid=gid, pid=pid, groups=gs,
-                admin=is_admin(uid, gs, rule, os.geteuid()), user=_NAMES[uid])
-
-
 def peer_of(request: web.Request, rule: AdminRule) -> Peer | None:
-    """The unix socket peer of ``request``'s connection, or None on TCP."""
+    """The unix socket peer of ``request``'s connection, or None on TCP. Whether it is an admin
+    is judged per request, so a reloaded admin rule applies at once."""
     transport = request.transport
     if transport is None:
         return None
-    creds = connection_creds(transport)
-    return None if creds is None else _peer_from_creds(creds, rule)
+    c = connection_creds(transport)
+    if c is None:
+        return None
+    return Peer(uid=c.uid, gid=c.gid, pid=c.pid, groups=c.groups,
+                admin=is_admin(c.uid, c.groups, rule, os.geteuid()), user=c.user)
 
 
 def _daemon(request: web.Request) -> Any:
