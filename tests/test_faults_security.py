@@ -408,6 +408,23 @@ def test_a_non_root_admin_cannot_make_immd_read_what_it_cannot(
     cp = as_user(admin, script, str(d.sock), groups=[admin_gid], check=True)
     status, body = json.loads(cp.stdout)
     assert status == 400 and "image_roots" in body["error"]["message"], body
+    # nor does a descriptor that proves no read access: O_PATH opens without read permission
+    script = textwrap.dedent(r"""
+        import os, sys
+        sys.path.insert(0, sys.argv[2])
+        from imm.cli.client import ApiError, Client
+        for path in ("/etc/shadow", "/root"):
+            fd = os.open(path, os.O_PATH)
+            try:
+                Client(sys.argv[1]).request("POST", "/v1/images", {
+                    "path": path, "name": "opath", "version": path}, pass_fd=fd)
+                print("registered", path)
+            except ApiError as e:
+                print(e.status, e.message)
+    """)
+    cp = as_user(admin, script, str(d.sock), str(reader_copy()), groups=[admin_gid],
+                 check=True)
+    assert cp.stdout.count("400 ") == 2 and "not opened for reading" in cp.stdout, cp.stdout
     assert d.json("image", "list")["images"][0]["name"] == "tree"
     assert time.monotonic() - t0 < 600
 

@@ -391,9 +391,12 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
     reads on a caller's behalf what the caller could not read. The caller's ``fd`` stays open.
     """
     st = os.fstat(fd)
+    flags = fd_flags(fd)
+    if flags & getattr(os, "O_PATH", 0) or flags & os.O_ACCMODE == os.O_WRONLY:
+        # an O_PATH descriptor needs no read permission to open: it proves nothing
+        raise BadRequest(f"{shown} was not opened for reading; pass a descriptor opened with "
+                         "O_RDONLY", detail={"path": shown})
     if stat.S_ISREG(st.st_mode):
-        if fcntl_accmode(fd) == os.O_WRONLY:
-            raise BadRequest(f"{shown} was opened write-only; pass a descriptor open for reading")
         digest, _ = _hash_fd(fd, st, Path(shown), bytearray(CHUNK_SIZE), None)
         return "file", digest, None
     if stat.S_ISDIR(st.st_mode):
@@ -406,10 +409,10 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
         "a disk file or a directory tree", detail={"path": shown})
 
 
-def fcntl_accmode(fd: int) -> int:
+def fd_flags(fd: int) -> int:
     import fcntl
 
-    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
 
 
 def _unreadable(shown: str, reader: Reader, what: str) -> BadRequest:
