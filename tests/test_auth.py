@@ -6,6 +6,7 @@ import grp
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,12 @@ def test_make_peer_never_reads_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("builtins.open", spy)
     make_peer(NOBODY, NOBODY, os.getpid(), AdminRule("nosuchgroup-imm"), frozenset({7}))
     assert not [f for f in opened if f.startswith("/proc/")]
+
+
+def test_image_roots_must_be_absolute_directories() -> None:
+    assert config.parse('[daemon]\nimage_roots = ["/srv/images"]\n', "t").image_roots == [
+        Path("/srv/images")]
+    assert config.parse("", "t").image_roots == []
+    for bad in ('"/srv"', '["images"]', "[1]"):
+        with pytest.raises(ConfigError, match="image_roots"):
+            config.parse(f"[daemon]\nimage_roots = {bad}\n", "t")

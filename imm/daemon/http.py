@@ -72,7 +72,11 @@ def connection_creds(transport: Any) -> Creds | None:
     sock = transport.get_extra_info("socket")
     creds = None
     if sock is not None and sock.family == socket.AF_UNIX:
-        pid, uid, gid, groups = peer_credentials(sock)
+        try:
+            pid, uid, gid, groups = peer_credentials(sock)
+        except OSError as e:
+            raise Forbidden(f"cannot identify the peer of this connection ({e.strerror}); "
+                            "nothing is done for an unknown caller") from None
         creds = Creds(pid, uid, gid, frozenset(groups | {gid}), user_name(uid))
     _CREDS[transport] = creds
     return creds
