@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
@@ -10,6 +11,8 @@ from ..errors import BadRequest, Forbidden
 from .http import body, field, json_response
 from .routes import DAEMON, Route
 from .tokens import SCOPES, TokenStore, parse_ttl
+
+log = logging.getLogger("imm.daemon")
 
 
 def _store(request: web.Request) -> TokenStore:
@@ -34,6 +37,9 @@ async def tokens_create(request: web.Request) -> web.Response:
     peer = request["peer"]
     token, rec = await asyncio.to_thread(_store(request).create, peer.uid, peer.user,
                                          peer.admin, scope, parse_ttl(ttl))
+    # the id only: the token itself is shown once, to its owner, and never logged
+    log.info("token %s minted for %s, scope %s, expires at %s", rec["id"], peer.actor,
+             scope, rec["expires_at"])
     return json_response({**rec, "token": token}, status=201)
 
 
@@ -48,6 +54,7 @@ async def tokens_revoke(request: web.Request) -> web.Response:
     peer = request["peer"]
     rec = await asyncio.to_thread(_store(request).revoke, request.match_info["id"], peer.uid,
                                   peer.admin, peer.actor)
+    log.info("token %s of %s revoked by %s", rec["id"], rec["user"], peer.actor)
     return json_response(rec)
 
 
