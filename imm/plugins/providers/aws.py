@@ -68,7 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, NotFound, ProviderError
-from ..base import TAG_SERVICE, ImageInfo, Instance, LaunchRequest, Provider, ProviderContext
+from ..base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
 from ..hookspecs import hookimpl
 from .cloud import (
     CallPolicy,
@@ -134,8 +134,9 @@ def effective_token(client_token: str) -> str:
 
 class AWSProvider(Provider):
     kind = "aws"
+    features = frozenset({Feature.CLIENT_TOKEN, Feature.COPY_IMAGE})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"aws provider {name}"
@@ -300,11 +301,6 @@ class AWSProvider(Provider):
                 return fn(driver)
 
         return self.caller.call(region, call, attempt, recover=recover)
-
-    # -- capabilities
-
-    def capabilities(self) -> set[str]:
-        return {"client_token", "copy_image"}
 
     # -- listing
 

@@ -92,8 +92,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BadRequest, ConfigError, ProviderError
-from ..base import TAG_SERVICE, ImageInfo, Instance, LaunchRequest, Provider, ProviderContext
+from ...errors import BadRequest, ConfigError, ProviderError, Unsupported
+from ..base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
 from ..hookspecs import hookimpl
 from .cloud import (
     CallPolicy,
@@ -215,8 +215,9 @@ def _version_key(name: str) -> tuple[Any, ...]:
 
 class AzureProvider(Provider):
     kind = "azure"
+    features = frozenset({Feature.CLIENT_TOKEN})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"azure provider {name}"
@@ -508,11 +509,6 @@ class AzureProvider(Provider):
         base = _NAME_PART.sub("-", base.lower()).strip("-")[:40].strip("-") or "imm"
         digest = hashlib.sha256(request.client_token.encode()).hexdigest()[:10]
         return f"{base}-{digest}-{index}"
-
-    # -- capabilities -----------------------------------------------------------------------
-
-    def capabilities(self) -> set[str]:
-        return {"client_token"}
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -970,12 +966,12 @@ class AzureProvider(Provider):
         Marketplace image exists in every location already. Replicate through an Azure Compute
         Gallery (target regions) or bake per location, and register each location's image id
         as its own artifact."""
-        raise BadRequest(
+        raise Unsupported(
             f"{self.where}: copy_image is not supported on Azure: managed images are bound to "
             f"their location and ARM cannot copy them ({src_region} -> {dst_region}); publish "
             f"{image_id} through an Azure Compute Gallery replicated to {dst_region}, or bake "
             f"there, and add that image id as the artifact for {dst_region}",
-            code="not-supported")
+            detail={"provider": self.name, "kind": self.kind, "feature": Feature.COPY_IMAGE.value})
 
     # -- lifecycle --------------------------------------------------------------------------
 

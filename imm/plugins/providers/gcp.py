@@ -68,7 +68,7 @@ What it does:
   the operations to DONE (404 = already gone; an instance already being deleted is waited for).
 - ``describe_image`` is ``ex_get_image`` on the image's selfLink (404 = None).
 - ``copy_image``: GCE images are global to the project, so the "copy" for another zone is the
-  same image id (checked to exist); capabilities say ``global_images``.
+  same image id (checked to exist).
 
 Calls run through :class:`~imm.plugins.providers.cloud.CloudCaller` (retries and error messages
 naming cloud, provider, zone and API method, credentials scrubbed). Drivers are pooled: each call
@@ -94,11 +94,12 @@ from ..base import (
     TAG_ROLLOUT,
     TAG_SERVICE,
     TAG_SLOT,
+    Feature,
     ImageInfo,
     Instance,
     LaunchRequest,
+    PluginContext,
     Provider,
-    ProviderContext,
 )
 from ..hookspecs import hookimpl
 from .cloud import (
@@ -235,8 +236,9 @@ def parse_image(ref: str) -> tuple[str | None, bool, str] | None:
 
 class GCPProvider(Provider):
     kind = "gcp"
+    features = frozenset({Feature.CLIENT_TOKEN, Feature.COPY_IMAGE})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"gcp provider {name}"
@@ -487,11 +489,6 @@ class GCPProvider(Provider):
                 raise _with_reason(exc) from None
 
         return self.caller.call(zone, call, attempt, idempotent=idempotent)
-
-    # -- capabilities
-
-    def capabilities(self) -> set[str]:
-        return {"client_token", "copy_image", "global_images"}
 
     # -- listing
 

@@ -51,11 +51,12 @@ from ...errors import BadRequest, ConfigError, Conflict, NotFound, ProviderError
 from ..base import (
     TAG_SERVICE,
     TAG_SLOT,
+    Feature,
     ImageInfo,
     Instance,
     LaunchRequest,
+    PluginContext,
     Provider,
-    ProviderContext,
 )
 from ..hookspecs import hookimpl
 from ..registry import ProviderRegistry
@@ -217,8 +218,9 @@ class LocalProvider(Provider):
     """
 
     kind: ClassVar[str] = "local"
+    features = frozenset({Feature.REHASH, Feature.CLIENT_TOKEN, Feature.STORE_IMAGE, Feature.IMAGE_MANIFEST})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         self.log = context.log
         self.root = Path(self.settings.get("root") or Path(context.state_dir) / "local")
@@ -503,8 +505,6 @@ class LocalProvider(Provider):
 
     # -- instances -----------------------------------------------------------------------------
 
-    def capabilities(self) -> set[str]:
-        return {"rehash", "client_token", "store_image"}
 
     def _check_region(self, region: str, call: str) -> None:
         if region != REGION:

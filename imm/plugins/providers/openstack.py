@@ -88,8 +88,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BadRequest, ConfigError, ProviderError
-from ..base import TAG_SERVICE, TAG_SLOT, ImageInfo, Instance, LaunchRequest, Provider, ProviderContext
+from ...errors import BadRequest, ConfigError, ProviderError, Unsupported
+from ..base import TAG_SERVICE, TAG_SLOT, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
 from ..hookspecs import hookimpl
 from .cloud import (
     REDACTED,
@@ -195,8 +195,9 @@ def token_key(token: str) -> str:
 
 class OpenStackProvider(Provider):
     kind = "openstack"
+    features = frozenset({Feature.CLIENT_TOKEN})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"openstack provider {name}"
@@ -441,11 +442,6 @@ class OpenStackProvider(Provider):
                                 thread_name_prefix=f"imm-openstack-{self.name}") as pool:
             futures = {r: pool.submit(fn, r) for r in self.regions}
             return {r: f.result() for r, f in futures.items()}
-
-    # -- capabilities
-
-    def capabilities(self) -> set[str]:
-        return {"client_token"}
 
     # -- listing
 
@@ -811,12 +807,13 @@ class OpenStackProvider(Provider):
         )
 
     def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
-        raise BadRequest(
+        raise Unsupported(
             f"{self.where}: cannot copy image {image_id} from {src_region} to {dst_region}: "
             f"glance images belong to one region and OpenStack has no cross-region copy (glance's "
             f"copy-image import only copies between the stores of one glance). Upload the image "
             f"to {dst_region} with the baker (Packer's openstack builder or glance "
-            f"image-create) and record it with immctl image artifact add", code="not-supported")
+            f"image-create) and record it with immctl image artifact add",
+            detail={"provider": self.name, "kind": self.kind, "feature": Feature.COPY_IMAGE.value})
 
     # -- lifecycle
 

@@ -163,7 +163,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, Conflict, ImmError, NotFound, RouterError
-from ..base import Backend, Router, RouterContext
+from ..base import Backend, PluginContext, Router, RouterFeature
 from ..hookspecs import hookimpl
 from ..providers.cloud import (
     CallPolicy,
@@ -561,8 +561,9 @@ class _StateFile:
 
 class CloudLBRouter(Router):
     kind = "cloudlb"
+    features = frozenset({RouterFeature.HEALTH_CHECK})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: RouterContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"cloudlb router {name}"
@@ -614,7 +615,7 @@ class CloudLBRouter(Router):
 
     def _init_gce(self, s: Mapping[str, Any], safe: str) -> None:
         """Settings of ``driver = "gce"``; no I/O (the key is read on the first call)."""
-        from ..base import ProviderContext
+        from ..base import PluginContext
         from ..providers.gcp import GCPProvider
 
         where = self.where
@@ -659,7 +660,7 @@ class CloudLBRouter(Router):
         auth.setdefault("token_cache_file",
                         str(self.context.state_dir / "cloudlb" / f"{safe}.token.json"))
         try:
-            self._gcp = GCPProvider(self.name, auth, ProviderContext(self.context.state_dir,
+            self._gcp = GCPProvider(self.name, auth, PluginContext(self.context.state_dir,
                                                                      self.context.log))
         except ConfigError as exc:
             raise ConfigError(exc.message.replace(f"gcp provider {self.name}", where)) from None

@@ -100,7 +100,7 @@ import dns.tsig
 import dns.update
 
 from ...errors import BadRequest, Conflict, NotFound, RouterError
-from ..base import Backend, Router, RouterContext
+from ..base import Backend, PluginContext, Router, RouterFeature
 from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -798,8 +798,9 @@ class StateFile:
 
 class DNSRouter(Router):
     kind = "dns"
+    features = frozenset({RouterFeature.HEALTH_CHECK})  # when health_check is set
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: RouterContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         unknown = sorted(set(s) - _KNOWN_SETTINGS)
@@ -832,9 +833,10 @@ class DNSRouter(Router):
         self._route_ttl: dict[str, int] = {}
         self._lock = threading.RLock()
 
-    @property
-    def checks_health(self) -> bool:
-        return self.health_on
+    def supports(self, feature: RouterFeature | str) -> bool:
+        if feature == RouterFeature.HEALTH_CHECK:
+            return self.health_on
+        return super().supports(feature)
 
     @staticmethod
     def _health_settings(s: Mapping[str, Any]) -> tuple[int | None, float, bool]:

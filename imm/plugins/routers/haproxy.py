@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BadRequest, RouterError
-from ..base import Backend, Router, RouterContext
+from ..base import Backend, PluginContext, Router, RouterFeature
 from ..hookspecs import hookimpl
 
 # srv_op_state
@@ -307,8 +307,9 @@ class HAProxyRouter(Router):
     """Routes through haproxy: embedded (immd runs it) or external (``admin_socket`` set)."""
 
     kind = "haproxy"
+    features = frozenset({RouterFeature.HEALTH_CHECK, RouterFeature.SESSIONS})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: RouterContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         s = self.settings
         where = f"router {name} (haproxy)"
