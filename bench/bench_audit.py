@@ -144,9 +144,9 @@ def phase_fill(state: Path, m: int) -> dict[str, Any]:
 
 def phase_export(state: Path, lines: int, out: Path) -> dict[str, Any]:
     from imm.audit.export import write_bundle
-    from imm.catalog.db import connect
     from imm.catalog.keys import KeyRing
     from imm.catalog.service import Catalog
+    from imm.store.sqlite import connect
 
     keyring, _ = KeyRing.load_or_create(state / "keys")
     catalog = Catalog(keyring, "imm.local/ledger")

@@ -1,168 +1,28 @@
-"""SQLite from asyncio: one writer thread, a few reader threads, numbered migrations.
+"""Transitional: the store moved to :mod:`imm.store`.
 
-Writes run in a single dedicated thread, each call in one ``BEGIN IMMEDIATE`` transaction that
-commits when the function returns and rolls back when it raises, so a failed operation leaves the
-catalog and ledger exactly as they were. Reads run on a small pool with their own connections
-(WAL mode lets them proceed while a write is in flight). Nothing here touches the event loop.
+This bridge keeps the daemon and ``imm/rollout/schema.py`` working while they move to
+``imm.store.sqlite.Database(path, schemas)``; it is deleted with their change. It loads only
+schemas that exist in this tree and fails loudly on one that does not.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import importlib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import sqlite_utils
+from ..store import Schema, execute_script
+from ..store import sqlite as _sqlite
 
-T = TypeVar("T")
+__all__ = ["Database", "execute_script", "migration"]
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(name: str) -> Callable[[Migration], Migration]:
-    def register(fn: Migration) -> Migration:
-        MIGRATIONS.append((name, fn))
-        return fn
-    return register
+_ROLLOUT = Schema("rollout")
+migration: Any = _ROLLOUT.migration  # the rollout schema's decorator until it declares its own SCHEMA
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply pending migrations, each in its own transaction; return the names applied."""
-    db = sqlite_utils.Database(conn)
-    if "_migrations" not in db.table_names():
-        conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
-    done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
-    applied = []
-    for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-        if name in done:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            fn(conn)
-            conn.execute(
-                "INSERT INTO _migrations(name, applied_at) VALUES (?, strftime('%s','now'))",
-                (name,),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        applied.append(name)
-    return applied
-
-
-def execute_script(conn: sqlite3.Connection, sql: str) -> None:
-    """Run ``;``-separated DDL inside the caller's transaction (executescript would COMMIT)."""
-    for statement in sql.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn, *args, **kw)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
-class Database:
+class Database(_sqlite.Database):
     def __init__(self, path: Path, readers: int = 4) -> None:
-        self.path = path
-        self._writer_conn: sqlite3.Connection | None = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="imm-db-writer")
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="imm-db-reader")
-        self._local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def _wconn(self) -> sqlite3.Connection:
-        if self._writer_conn is None:
-            self._writer_conn = connect(self.path)
-        return self._writer_conn
-
-    def _rconn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path)
-            conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._reader_conns.append(conn)
-        return conn
-
-    def open(self) -> list[str]:
-        """Create the file and apply migrations (blocking; call before serving)."""
-        import importlib
-
-        # Each layer registers its own numbered migrations; they apply in name order.
+        schemas = []
         for module in ("imm.catalog.schema", "imm.rollout.schema", "imm.audit.schema"):
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                if e.name != module:
-                    raise
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self._writer.submit(lambda: migrate(self._wconn())).result()
-
-    async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Run ``fn(conn, *args)`` in the writer thread inside one transaction."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._writer, lambda: transaction(self._wconn(), fn, *args, **kw)
-        )
-
-    async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Run ``fn(conn, *args)`` on a reader thread (a consistent snapshot per call)."""
-        loop = asyncio.get_running_loop()
-
-        def run() -> T:
-            conn = self._rconn()
-            conn.execute("BEGIN")
-            try:
-                return fn(conn, *args, **kw)
-            finally:
-                conn.execute("ROLLBACK")
-
-        return await loop.run_in_executor(self._readers, run)
-
-    def write_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return self._writer.submit(lambda: transaction(self._wconn(), fn, *args, **kw)).result()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-
-        def close_writer() -> None:
-            if self._writer_conn is not None:
-                self._writer_conn.close()
-
-        self._writer.submit(close_writer).result()
-        self._writer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for c in self._reader_conns:
-                try:
-                    c.close()
-                except sqlite3.ProgrammingError:
-                    pass  # closed from another thread: sqlite3 is fine with that at exit
+            schemas.append(getattr(importlib.import_module(module), "SCHEMA", _ROLLOUT))
+        super().__init__(path, schemas, readers)
