@@ -40,9 +40,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from .catalog.db import Database
 from .catalog.keys import KeyRing
 from .catalog.service import Catalog
 from .config import Settings
@@ -65,6 +64,19 @@ T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
+
+
+class Store(Protocol):
+    """What the domain needs of the database: run a function on a connection, in a thread.
+
+    ``read`` runs ``fn(conn, *args)`` on a consistent snapshot; ``write`` runs it in one
+    transaction that commits when it returns and rolls back when it raises. The SQLite backend
+    is ``imm.store.sqlite.Database``; another backend only has to offer these two.
+    """
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -296,7 +308,7 @@ class Context:
     """The bundle the domain receives (see the module docstring)."""
 
     settings: Settings
-    store: Database
+    store: Store
     catalog: Catalog
     keyring: KeyRing
     plugins: Plugins
@@ -319,7 +331,7 @@ class Context:
                            f"{', '.join(sorted(self.routers)) or 'none'})") from None
 
     @classmethod
-    def build(cls, settings: Settings, store: Database, catalog: Catalog, keyring: KeyRing,
+    def build(cls, settings: Settings, store: Store, catalog: Catalog, keyring: KeyRing,
               plugins: Plugins, timings: Timings | None = None) -> Context:
         """Instantiate every configured provider and router (blocking; before serving)."""
         ctx = cls(settings=settings, store=store, catalog=catalog, keyring=keyring,

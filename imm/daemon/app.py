@@ -1,4 +1,9 @@
-"""The aiohttp application factory."""
+"""The aiohttp application factory.
+
+The daemon's parts start and stop with the app through ``cleanup_ctx``, in order: the rollout
+engine first (it outlives the auditor, which may start replacement rollouts), then the audit
+schedule; they stop in reverse.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ def make_app(daemon: Daemon) -> web.Application:
                                      daemon.metrics.observe),
     )
     app[DAEMON] = daemon
+    app.cleanup_ctx.append(daemon.lifecycle)
     app.cleanup_ctx.append(audit_context)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
