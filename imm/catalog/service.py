@@ -413,6 +413,17 @@ class Catalog:
 
     # -- ledger -------------------------------------------------------------------------------
 
+    def counts(self, conn: Connection) -> dict[str, int]:
+        """How much the catalog holds (``immctl status``, the /metrics gauges)."""
+        one = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
+        return {
+            "images": one("SELECT count(*) FROM images"),
+            "revoked": one("SELECT count(*) FROM revocations"),
+            "artifacts": one("SELECT count(*) FROM artifacts"),
+            "channels": one("SELECT count(DISTINCT name) FROM channel_history"),
+            "ledger_size": one("SELECT count(*) FROM ledger_leaves"),
+        }
+
     def head(self, conn: Connection) -> dict[str, Any]:
         log = MerkleLog(conn)
         note = query_one(conn, "SELECT value FROM meta WHERE key='checkpoint'")
