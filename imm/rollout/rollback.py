@@ -17,8 +17,14 @@ from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Insta
 from .fleet import Fleet
 from .journal import Journal
 from .services import Service
-from .states import BEGIN, DONE, OP_RETIRE, ROLLBACK_SLOT, ROLLED_BACK
+from .states import BEGIN, DONE, OP_LAUNCH, OP_RETIRE, ROLLBACK_SLOT, ROLLED_BACK
 from .steps import Rollout, Steps
+
+
+def launched_by(r: Rollout) -> set[str]:
+    """The instance ids the rollout's launch steps reported, from its journal."""
+    return {i for j in r["journal"] if j["action"] == DONE and j["step"].endswith(f"-{OP_LAUNCH}")
+            for i in j["detail"].get("instances", [])}
 
 
 class Rollback:
@@ -67,7 +73,10 @@ class Rollback:
             for i in new:
                 if i.id in present:
                     await router.drain(route, i.id)
-            await self.steps.remove(router, route, [i.id for i in new],
+            # backends of instances this rollout launched that are already gone (a rollback
+            # interrupted after terminating them) leave the route too
+            gone = sorted((launched_by(r) & set(present)) - {i.id for i in new})
+            await self.steps.remove(router, route, [i.id for i in new] + gone,
                                     [{"id": i.id, "provider": i.provider} for i in new])
         else:
             await self.steps.terminate([{"id": i.id, "provider": i.provider} for i in new])
