@@ -23,7 +23,7 @@ import pytest
 
 from imm.errors import BadRequest, ConfigError, ProviderError, Unsupported
 from imm.plugins.base import Feature, LaunchRequest, PluginContext
-from imm.plugins.providers import cloud
+from imm.plugins import cloud
 from imm.plugins.providers import openstack as osmod
 from imm.plugins.providers.openstack import TAG_TOKEN, OpenStackProvider
 from imm.plugins.registry import ProviderRegistry

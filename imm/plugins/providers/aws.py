@@ -52,7 +52,7 @@ What it does:
   derived from (source region, AMI, destination region): a repeated copy returns the existing
   copy (looked up by that tag first) instead of making a second one.
 
-Calls run through :class:`~imm.plugins.providers.cloud.CloudCaller` (see there for retries and
+Calls run through :class:`~imm.plugins.cloud.CloudCaller` (see there for retries and
 error messages); each region's driver is used by one thread at a time.
 """
 
@@ -62,24 +62,25 @@ import configparser
 import functools
 import hashlib
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, NotFound, ProviderError
 from ..base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
-from ..hookspecs import hookimpl
-from .cloud import (
+from ..cloud import (
     CallPolicy,
     CloudCaller,
     CloudProviderError,
+    CredentialCache,
     Credentials,
     CredentialSpec,
+    DriverCache,
     Scrubber,
     check_credential_settings,
     credential_settings,
-    load_credentials,
+    credentials_hint,
+    one_str,
     parse_endpoint,
     parse_time,
     per_region,
@@ -88,6 +89,7 @@ from .cloud import (
     setting_str,
     setting_str_list,
 )
+from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..registry import ProviderRegistry
@@ -156,9 +158,9 @@ class AWSProvider(Provider):
         self.terminate_untagged = setting_bool(s, "terminate_untagged", where, False)
         self.assign_public_ip = setting_bool(s, "assign_public_ip", where, False)
         self.iam_profile = setting_str(s, "iam_profile", where)
-        self.subnets = {r: self._one_str(v, "subnet_id")
+        self.subnets = {r: one_str(v, "subnet_id", where)
                         for r, v in per_region(s, "subnet_id", where, regions).items()}
-        self.key_names = {r: self._one_str(v, "key_name")
+        self.key_names = {r: one_str(v, "key_name", where)
                           for r, v in per_region(s, "key_name", where, regions).items()}
         self.security_groups = {
             r: setting_str_list({"v": v}, "v", f"{where} security_group_ids")
@@ -168,7 +170,7 @@ class AWSProvider(Provider):
                 raise ConfigError(f"{where}: security_group_ids in {r} need subnet_id there "
                                   f"(EC2 takes security group ids for VPC launches)")
         self.endpoints: dict[str, tuple[str, int, bool]] = {
-            r: parse_endpoint(self._one_str(v, "endpoint"), where)
+            r: parse_endpoint(one_str(v, "endpoint", where), where)
             for r, v in per_region(s, "endpoint", where, regions).items()}
         self.credentials_file = setting_str(s, "credentials_file", where)
         self.profile = setting_str(s, "profile", where, "default") or "default"
@@ -181,17 +183,10 @@ class AWSProvider(Provider):
         self.caller = CloudCaller(
             cloud="AWS", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
             credentials_hint=self._credentials_hint(), endpoint=self._endpoint_text)
-        self._lock = threading.Lock()
-        self._drivers: dict[str, tuple[Any, threading.Lock]] = {}
-        self._credentials: Credentials | None = None
+        self.credentials = CredentialCache(s, CREDENTIALS, where, self.scrub, context.log)
+        self.drivers = DriverCache(where, self.regions, self._make_driver)
 
     # -- settings helpers
-
-    def _one_str(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty string "
-                              f"(or a table of them per region)")
-        return value.strip()
 
     def _check_regions(self) -> None:
         cls = self._driver_class()
@@ -215,12 +210,7 @@ class AWSProvider(Provider):
     def _credentials_hint(self) -> str:
         if self.credentials_file:
             return f"profile [{self.profile}] in credentials_file {self.credentials_file}"
-        names = []
-        for spec in CREDENTIALS:
-            path = self.settings.get(f"{spec.name}_file")
-            env = self.settings.get(f"{spec.name}_env") or spec.default_env
-            names.append(f"file {path}" if path else f"${env}")
-        return "/".join(names)
+        return credentials_hint(self.settings, CREDENTIALS)
 
     def _endpoint_text(self, region: str) -> str:
         if region in self.endpoints:
@@ -231,14 +221,9 @@ class AWSProvider(Provider):
     # -- drivers
 
     def _load_credentials(self) -> Credentials:
-        if self._credentials is None:
-            if self.credentials_file:
-                self._credentials = self._shared_credentials()
-            else:
-                self._credentials = load_credentials(self.settings, CREDENTIALS, self.where,
-                                                     self.context.log)
-            self.scrub.add(*self._credentials.secrets())
-        return self._credentials
+        if self.credentials_file and not self.credentials.loaded():
+            return self.credentials.set(self._shared_credentials())
+        return self.credentials.get()
 
     def _shared_credentials(self) -> Credentials:
         assert self.credentials_file is not None
@@ -263,17 +248,6 @@ class AWSProvider(Provider):
         src = f"[{self.profile}] in {self.credentials_file}"
         return Credentials(values, {"key": src, "secret": src})
 
-    def _driver(self, region: str) -> tuple[Any, threading.Lock]:
-        if region not in self.regions:
-            raise BadRequest(f"{self.where}: region {region!r} is not configured (regions: "
-                             f"{', '.join(self.regions)})")
-        with self._lock:
-            found = self._drivers.get(region)
-            if found is None:
-                found = (self._make_driver(region), threading.Lock())
-                self._drivers[region] = found
-            return found
-
     def _make_driver(self, region: str) -> Any:
         creds = self._load_credentials()
         cls = self._driver_class()
@@ -294,7 +268,7 @@ class AWSProvider(Provider):
     def _call(self, region: str, call: str, fn: Callable[[Any], Any], *,
               recover: Callable[[], Any] | None = None) -> Any:
         """Run ``fn(driver)`` for ``region`` under the region's lock, with retries."""
-        driver, lock = self._driver(region)
+        driver, lock = self.drivers.get(region)
 
         def attempt() -> Any:
             with lock:
@@ -382,7 +356,7 @@ class AWSProvider(Provider):
         from libcloud.compute.drivers.ec2 import EC2NetworkSubnet
 
         region = request.region
-        self._driver(region)  # validates the region
+        self.drivers.get(region)  # validates the region
         if not isinstance(request.count, int) or request.count < 1:
             raise BadRequest(f"{self.where}: launch count {request.count!r} must be >= 1")
         if not request.client_token:
@@ -558,7 +532,7 @@ class AWSProvider(Provider):
         if src_region == dst_region:
             raise BadRequest(f"{self.where}: copy_image source and destination are both "
                              f"{src_region}")
-        self._driver(dst_region)
+        self.drivers.get(dst_region)
         source = self._get_image(src_region, image_id)
         if source is None:
             raise NotFound(f"{self.where}: no image {image_id} in {src_region} to copy")
@@ -623,9 +597,8 @@ class AWSProvider(Provider):
     # -- lifecycle
 
     def close(self) -> None:
-        with self._lock:
-            self._drivers.clear()
-            self._credentials = None
+        self.drivers.clear()
+        self.credentials.clear()
 
 
 @hookimpl(trylast=True)

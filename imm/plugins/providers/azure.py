@@ -76,7 +76,7 @@ What it does:
   managed image or a gallery image (version); None when it does not exist in the location.
 - ``copy_image`` is not supported: see :meth:`AzureProvider.copy_image`.
 
-Every call runs through :class:`~imm.plugins.providers.cloud.CloudCaller` (retries, errors naming
+Every call runs through :class:`~imm.plugins.cloud.CloudCaller` (retries, errors naming
 cloud, provider, location and the ARM operation, e.g. ``VirtualMachines_CreateOrUpdate``); ARM's
 ``[Code] message`` errors are reworded ``Code: message`` so the error code lands in ``detail``.
 One libcloud driver per location, used by one thread at a time.
@@ -94,24 +94,28 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, ProviderError, Unsupported
 from ..base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
-from ..hookspecs import hookimpl
-from .cloud import (
+from ..cloud import (
     CallPolicy,
     CloudCaller,
     CloudProviderError,
+    CredentialCache,
     Credentials,
     CredentialSpec,
+    DriverCache,
     Scrubber,
     check_credential_settings,
     credential_settings,
-    load_credentials,
+    credentials_hint,
+    one_str,
     parse_time,
     per_region,
+    required,
     setting_bool,
     setting_num,
     setting_str,
     setting_str_list,
 )
+from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..registry import ProviderRegistry
@@ -274,25 +278,24 @@ class AzureProvider(Provider):
         self.caller = CloudCaller(
             cloud="Azure", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
             credentials_hint=self._credentials_hint(), endpoint=lambda _region: self.arm_url)
-        self._lock = threading.Lock()
-        self._drivers: dict[str, tuple[Any, threading.Lock]] = {}
-        self._credentials: Credentials | None = None
+        self.credentials = CredentialCache(s, CREDENTIALS, where, self.scrub, context.log)
+        self.drivers = DriverCache(where, self.locations, self._make_driver, what="location")
 
     # -- settings ---------------------------------------------------------------------------
 
     def _required(self, s: Mapping[str, Any], key: str) -> str:
-        value = setting_str(s, key, self.where)
-        if not value:
-            raise ConfigError(f"{self.where}: set {key}")
+        """A required ARM name (an id segment: no '/', no spaces)."""
+        value = required(s, key, self.where)
         if "/" in value or any(c.isspace() for c in value):
             raise ConfigError(f"{self.where}: {key} = {value!r} must not contain '/' or spaces")
         return value
 
     def _one_str(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip() or "/" in value:
-            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty name without "
-                              f"'/' (or a table of them per location)")
-        return value.strip()
+        """One ARM name per location (an id segment: no '/')."""
+        name = one_str(value, key, self.where, per="location")
+        if "/" in name:
+            raise ConfigError(f"{self.where}: {key} = {value!r} must be a name without '/'")
+        return name
 
     def _per_location(self, s: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = s.get(key)
@@ -367,21 +370,12 @@ class AzureProvider(Provider):
         return self.environment["resourceManagerEndpointUrl"]
 
     def _credentials_hint(self) -> str:
-        names = []
-        for spec in CREDENTIALS:
-            path = self.settings.get(f"{spec.name}_file")
-            env = self.settings.get(f"{spec.name}_env") or spec.default_env
-            names.append(f"file {path}" if path else f"${env}")
-        return f"{'/'.join(names)} (tenant {self.tenant_id})"
+        return f"{credentials_hint(self.settings, CREDENTIALS)} (tenant {self.tenant_id})"
 
     # -- drivers and calls ------------------------------------------------------------------
 
     def _load_credentials(self) -> Credentials:
-        if self._credentials is None:
-            creds = load_credentials(self.settings, CREDENTIALS, self.where, self.context.log)
-            self.scrub.add(*creds.secrets())
-            self._credentials = creds
-        return self._credentials
+        return self.credentials.get()
 
     def _location(self, region: str) -> str:
         loc = location_name(region or "")
@@ -391,12 +385,7 @@ class AzureProvider(Provider):
         return loc
 
     def _driver(self, location: str) -> tuple[Any, threading.Lock]:
-        with self._lock:
-            found = self._drivers.get(location)
-            if found is None:
-                found = (self._make_driver(location), threading.Lock())
-                self._drivers[location] = found
-            return found
+        return self.drivers.get(location)
 
     def _make_driver(self, location: str) -> Any:
         """A driver for ``location``; building it fetches an Azure AD token (a network call)."""
@@ -976,9 +965,8 @@ class AzureProvider(Provider):
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
-            self._drivers.clear()
-            self._credentials = None
+        self.drivers.clear()
+        self.credentials.clear()
 
 
 @hookimpl(trylast=True)

@@ -70,7 +70,7 @@ What it does:
 - ``copy_image``: GCE images are global to the project, so the "copy" for another zone is the
   same image id (checked to exist).
 
-Calls run through :class:`~imm.plugins.providers.cloud.CloudCaller` (retries and error messages
+Calls run through :class:`~imm.plugins.cloud.CloudCaller` (retries and error messages
 naming cloud, provider, zone and API method, credentials scrubbed). Drivers are pooled: each call
 takes one that no other thread is using.
 """
@@ -79,10 +79,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -101,26 +98,23 @@ from ..base import (
     PluginContext,
     Provider,
 )
-from ..hookspecs import hookimpl
-from .cloud import (
+from ..cloud import (
     CallPolicy,
     CloudCaller,
-    CredentialSpec,
     Scrubber,
-    check_credential_settings,
     credential_settings,
-    load_credentials,
+    one_str,
     parse_endpoint,
     parse_time,
     per_region,
-    point_connection,
-    set_timeout,
     setting_bool,
     setting_int,
     setting_num,
     setting_str,
     setting_str_list,
 )
+from ..cloud.gcp import CLIENT_SECRET, GOOGLE_API, GCPAuth, with_reason
+from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..registry import ProviderRegistry
@@ -129,10 +123,6 @@ TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a secret
 META_IMAGE = "imm-image"
 LABEL_TAGS = (TAG_SERVICE, TAG_ROLLOUT, TAG_SLOT)  # also copied into labels (sanitised)
 DEFAULT_SIZE = "e2-small"
-DEFAULT_CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
-AUTH_TYPES = ("SA", "GCE", "IA")
-GOOGLE_API = "https://www.googleapis.com"
-API_SCOPE = "https://www.googleapis.com/auth/compute"  # all imm asks its token for
 MAX_COUNT = 1000  # instance names carry a 3-digit index
 ALIVE = {"PROVISIONING", "STAGING", "RUNNING", "REPAIRING"}
 STATE_MAP = {
@@ -140,7 +130,6 @@ STATE_MAP = {
     "RUNNING": "running", "STOPPING": "stopped", "SUSPENDING": "stopped",
     "SUSPENDED": "stopped", "TERMINATED": "stopped",  # GCE's TERMINATED is a stopped VM
 }
-CLIENT_SECRET = CredentialSpec("client_secret", "OAuth client secret", "GCP_CLIENT_SECRET")
 EXISTS_CODES = {"alreadyExists", "RESOURCE_ALREADY_EXISTS"}
 NOT_READY_CODES = {"resourceNotReady"}
 
@@ -257,11 +246,10 @@ class GCPProvider(Provider):
             raise ConfigError(f"{where}: zones lists a zone twice")
         self.zones = zones
         self.policy = CallPolicy.from_settings(s, where)
-        self._project = setting_str(s, "project", where)
         self.size = setting_str(s, "size", where, DEFAULT_SIZE) or DEFAULT_SIZE
-        self.networks = {z: self._one_str(v, "network")
+        self.networks = {z: one_str(v, "network", where, per="zone")
                          for z, v in per_region(s, "network", where, zones).items()}
-        self.subnetworks = {z: self._one_str(v, "subnetwork")
+        self.subnetworks = {z: one_str(v, "subnetwork", where, per="zone")
                             for z, v in per_region(s, "subnetwork", where, zones).items()}
         self.external_ip = setting_bool(s, "external_ip", where, False)
         self.network_tags = setting_str_list(s, "network_tags", where)
@@ -278,46 +266,19 @@ class GCPProvider(Provider):
         if s.get("endpoint") is not None:
             url = setting_str(s, "endpoint", where) or ""
             self.endpoint = parse_endpoint(url, where)
-        self.auth_type = (setting_str(s, "auth_type", where, "SA") or "SA").upper()
-        if self.auth_type not in AUTH_TYPES:
-            raise ConfigError(f"{where}: auth_type = {s.get('auth_type')!r}; use one of "
-                              f"{', '.join(AUTH_TYPES)}")
-        self.sa_file = setting_str(s, "service_account_file", where)
-        self.credentials_env = setting_str(s, "credentials_env", where, DEFAULT_CREDENTIALS_ENV)
-        if self.sa_file and "credentials_env" in s:
-            raise ConfigError(f"{where}: set service_account_file or credentials_env, not both")
-        for secret in ("private_key", "key", "client_secret", "access_token"):
-            if secret in s:
-                raise ConfigError(f"{where}: credentials do not belong in the config file; "
-                                  f"point service_account_file (or credentials_env) at the "
-                                  f"JSON key, readable only by immd")
-        check_credential_settings(s, [CLIENT_SECRET], where)
-        self.client_id = setting_str(s, "client_id", where)
-        if self.auth_type == "IA" and not self.client_id:
-            raise ConfigError(f"{where}: auth_type = \"IA\" needs client_id (and "
-                              f"client_secret_env or client_secret_file)")
-        if self.auth_type != "SA" and not self._project:
-            raise ConfigError(f"{where}: set project (auth_type {self.auth_type} has no key "
-                              f"file to take it from)")
-        cache = setting_str(s, "token_cache_file", where)
-        self.token_cache = Path(cache) if cache else \
-            Path(context.state_dir) / "gcp" / f"{name}.token.json"
         self.scrub = Scrubber()
+        self.auth = GCPAuth(s, where, Path(context.state_dir) / "gcp" / f"{name}.token.json",
+                            self.scrub, context.log, sa_email=self.sa_email)
+        self.auth_type = self.auth.auth_type
+        self.token_cache = self.auth.token_cache
         self.caller = CloudCaller(
             cloud="GCP", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
-            credentials_hint=self._credentials_hint(), endpoint=self._endpoint_text)
+            credentials_hint=self.auth.hint, endpoint=self._endpoint_text)
         self._lock = threading.Lock()
         self._idle: list[Any] = []
-        self._auth: tuple[str, Any] | None = None
         self._closed = False
 
     # -- settings helpers
-
-    def _one_str(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty string "
-                              f"(or a table of them per zone)")
-        return value.strip()
 
     def _user_metadata(self, value: Any, what: str) -> dict[str, str]:
         if value is None:
@@ -334,14 +295,6 @@ class GCPProvider(Provider):
             out[str(k)] = str(v)
         return out
 
-    def _credentials_hint(self) -> str:
-        if self.auth_type == "GCE":
-            return "the service account of this GCE VM (metadata server) and its scopes"
-        if self.auth_type == "IA":
-            return f"client_id, the client secret and the refresh token in {self.token_cache}"
-        src = f"file {self.sa_file}" if self.sa_file else f"${self.credentials_env}"
-        return f"the service account key ({src}) and its IAM roles in the project"
-
     def _endpoint_text(self, region: str) -> str:
         if self.endpoint:
             host, port, secure = self.endpoint
@@ -355,111 +308,16 @@ class GCPProvider(Provider):
 
     # -- credentials and drivers
 
-    def _credentials(self) -> tuple[str, Any]:
-        """(user_id, key) for libcloud; reads the key file once."""
-        if self._auth is not None:
-            return self._auth
-        if self.auth_type == "SA":
-            self._auth = self._service_account()
-        elif self.auth_type == "GCE":
-            self._auth = (self.sa_email or "default", None)
-        else:
-            creds = load_credentials(self.settings, [CLIENT_SECRET], self.where,
-                                     self.context.log)
-            self.scrub.add(*creds.secrets())
-            self._check_ia_token_cache()
-            self._auth = (str(self.client_id), creds.get("client_secret"))
-        return self._auth
-
-    def _service_account(self) -> tuple[str, Any]:
-        path = self.sa_file
-        if not path:
-            path = os.environ.get(self.credentials_env or DEFAULT_CREDENTIALS_ENV, "").strip()
-            if not path:
-                raise ConfigError(
-                    f"{self.where}: no service account key: set service_account_file, or the "
-                    f"environment variable ${self.credentials_env} to the path of the JSON key")
-        p = Path(path)
-        try:
-            st = p.stat()
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{self.where}: cannot read the service account key {path}: "
-                              f"{exc.strerror or type(exc).__name__}; check the path and that "
-                              f"immd may read it") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            self.context.log.warning("%s: service account key %s is readable by group or "
-                                     "others (mode %o); chmod 600 it", self.where, path,
-                                     stat.S_IMODE(st.st_mode))
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{self.where}: {path} is not a JSON service account key (create "
-                              f"one with: gcloud iam service-accounts keys create)")
-        for secret in (data.get("private_key"), data.get("private_key_id")):
-            if isinstance(secret, str):
-                self.scrub.add(secret, secret.replace("\n", "\\n"),
-                               *(line for line in secret.splitlines() if len(line) >= 16))
-        missing = [k for k in ("client_email", "private_key") if not data.get(k)]
-        if data.get("type", "service_account") != "service_account" or missing:
-            raise ConfigError(f"{self.where}: {path} is not a service account key (type "
-                              f"{data.get('type')!r}; missing {', '.join(missing) or 'nothing'})")
-        if not self._project:
-            self._project = data.get("project_id") or None
-            if not self._project:
-                raise ConfigError(f"{self.where}: set project (the key {path} names none)")
-        return str(data["client_email"]), {"private_key": data["private_key"],
-                                           "client_email": data["client_email"]}
-
-    def _check_ia_token_cache(self) -> None:
-        try:
-            token = json.loads(self.token_cache.read_text())
-        except (OSError, ValueError):
-            token = None
-        if not isinstance(token, dict) or not token.get("refresh_token"):
-            raise ConfigError(f"{self.where}: auth_type \"IA\" needs a token cache "
-                              f"{self.token_cache} holding a refresh token (made once by an "
-                              f"interactive libcloud login); immd never starts one itself")
-        self.scrub.add(token.get("refresh_token"), token.get("access_token"))
-
     @property
     def project(self) -> str:
-        if not self._project:
-            self._credentials()
-        assert self._project
-        return self._project
+        return self.auth.project
 
     def _make_driver(self, zone: str) -> Any:
-        from libcloud.compute.providers import get_driver
-
-        user_id, key = self._credentials()
-        cache = self.token_cache
-        if not self.settings.get("token_cache_file"):
-            cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-        def build() -> Any:
-            cls = get_driver("gce")
-            driver: Any = cls(user_id, key, datacenter=None, project=self.project,
-                         auth_type=self.auth_type, credential_file=str(cache),
-                         scopes=[API_SCOPE])
-            if self.endpoint:
-                host, port, secure = self.endpoint
-                point_connection(driver, host, port, secure, self.policy.timeout_s)
-            else:
-                set_timeout(driver, self.policy.timeout_s)
-            driver.connection.poll_interval = self.poll_interval
-            return driver
-
-        driver = self.caller.call(zone, "authenticate (OAuth2 token)", build)
-        self._note_token(driver)
-        return driver
+        return self.caller.call(zone, "authenticate (OAuth2 token)", self.auth.compute_driver,
+                                self.endpoint, self.policy.timeout_s, self.poll_interval)
 
     def _note_token(self, driver: Any) -> None:
-        token = getattr(getattr(driver.connection, "oauth2_credential", None), "token", None)
-        if isinstance(token, dict):
-            self.scrub.add(token.get("access_token"), token.get("refresh_token"))
+        self.auth.note_token(driver)
 
     @contextlib.contextmanager
     def _driver(self, zone: str) -> Iterator[Any]:
@@ -486,7 +344,7 @@ class GCPProvider(Provider):
             try:
                 return fn()
             except GoogleBaseError as exc:
-                raise _with_reason(exc) from None
+                raise with_reason(exc) from None
 
         return self.caller.call(zone, call, attempt, idempotent=idempotent)
 
@@ -880,27 +738,6 @@ class GCPProvider(Provider):
         with self._lock:
             self._closed = True
             self._idle.clear()
-
-
-def _with_reason(exc: Any) -> Any:
-    """The libcloud Google error, its message prefixed with the GCE reason code (so that
-    :func:`~imm.plugins.providers.cloud.classify` finds it: ``rateLimitExceeded: ...``)."""
-    code = getattr(exc, "code", None)
-    value = exc.value
-    if isinstance(value, dict):  # libcloud keeps the error item when it has no "code" key
-        code = code or value.get("reason") or value.get("code")
-        text = str(value.get("message") or json.dumps(value))
-    else:
-        text = str(value)
-    if isinstance(code, str) and code and not text.startswith(code):
-        text = f"{code}: {text}"
-    exc.value = text
-    exc.args = (text,)
-    if isinstance(code, str) and code:
-        exc.code = code  # ResourceNotFoundError loses it in libcloud's constructor chain
-    if getattr(exc, "http_code", None) == 200:
-        exc.http_code = None  # an operation that ended in an error: no HTTP status to show
-    return exc
 
 
 @hookimpl(trylast=True)

@@ -73,7 +73,7 @@ catalog (no endpoint for the region) or the service failed. When a service answe
 (token revoked, keystone keys rotated) libcloud drops the token; the call is then made once more
 with a fresh one. Keystone tokens are scrubbed from error messages like the password.
 
-Calls run through :class:`~imm.plugins.providers.cloud.CloudCaller` (see there for retries and
+Calls run through :class:`~imm.plugins.cloud.CloudCaller` (see there for retries and
 error messages); each region's driver is used by one thread at a time.
 """
 
@@ -90,27 +90,29 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, ProviderError, Unsupported
 from ..base import TAG_SERVICE, TAG_SLOT, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
-from ..hookspecs import hookimpl
-from .cloud import (
+from ..cloud import (
     REDACTED,
     CallPolicy,
     CloudCaller,
     CloudProviderError,
-    Credentials,
+    CredentialCache,
     CredentialSpec,
+    DriverCache,
     Failure,
     Scrubber,
     check_credential_settings,
     credential_settings,
-    load_credentials,
+    one_str,
     parse_time,
     per_region,
+    required,
     setting_bool,
     setting_int,
     setting_num,
     setting_str,
     setting_str_list,
 )
+from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..registry import ProviderRegistry
@@ -205,8 +207,8 @@ class OpenStackProvider(Provider):
         if unknown:
             context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
         self.auth_url = self._auth_url(setting_str(s, "auth_url", where))
-        self.username = self._required(s, "username")
-        self.project = self._required(s, "project")
+        self.username = required(s, "username", where)
+        self.project = required(s, "project", where)
         self.domain = setting_str(s, "domain", where, "Default") or "Default"
         self.project_domain_id = setting_str(s, "project_domain_id", where, "default") or \
             "default"
@@ -222,7 +224,7 @@ class OpenStackProvider(Provider):
         self.wait_active_s = setting_num(s, "wait_active_s", where, 600, 0, 86400)
         self.poll_interval_s = setting_num(s, "poll_interval_s", where, 2, 0.01, 600)
         self.terminate_untagged = setting_bool(s, "terminate_untagged", where, False)
-        self.flavors = {r: self._one_str(v, "flavor")
+        self.flavors = {r: one_str(v, "flavor", where)
                         for r, v in per_region(s, "flavor", where, regions).items()}
         self.networks = {r: setting_str_list({"v": v}, "v", f"{where} network")
                          for r, v in per_region(s, "network", where, regions).items()}
@@ -232,7 +234,7 @@ class OpenStackProvider(Provider):
         self.urls: dict[str, dict[str, str]] = {r: {} for r in regions}
         for key in _URL_KEYS:
             for r, v in per_region(s, key, where, regions).items():
-                self.urls[r][key] = self._url(self._one_str(v, key), key)
+                self.urls[r][key] = self._url(one_str(v, key, where), key)
         for r, urls in self.urls.items():
             if urls and len(urls) != len(_URL_KEYS):
                 missing = ", ".join(k for k in _URL_KEYS if k not in urls)
@@ -246,24 +248,12 @@ class OpenStackProvider(Provider):
             cloud="OpenStack", name=name, policy=self.policy, scrub=self.scrub, log=context.log,
             credentials_hint=self._credentials_hint(), endpoint=self._endpoint_text)
         self._lock = threading.Lock()
-        self._drivers: dict[str, tuple[Any, threading.Lock]] = {}
-        self._credentials: Credentials | None = None
+        self.credentials = CredentialCache(s, CREDENTIALS, where, self.scrub, context.log)
+        self.drivers = DriverCache(where, self.regions, self._make_driver)
         self._flavor_ids: dict[str, dict[str, str]] = {}
         self._networks_cache: dict[str, list[dict[str, Any]]] = {}
 
     # -- settings helpers
-
-    def _required(self, s: Mapping[str, Any], key: str) -> str:
-        value = setting_str(s, key, self.where)
-        if value is None:
-            raise ConfigError(f"{self.where}: set {key}")
-        return value
-
-    def _one_str(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{self.where}: {key} = {value!r} must be a non-empty string "
-                              f"(or a table of them per region)")
-        return value.strip()
 
     def _url(self, url: str, key: str) -> str:
         parts = urllib.parse.urlsplit(url)
@@ -299,28 +289,10 @@ class OpenStackProvider(Provider):
 
     # -- drivers
 
-    def _load_credentials(self) -> Credentials:
-        if self._credentials is None:
-            self._credentials = load_credentials(self.settings, CREDENTIALS, self.where,
-                                                 self.context.log)
-            self.scrub.add(*self._credentials.secrets())
-        return self._credentials
-
-    def _driver(self, region: str) -> tuple[Any, threading.Lock]:
-        if region not in self.regions:
-            raise BadRequest(f"{self.where}: region {region!r} is not configured (regions: "
-                             f"{', '.join(self.regions)})")
-        with self._lock:
-            found = self._drivers.get(region)
-            if found is None:
-                found = (self._make_driver(region), threading.Lock())
-                self._drivers[region] = found
-            return found
-
     def _make_driver(self, region: str) -> Any:
         from libcloud.compute.drivers.openstack import OpenStack_2_NodeDriver
 
-        password = self._load_credentials().get("password")
+        password = self.credentials.get().get("password")
         kwargs: dict[str, Any] = {
             "api_version": "2.0", "ex_force_auth_version": "3.x_password",
             "ex_force_auth_url": self.auth_url, "ex_tenant_name": self.project,
@@ -345,7 +317,7 @@ class OpenStackProvider(Provider):
               idempotent: bool = True) -> Any:
         """Run ``fn(driver)`` for ``region`` under the region's lock, with retries, once the
         driver's connection to ``service`` (compute, image, network) holds a token."""
-        driver, lock = self._driver(region)
+        driver, lock = self.drivers.get(region)
 
         def attempt() -> Any:
             with lock:
@@ -599,7 +571,7 @@ class OpenStackProvider(Provider):
         from libcloud.compute.drivers.openstack import OpenStackNetwork, OpenStackSecurityGroup
 
         region = request.region
-        self._driver(region)  # validates the region
+        self.drivers.get(region)  # validates the region
         if not isinstance(request.count, int) or request.count < 1:
             raise BadRequest(f"{self.where}: launch count {request.count!r} must be >= 1")
         if not request.client_token:
@@ -819,8 +791,8 @@ class OpenStackProvider(Provider):
 
     def close(self) -> None:
         with self._lock:
-            self._drivers.clear()
-            self._credentials = None
+            self.drivers.clear()
+            self.credentials.clear()
             self._flavor_ids.clear()
             self._networks_cache.clear()
 

@@ -164,8 +164,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, Conflict, ImmError, NotFound, RouterError
 from ..base import Backend, PluginContext, Router, RouterFeature
-from ..hookspecs import hookimpl
-from ..providers.cloud import (
+from ..cloud import (
     CallPolicy,
     CloudCaller,
     CloudRouterError,
@@ -183,6 +182,8 @@ from ..providers.cloud import (
     setting_str,
     setting_str_list,
 )
+from ..cloud.gcp import AUTH_SETTINGS, GOOGLE_API, GCPAuth, with_reason
+from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ..registry import RouterRegistry
@@ -213,11 +214,7 @@ FLAVOURS = ("elb", "alb", "gce")
 GCE_HEALTH: dict[str, bool | None] = {"HEALTHY": True, "UNHEALTHY": False}
 DEFAULT_GCE_POLL_S = 2.0
 DEFAULT_GCE_OPERATION_TIMEOUT_S = 300.0
-# What the gcp provider reads for its credentials (handed to it, see CloudLBRouter._gcp).
-GCE_AUTH_SETTINGS = ("project", "auth_type", "service_account_file", "credentials_env",
-                     "client_id", "client_secret_env", "client_secret_file", "token_cache_file",
-                     # refused by the gcp provider with "do not belong in the config file":
-                     "private_key", "key", "client_secret", "access_token")
+GCE_AUTH_SETTINGS = AUTH_SETTINGS  # read by GCPAuth, exactly as the gcp provider reads them
 _GCE_KNOWN_SETTINGS = {
     "kind", "driver", "region", "zone", "zones", "standby_target_pool", "endpoint",
     "libcloud_driver", "drain_timeout_s", "poll_interval_s", "operation_timeout_s",
@@ -615,9 +612,6 @@ class CloudLBRouter(Router):
 
     def _init_gce(self, s: Mapping[str, Any], safe: str) -> None:
         """Settings of ``driver = "gce"``; no I/O (the key is read on the first call)."""
-        from ..base import PluginContext
-        from ..providers.gcp import GCPProvider
-
         where = self.where
         if "zone" in s and "zones" in s:
             raise ConfigError(f"{where}: set zone or zones, not both")
@@ -652,22 +646,14 @@ class CloudLBRouter(Router):
         self.poll_interval = setting_num(s, "poll_interval_s", where, DEFAULT_GCE_POLL_S, 0, 60)
         self.operation_timeout = setting_num(s, "operation_timeout_s", where,
                                              DEFAULT_GCE_OPERATION_TIMEOUT_S, 1, 86400)
-        # Credentials exactly as the gcp provider reads them: one of its own does it (its
-        # constructor only checks settings), with this router's token cache by default.
-        auth = {k: s[k] for k in GCE_AUTH_SETTINGS if k in s}
-        auth["zones"] = self.zones
-        self._token_cache_default = "token_cache_file" not in s
-        auth.setdefault("token_cache_file",
-                        str(self.context.state_dir / "cloudlb" / f"{safe}.token.json"))
-        try:
-            self._gcp = GCPProvider(self.name, auth, PluginContext(self.context.state_dir,
-                                                                     self.context.log))
-        except ConfigError as exc:
-            raise ConfigError(exc.message.replace(f"gcp provider {self.name}", where)) from None
-        self.scrub = self._gcp.scrub  # gets the key's secrets when the provider reads it
+        # Credentials exactly as the gcp provider reads them (one GCPAuth for both), with
+        # this router's token cache by default.
+        self.scrub = Scrubber()
+        self.auth = GCPAuth(s, where, self.context.state_dir / "cloudlb" / f"{safe}.token.json",
+                            self.scrub, self.context.log)
         self.caller = CloudCaller(
             cloud="GCP", name=self.name, policy=self.policy, scrub=self.scrub,
-            log=self.context.log, credentials_hint=self._gcp._credentials_hint(),
+            log=self.context.log, credentials_hint=self.auth.hint,
             endpoint=lambda _r: self._endpoint_text(), error_cls=CloudRouterError,
             kind_word="router")
         self.api = _GCEApi(self)
@@ -720,51 +706,21 @@ class CloudLBRouter(Router):
 
     def _make_gce_driver(self, cls: Any) -> Any:
         """The GCE LB driver on a GCE compute driver authenticated and aimed the way the gcp
-        provider does it (TESTING.md: no host/port in the constructor; set them on the
-        connection and connect again)."""
-        from libcloud.compute.providers import get_driver as get_compute_driver
-
-        from ..providers.gcp import API_SCOPE
-
-        helper = self._gcp
-        try:
-            user_id, key = helper._credentials()
-            project = helper.project
-        except ConfigError as exc:
-            raise ConfigError(exc.message.replace(f"gcp provider {self.name}", self.where)
-                              ) from None
-        cache = helper.token_cache
-        if self._token_cache_default:
-            cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-
+        provider does it (one GCPAuth)."""
         def build() -> Any:
-            node: Any = get_compute_driver("gce")(
-                user_id, key, datacenter=None, project=project, auth_type=helper.auth_type,
-                credential_file=str(cache), scopes=[API_SCOPE])
-            if self.endpoint:
-                host, port, secure = self.endpoint
-                point_connection(node, host, port, secure, self.policy.timeout_s)
-            else:
-                set_timeout(node, self.policy.timeout_s)
-            node.connection.poll_interval = self.poll_interval
-            return cls(gce_driver=node)
+            return cls(gce_driver=self.auth.compute_driver(self.endpoint, self.policy.timeout_s,
+                                                           self.poll_interval))
 
-        driver = self.caller.call(self.region, "authenticate (OAuth2 token)", build)
-        self._note_token(driver)
-        return driver
+        return self.caller.call(self.region, "authenticate (OAuth2 token)", build)
 
     def _note_token(self, driver: Any) -> None:
-        token = getattr(getattr(driver.connection, "oauth2_credential", None), "token", None)
-        if isinstance(token, dict):
-            self.scrub.add(token.get("access_token"), token.get("refresh_token"))
+        self.auth.note_token(driver)
 
     def _gce_call(self, call: str, fn: Callable[[Any], Any],
                   recover: Callable[[], Any] | None = None) -> Any:
         """``fn(connection)`` through the CloudCaller, with GCE's reason code in front of the
         message (``notFound: The resource ...``) so that errors carry it as cloud_code."""
         from libcloud.common.google import GoogleBaseError
-
-        from ..providers.gcp import _with_reason
 
         driver = self.driver()
 
@@ -775,7 +731,7 @@ class CloudLBRouter(Router):
                 try:
                     return fn(conn)
                 except GoogleBaseError as exc:
-                    raise _with_reason(exc) from None
+                    raise with_reason(exc) from None
 
         try:
             return self.caller.call(self.region, call, go, recover=recover)
@@ -805,9 +761,7 @@ class CloudLBRouter(Router):
             time.sleep(self.poll_interval)
 
     def _instance_url(self, tid: str) -> str:
-        from ..providers.gcp import GOOGLE_API
-
-        return f"{GOOGLE_API}/compute/v1/projects/{self._gcp.project}/{tid}"
+        return f"{GOOGLE_API}/compute/v1/projects/{self.auth.project}/{tid}"
 
     def _gce_target(self, name: str, address: str) -> str:
         """``zones/<zone>/instances/<name>`` of a backend: the zone from the address when it is
