@@ -187,7 +187,8 @@ class Engine:
                 except (StepFailed, ImmError) as e:
                     reason = e.message if isinstance(e, ImmError) else str(e)
                     log.warning("rollout %s failed: %s; rolling back", rid, reason)
-                    await self.journal.record(rid, r["step"] or "start", FAIL,
+                    at = (await self.journal.load(rid))["step"]  # the step begun last
+                    await self.journal.record(rid, at or "start", FAIL,
                                               {"reason": reason}, state=ROLLING_BACK,
                                               error=reason)
                     continue

@@ -30,6 +30,7 @@ from imm.plugins.base import (
     Provider,
     Router,
 )
+from imm.plugins.hookspecs import hookimpl
 from imm.plugins.manager import Plugins
 from imm.rollout.engine import Engine
 from imm.rollout.states import TERMINAL
@@ -148,6 +149,7 @@ class MemRouter(Router):
             b.weight, b.state = w, "ready"
 
     def drain(self, route: str, name: str) -> None:
+        self._maybe_fail("drain")
         self.history.append(("drain", name))
         self.routes[route][name].state = "drain"
 
@@ -169,6 +171,7 @@ class Gate:
     refuse: set[str] = field(default_factory=set)
     seen: list[str] = field(default_factory=list)
 
+    @hookimpl
     def imm_health_gate(self, rollout: dict[str, Any], step: dict[str, Any],
                         instances: list[dict[str, Any]]) -> str | None:
         self.seen.append(step["name"])
@@ -181,6 +184,7 @@ class Events:
 
     seen: list[dict[str, Any]] = field(default_factory=list)
 
+    @hookimpl
     def imm_rollout_event(self, event: dict[str, Any]) -> None:
         self.seen.append(event)
 
