@@ -60,6 +60,7 @@ from ..base import (
 )
 from ..hookspecs import hookimpl
 from ..registry import ProviderRegistry
+from ..statefile import write_json
 
 REGION = "local"
 IMAGE_SPEC_FILE = "imm-image.json"
@@ -156,18 +157,8 @@ def _find_process(instance_id: str) -> tuple[int, int] | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomically and durably (see imm.plugins.statefile)."""
+    write_json(path, obj, mode=0o644)
 
 
 def _make_readonly(root: Path) -> None:

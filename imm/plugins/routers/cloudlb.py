@@ -148,18 +148,13 @@ I/O: the key is read and the driver built on the first call.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
-import os
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, Conflict, ImmError, NotFound, RouterError
@@ -184,6 +179,7 @@ from ..cloud import (
 )
 from ..cloud.gcp import AUTH_SETTINGS, GOOGLE_API, GCPAuth, with_reason
 from ..hookspecs import hookimpl
+from ..statefile import RouteState
 
 if TYPE_CHECKING:
     from ..registry import RouterRegistry
@@ -516,43 +512,6 @@ def _gce_region(zone: str) -> str:
     return zone.rsplit("-", 1)[0]
 
 
-# --------------------------------------------------------------------------- state file
-
-
-class _StateFile:
-    """``{route: {name: {address, target, port, weight, state}}}``, replaced atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, dict[str, dict[str, Any]]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RouterError(f"cloudlb router state file {self.path} is unreadable ({exc}); "
-                              f"move it away to start from what the load balancer holds"
-                              ) from None
-        routes = data.get("routes", {}) if isinstance(data, dict) else {}
-        return routes if isinstance(routes, dict) else {}
-
-    def save(self, routes: Mapping[str, Mapping[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"version": 1, "routes": routes}, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
 # --------------------------------------------------------------------------- the router
 
 
@@ -575,7 +534,8 @@ class CloudLBRouter(Router):
         self.flavour = flavour
         safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".") else \
             urllib.parse.quote(name, safe="")
-        self.state = _StateFile(context.state_dir / "cloudlb" / f"{safe}.json")
+        self.state = RouteState(context.state_dir / "cloudlb" / f"{safe}.json", where,
+                                "what the load balancer holds")
         self._standby: dict[str, str] = {}  # per-route standby target groups (ensure_route)
         self._drain_timeout: dict[str, float] = {}  # per-route drain_timeout_s (ensure_route)
         self._driver: Any = None

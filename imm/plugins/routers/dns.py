@@ -69,14 +69,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import ipaddress
-import json
 import os
 import random
 import re
 import socket
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -102,6 +99,7 @@ import dns.update
 from ...errors import BadRequest, Conflict, NotFound, RouterError
 from ..base import Backend, PluginContext, Router, RouterFeature
 from ..hookspecs import hookimpl
+from ..statefile import RouteState
 
 if TYPE_CHECKING:
     from ..registry import RouterRegistry
@@ -751,48 +749,6 @@ class LibcloudZone:
         self._zone = None
 
 
-# --------------------------------------------------------------------------- state file
-
-
-class StateFile:
-    """Backends the router knows by name: ``{route: {name: {address, ip, weight, state}}}``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, dict[str, dict[str, Any]]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RouterError(f"dns router state file {self.path} is unreadable ({exc}); "
-                              f"move it away to start from what DNS holds") from None
-        routes = data.get("routes", {}) if isinstance(data, dict) else {}
-        return routes if isinstance(routes, dict) else {}
-
-    def save(self, routes: Mapping[str, Mapping[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"version": 1, "routes": routes}, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-
-
 # --------------------------------------------------------------------------- the router
 
 
@@ -829,7 +785,8 @@ class DNSRouter(Router):
         self.zone = zone
         safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".") else \
             urllib.parse.quote(name, safe="")
-        self.state = StateFile(context.state_dir / "dns" / f"{safe}.json")
+        self.state = RouteState(context.state_dir / "dns" / f"{safe}.json", f"dns router {name}",
+                                "what DNS holds")
         self._route_ttl: dict[str, int] = {}
         self._lock = threading.RLock()
 

@@ -44,6 +44,7 @@ from typing import Any
 from ...errors import BadRequest, RouterError
 from ..base import Backend, PluginContext, Router, RouterFeature
 from ..hookspecs import hookimpl
+from ..statefile import atomic_write, write_json
 
 # srv_op_state
 OP_STOPPED, OP_STARTING, OP_RUNNING, OP_STOPPING = 0, 1, 2, 3
@@ -758,12 +759,12 @@ class HAProxyRouter(Router):
     def _save_meta(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, "routes": self._routes, "names": self._names}
-        _atomic_write(self.meta_file, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_json(self.meta_file, data, mode=0o644)
 
     def _save_state(self) -> tuple[list[str], list[ServerState]]:
         columns, rows = self._dump_rows()
         if columns:
-            _atomic_write(self.state_file, _state_file_text(columns, rows))
+            atomic_write(self.state_file, _state_file_text(columns, rows), mode=0o644)
         return columns, rows
 
     def _save_state_quietly(self) -> None:
@@ -831,7 +832,7 @@ class HAProxyRouter(Router):
     def _write_config(self, dump: tuple[list[str], list[ServerState]]) -> None:
         columns, rows = dump
         if columns:
-            _atomic_write(self.state_file, _state_file_text(columns, rows))
+            atomic_write(self.state_file, _state_file_text(columns, rows), mode=0o644)
         text = self._render_config(rows)
         tmp = self.cfg_path.with_suffix(".cfg.new")
         tmp.write_text(text)
@@ -853,7 +854,7 @@ class HAProxyRouter(Router):
             saved = parse_servers_state(self.state_file.read_text())
         except FileNotFoundError:
             saved = ([], [])
-            _atomic_write(self.state_file, "1\n")  # an empty state file, not a warning
+            atomic_write(self.state_file, "1\n", mode=0o644)  # an empty state file, not a warning
         self._write_config(saved)
         self._spawn()
 
@@ -873,7 +874,7 @@ class HAProxyRouter(Router):
                 raise RouterError(f"router {self.name}: haproxy binary {self.binary!r} not "
                                   f"found; install haproxy or set 'binary'") from None
         self._proc, self._pid = proc, proc.pid
-        _atomic_write(self.pid_file, f"{proc.pid}\n")
+        atomic_write(self.pid_file, f"{proc.pid}\n", mode=0o644)
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if proc.poll() is not None:
@@ -1060,12 +1061,6 @@ def _skeleton(config: str) -> str:
     """A config without its server lines: what a settings change would alter."""
     return "\n".join(line for line in config.splitlines()
                      if not line.lstrip().startswith(("server ", "#")))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @hookimpl(trylast=True)
