@@ -252,6 +252,19 @@ async def settle(engine: Engine, rid: str, states: Sequence[str] = TERMINAL,
         await asyncio.sleep(0.002)
 
 
+async def at_step(engine: Engine, rid: str, step: str, limit_s: float = 5.0) -> dict[str, Any]:
+    """Wait until ``step`` is the rollout's current (last begun) step; its status."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        st = await engine.status(rid)
+        if st["step"] == step:
+            return st
+        if loop.time() > deadline:
+            raise AssertionError(f"rollout {rid} never reached {step} (at {st['step']})")
+        await asyncio.sleep(0.002)
+
+
 async def wait_for(cond: Callable[[], bool], limit_s: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s

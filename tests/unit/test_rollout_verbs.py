@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from rollout_world import SERVICE, Events, World, run, settle, wait_for
+from rollout_world import SERVICE, Events, World, at_step, run, settle, wait_for
 
 from imm.errors import BadRequest, Conflict, NotFound, PolicyRefused
 from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK, RUNNING
@@ -237,10 +237,7 @@ def test_status_shows_live_instances_while_running_and_none_after(tmp_path: Path
 
     async def body() -> None:
         rid = (await w.engine.start("alice", "web", "app@2"))["id"]
-        st = await w.engine.status(rid)
-        while st["step"] != "3-pause":  # the first canary pause has begun
-            await asyncio.sleep(0.002)
-            st = await w.engine.status(rid)
+        st = await at_step(w.engine, rid, "3-pause")  # the first canary pause has begun
         by_id = {i["id"]: i for i in st["instances"]}
         assert {i for i, v in by_id.items() if not v["new"]} == set(old)
         new = [v for v in by_id.values() if v["new"]]
