@@ -1,8 +1,7 @@
 """The aiohttp application factory.
 
-The daemon's parts start and stop with the app through ``cleanup_ctx``, in order: the rollout
-engine first (it outlives the auditor, which may start replacement rollouts), then the audit
-schedule; they stop in reverse.
+The daemon's parts (the rollout engine, then the audit schedule) start and stop with the app
+through ``cleanup_ctx`` (``Daemon.lifecycle``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
-from .routes_audit import audit_context
 
 # the whole API, which the OpenAPI document describes
 ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES]
@@ -28,7 +26,6 @@ def make_app(daemon: Daemon) -> web.Application:
     )
     app[DAEMON] = daemon
     app.cleanup_ctx.append(daemon.lifecycle)
-    app.cleanup_ctx.append(audit_context)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document(ROUTES)

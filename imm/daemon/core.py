@@ -19,7 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..audit.facts import RolloutLookup
 from ..audit.schema import SCHEMA as AUDIT_SCHEMA
+from ..audit.sweep import Auditor
 from ..catalog import packer
 from ..catalog.digest import content_digest
 from ..catalog.keys import KeyRing
@@ -31,6 +33,7 @@ from ..context import Context, Timings
 from ..errors import BadRequest, ConfigError
 from ..plugins.base import Feature
 from ..plugins.manager import Plugins
+from ..rollout import journal
 from ..rollout.engine import Engine
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
 from ..store.sqlite import Database
@@ -55,6 +58,7 @@ class Daemon:
         self.plugins: Plugins
         self.context: Context
         self.engine: Engine
+        self.auditor: Auditor
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -79,12 +83,25 @@ class Daemon:
         self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
                                      self.timings)
         self.engine = Engine(self.context)
+        self.auditor = Auditor(self.context, RolloutLookup(exists=journal.rollout_exists,
+                                                           active=journal.active_rollout))
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: start the engine on app start-up, park it on shutdown."""
+        """aiohttp cleanup_ctx: start the engine, then the audit schedule; stop in reverse.
+
+        The engine outlives the auditor, which may start replacement rollouts.
+        """
         await self.engine.startup()
+        try:
+            await self.auditor.start()  # a bad [audit] interval_s fails start-up, naming it
+        except BaseException:
+            await self.engine.shutdown()
+            raise
         yield
-        await self.engine.shutdown()
+        try:
+            await self.auditor.stop()
+        finally:
+            await self.engine.shutdown()
 
     def close(self) -> None:
         """Blocking: close the providers, routers and the store (after the app stopped)."""
@@ -151,17 +168,6 @@ class Daemon:
         return await self.db.read(verify_ledger, self.keyring, self.settings.ledger_origin)
 
     async def status(self) -> dict[str, Any]:
-        def counts(conn: Any) -> dict[str, int]:
-            return {
-                "images": conn.execute("SELECT count(*) FROM images").fetchone()[0],
-                "revoked": conn.execute("SELECT count(*) FROM revocations").fetchone()[0],
-                "artifacts": conn.execute("SELECT count(*) FROM artifacts").fetchone()[0],
-                "channels": conn.execute(
-                    "SELECT count(DISTINCT name) FROM channel_history").fetchone()[0],
-                "ledger_size": conn.execute(
-                    "SELECT count(*) FROM ledger_leaves").fetchone()[0],
-            }
-
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -170,7 +176,7 @@ class Daemon:
             "state_dir": str(self.settings.state_dir),
             "socket": str(self.settings.socket),
             "keyid": self.keyring.keyid,
-            "catalog": await self.db.read(counts),
+            "catalog": await self.db.read(self.catalog.counts),
             "plugins": self.plugins.listing(),
             "plugins_blocked": sorted(self.plugins.blocked),
             "providers": {n: p.kind for n, p in self.context.providers.items()},
