@@ -121,7 +121,7 @@ class Immd:
         if config is not None:
             self.config_path = root / "immd.toml"
             self.config_path.write_text(config)
-        self.base_env = {**os.environ, "IMM_SOCKET": str(self.sock)}
+        self.base_env = dict(os.environ)
         if pyc_cache:
             self.base_env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.base_env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
@@ -139,7 +139,7 @@ class Immd:
             args += ["--config", str(self.config_path)]
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**self.base_env, **(extra_env or {})})
+                                     env={**self.env, **(extra_env or {})})
         wait_for_socket(self.sock, self.proc, timeout)
         return self
 
@@ -167,8 +167,9 @@ class Immd:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment immctl runs in (IMM_SOCKET pointing at this immd)."""
-        return dict(self.base_env)
+        """The environment immctl runs in (IMM_SOCKET pointing at this immd's socket, which a
+        caller may move before ``start``)."""
+        return {**self.base_env, "IMM_SOCKET": str(self.sock)}
 
     def run(self, *args: str, check: bool = True, user: int | None = None,
             group: int | None = None, input: str | None = None,
