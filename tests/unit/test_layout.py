@@ -88,15 +88,12 @@ def test_the_import_contracts_hold() -> None:
 @pytest.mark.parametrize(("module", "line", "broken"), [
     # a domain package reaching up to the daemon
     ("rollout/plan.py", "import imm.daemon.core", "The domain never imports the daemon"),
-    ("audit/verdicts.py", "import imm.cli.main", "The domain never imports the daemon"),
     # config reaching up to the daemon (AdminRule used to live there)
     ("config.py", "from imm.daemon import auth", "config never imports the daemon"),
     # a lower layer importing a higher one
     ("catalog/service.py", "import imm.plugins.base", "Layers"),
-    ("plugins/base.py", "import imm.context", "Layers"),
-    # siblings: rollout and audit do not import each other, nor do daemon and cli
+    # siblings: rollout and audit do not import each other
     ("audit/sweep.py", "import imm.rollout.states", "Layers"),
-    ("cli/main.py", "import imm.daemon.http", "Layers"),
     # a circle inside a package
     ("cli/client.py", "from imm.cli import main", "No circles"),
 ])
