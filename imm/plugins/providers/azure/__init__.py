@@ -93,7 +93,7 @@ from .provider import AzureProvider
 if TYPE_CHECKING:
     from ...registry import ProviderRegistry
 
-__all__ = ['AzureProvider', 'TAG_TOKEN', 'imm_register_providers', 'location_name', 'parse_image_id']
+__all__ = ["AzureProvider", "TAG_TOKEN", "imm_register_providers", "location_name", "parse_image_id"]
 
 
 @hookimpl(trylast=True)
