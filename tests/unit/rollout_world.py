@@ -238,7 +238,7 @@ class World:
 
 
 async def settle(engine: Engine, rid: str, states: Sequence[str] = TERMINAL,
-                 limit_s: float = 5.0) -> dict[str, Any]:
+                 limit_s: float = 30.0) -> dict[str, Any]:
     """Wait until the rollout reaches one of ``states``; its status."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
@@ -249,10 +249,10 @@ async def settle(engine: Engine, rid: str, states: Sequence[str] = TERMINAL,
         if loop.time() > deadline:
             raise AssertionError(f"rollout {rid} stuck in {st['state']} at {st['step']}: "
                                  f"{st['error']}")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)
 
 
-async def at_step(engine: Engine, rid: str, step: str, limit_s: float = 5.0) -> dict[str, Any]:
+async def at_step(engine: Engine, rid: str, step: str, limit_s: float = 30.0) -> dict[str, Any]:
     """Wait until ``step`` is the rollout's current (last begun) step; its status."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
@@ -262,16 +262,16 @@ async def at_step(engine: Engine, rid: str, step: str, limit_s: float = 5.0) -> 
             return st
         if loop.time() > deadline:
             raise AssertionError(f"rollout {rid} never reached {step} (at {st['step']})")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)
 
 
-async def wait_for(cond: Callable[[], bool], limit_s: float = 5.0) -> None:
+async def wait_for(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)
 
 
 def run(world: World, body: Callable[[], Coroutine[Any, Any, T]]) -> T:

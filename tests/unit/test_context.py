@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rollout_world import MemProvider, MemRouter
+from rollout_world import MemProvider, MemRouter, wait_for
 
 from imm.config import Settings
 from imm.context import Context, ProviderHandle, RouterHandle
@@ -75,8 +75,10 @@ def test_concurrency_limit_is_held_until_the_thread_ends() -> None:
         done = await asyncio.gather(*calls[:2], return_exceptions=True)
         # the first two timed out; their threads still run, so the next two must wait
         assert all(isinstance(d, ProviderError) for d in done)
+        await wait_for(lambda: running[0] == 2)
         await asyncio.sleep(0.05)
         assert peak[0] == 2 and running[0] == 2
+        assert not any(c.done() for c in calls[2:])
         release.set()
         await asyncio.gather(*calls[2:], return_exceptions=True)
 
@@ -86,7 +88,7 @@ def test_concurrency_limit_is_held_until_the_thread_ends() -> None:
 
 def test_timeout_names_the_plugin_the_call_and_the_setting() -> None:
     r = MemRouter()
-    r.backends = lambda route: time.sleep(0.3) or []  # type: ignore[method-assign, func-returns-value]
+    r.backends = lambda route: time.sleep(0.1) or []  # type: ignore[method-assign, func-returns-value]
     with pytest.raises(RouterError) as e:
         asyncio.run(RouterHandle(r, timeout_s=0.02).backends("web"))
     assert e.value.message == ("router lb: backends did not answer within 0.02s; check that it "
