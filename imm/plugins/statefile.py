@@ -48,6 +48,13 @@ def atomic_write(path: Path, text: str, *, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a file already written with :func:`atomic_write` (e.g. once it has been
+    validated) over ``dst``, durably."""
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
 def write_json(path: Path, obj: Any, *, mode: int = 0o600) -> None:
     """:func:`atomic_write` of ``obj`` as sorted, indented JSON."""
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", mode=mode)

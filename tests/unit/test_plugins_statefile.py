@@ -72,3 +72,20 @@ def test_an_unreadable_route_state_names_the_file_and_what_to_do(tmp_path: Path)
         RouteState(path, "cloudlb router lb", "what the load balancer holds").load()
     assert str(path) in err.value.message and "cloudlb router lb" in err.value.message
     assert "move it away to start from what the load balancer holds" in err.value.message
+
+
+def test_move_into_place_renames_a_checked_file_durably(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, cfg = tmp_path / "haproxy.cfg.new", tmp_path / "haproxy.cfg"
+    atomic_write(new, "global\n", mode=0o644)
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(statefile.os, "fsync", spy)
+    statefile.move_into_place(new, cfg)
+    assert cfg.read_text() == "global\n" and not new.exists()
+    assert synced == [str(tmp_path)]

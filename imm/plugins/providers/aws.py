@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BadRequest, ConfigError, NotFound, ProviderError
-from ..base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
+from ..base import TAG_SERVICE, TAG_SLOT, Feature, ImageInfo, Instance, LaunchRequest, PluginContext, Provider
 from ..cloud import (
     CallPolicy,
     CloudCaller,
@@ -376,7 +376,7 @@ class AWSProvider(Provider):
         tags = {str(k): str(v) for k, v in request.tags.items()}
         tags[TAG_TOKEN] = token
         name = tags.pop("Name", None) or "-".join(
-            v for v in (request.tags.get(TAG_SERVICE), request.tags.get("imm:slot")) if v) or "imm"
+            v for v in (request.tags.get(TAG_SERVICE), request.tags.get(TAG_SLOT)) if v) or "imm"
         size_id = request.size or extra.get("size") or self.size
         subnet = request.network or extra.get("subnet_id") or self.subnets.get(region)
         groups = extra.get("security_group_ids", self.security_groups.get(region))

@@ -144,9 +144,9 @@ class AzureCore(Provider):
         unknown = sorted(set(s) - _KNOWN_SETTINGS - {"kind"})
         if unknown:
             context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
-        self.subscription_id = self._required(s, "subscription_id")
-        self.tenant_id = self._required(s, "tenant_id")
-        self.resource_group = self._required(s, "resource_group")
+        self.subscription_id = self._arm_name_setting(s, "subscription_id")
+        self.tenant_id = self._arm_name_setting(s, "tenant_id")
+        self.resource_group = self._arm_name_setting(s, "resource_group")
         if not _RESOURCE_GROUP.match(self.resource_group):
             raise ConfigError(f"{where}: resource_group {self.resource_group!r} is not a valid "
                               f"resource group name (letters, digits, - _ . ( ), up to 90)")
@@ -164,8 +164,8 @@ class AzureCore(Provider):
         self.size = setting_str(s, "size", where, DEFAULT_SIZE) or DEFAULT_SIZE
         # per_region checks table keys against the configured (normalized) locations
         tables = {k: self._per_location(s, k) for k in ("network", "subnet")}
-        self.networks = {loc: self._one_str(v, "network") for loc, v in tables["network"].items()}
-        self.subnets = {loc: self._one_str(v, "subnet") for loc, v in tables["subnet"].items()}
+        self.networks = {loc: self._arm_name(v, "network") for loc, v in tables["network"].items()}
+        self.subnets = {loc: self._arm_name(v, "subnet") for loc, v in tables["subnet"].items()}
         self.network_resource_group = setting_str(s, "network_resource_group", where,
                                                   self.resource_group) or self.resource_group
         self.public_ip = setting_bool(s, "public_ip", where, False)
@@ -199,14 +199,14 @@ class AzureCore(Provider):
 
     # -- settings ---------------------------------------------------------------------------
 
-    def _required(self, s: Mapping[str, Any], key: str) -> str:
+    def _arm_name_setting(self, s: Mapping[str, Any], key: str) -> str:
         """A required ARM name (an id segment: no '/', no spaces)."""
         value = required(s, key, self.where)
         if "/" in value or any(c.isspace() for c in value):
             raise ConfigError(f"{self.where}: {key} = {value!r} must not contain '/' or spaces")
         return value
 
-    def _one_str(self, value: Any, key: str) -> str:
+    def _arm_name(self, value: Any, key: str) -> str:
         """One ARM name per location (an id segment: no '/')."""
         name = one_str(value, key, self.where, per="location")
         if "/" in name:

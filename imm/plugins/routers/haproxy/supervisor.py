@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ....errors import RouterError
-from ...statefile import atomic_write
+from ...statefile import atomic_write, move_into_place
 from .runtime import RuntimeAPI, ServerState, fmt_host, parse_servers_state, state_file_text
 
 
@@ -170,8 +170,8 @@ class Supervisor:
         if columns:
             atomic_write(self.state_file, state_file_text(columns, rows), mode=0o644)
         text = self.render_config(rows)
-        tmp = self.cfg_path.with_suffix(".cfg.new")
-        tmp.write_text(text)
+        tmp = self.cfg_path.with_suffix(".cfg.new")  # kept when haproxy rejects it
+        atomic_write(tmp, text, mode=0o644)
         try:
             res = subprocess.run([self.binary, "-c", "-q", "-f", str(tmp)], capture_output=True,
                                  text=True, timeout=30)
@@ -182,7 +182,7 @@ class Supervisor:
         if res.returncode != 0:
             raise RouterError(f"router {self.name}: haproxy rejects the generated config "
                               f"{tmp}: {(res.stderr or res.stdout).strip()[-2000:]}")
-        os.replace(tmp, self.cfg_path)
+        move_into_place(tmp, self.cfg_path)
 
     def cold_start(self) -> None:
         """Start haproxy with the routes and the servers saved by the last run, if any."""
