@@ -8,7 +8,6 @@ transactions, the :class:`Journal` methods are their async front.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +15,6 @@ from ..context import Context
 from ..errors import Conflict, NotFound
 from ..store import Connection, now, query, query_one
 from .states import ACTIVE, COMPLETED, PROMOTE, RUNNING, TERMINAL
-
-log = logging.getLogger("imm.rollout")
 
 _ACTIVE_MARKS = ",".join("?" * len(ACTIVE))
 
@@ -89,10 +86,8 @@ class Journal:
         await self.notify(body)
 
     async def notify(self, body: dict[str, Any]) -> None:
-        try:
-            await self.ctx.plugins.call_all("imm_rollout_event", event=body)
-        except Exception:  # noqa: BLE001 - an observer must not break a rollout
-            log.exception("imm_rollout_event hook failed")
+        """Tell the ``imm_rollout_event`` observers (a failing one is logged, never raised)."""
+        await self.ctx.plugins.rollout_event(body)
 
     async def load(self, rid: str) -> dict[str, Any]:
         return await self.ctx.store.read(load, rid)

@@ -136,12 +136,11 @@ class Steps:
         """Ask the ``imm_health_gate`` plugins; any refusal fails the step."""
         view = {"id": r["id"], "service": svc.name, "image": r["digest"],
                 "strategy": r["strategy"]}
-        verdicts = await self.ctx.plugins.call_all(
-            "imm_health_gate", rollout=view, step={"name": step["name"], "op": step["op"]},
-            instances=[i.to_dict() for i in instances])
-        for v in verdicts:
-            if isinstance(v, str):
-                raise StepFailed(f"health gate at {step['name']} failed: {v}")
+        refusals = await self.ctx.plugins.health_gate(
+            view, {"name": step["name"], "op": step["op"]}, [i.to_dict() for i in instances])
+        if refusals:
+            raise StepFailed(f"health gate at {step['name']} failed: "
+                             + "; ".join(str(x) for x in refusals))
 
     async def shift(self, svc: Service, r: Rollout, pct: int | str) -> dict[str, Any]:
         routed = self.fleet.router(svc)

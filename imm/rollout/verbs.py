@@ -56,11 +56,11 @@ class Verbs:
         checked = await ctx.store.read(policy.check, cat, ctx.keyring, svc, digest)
         image = await ctx.store.read(cat.show, digest)
         rid = f"{svc.name}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}"
-        for verdict in await ctx.plugins.call_all(
-                "imm_policy_check", image=image, service=svc.to_dict(),
-                rollout={"id": rid, "strategy": strategy, "actor": actor}):
-            if isinstance(verdict, str):
-                raise policy.refuse("plugin", verdict, image=digest)
+        refusals = await ctx.plugins.policy_check(
+            image, svc.to_dict(), {"id": rid, "strategy": strategy, "actor": actor})
+        if refusals:
+            raise policy.refuse("plugin", "; ".join(str(x) for x in refusals), image=digest,
+                                plugins=[x.plugin for x in refusals])
         counts: dict[str, int] = {}
         for i in await self.fleet.instances(svc):
             if i.tags.get(TAG_DIGEST):

@@ -206,7 +206,9 @@ class World:
         self.db.open()
         self.catalog = Catalog(self.keyring, "imm.test/ledger")
         self.db.write_sync(self.catalog.init_keys, "test")
-        self.plugins = Plugins(extra=list(plugins))
+        self.plugins = Plugins()
+        for p in plugins:
+            self.plugins.register(p, name=type(p).__name__.lower())
         self.provider = MemProvider()
         self.router = MemRouter(checks=checks)
         self.ctx = Context(settings=self.settings, store=self.db, catalog=self.catalog,

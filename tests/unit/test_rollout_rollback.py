@@ -66,7 +66,7 @@ def test_health_gate_refusal_at_attach_rolls_back(tmp_path: Path) -> None:
     w.image("2")
     st = _roll(w)
     _assert_back_to(w, old, st)
-    assert st["error"] == "health gate at 1-attach failed: error rate 7% > 1%"
+    assert st["error"] == "health gate at 1-attach failed: gate: error rate 7% > 1%"
     assert gate.seen == ["1-attach"]
 
 

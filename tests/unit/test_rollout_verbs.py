@@ -10,6 +10,7 @@ import pytest
 from rollout_world import SERVICE, Events, World, at_step, run, settle, wait_for
 
 from imm.errors import BadRequest, Conflict, NotFound, PolicyRefused
+from imm.plugins.hookspecs import hookimpl
 from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK, RUNNING
 
 SLOW = {"web": {**SERVICE, "strategy": "canary", "canary_pause_s": 30}}
@@ -264,3 +265,42 @@ def test_status_reports_a_provider_outage_instead_of_failing(tmp_path: Path) -> 
         assert st["instances_error"] == "provider mem: list_instances failed (injected)"
 
     run(w, body)
+
+
+def test_a_policy_plugin_refusal_names_the_plugin_and_starts_nothing(tmp_path: Path) -> None:
+    class Veto:
+        @hookimpl
+        def imm_policy_check(self, image: dict, service: dict, rollout: dict) -> str:
+            return f"{image['name']}@{image['version']} is not signed off"
+
+    w = World(tmp_path, plugins=[Veto()])
+    w.image("1")
+
+    async def body() -> None:
+        with pytest.raises(PolicyRefused) as e:
+            await w.engine.start("bob", "web", "app@1")
+        assert e.value.message == "refused by rule 'plugin': veto: app@1 is not signed off"
+        assert e.value.detail["plugins"] == ["veto"]
+        assert await w.engine.list(None, 10) == []
+
+    run(w, body)
+    assert w.provider.instances == {}
+
+
+def test_a_health_gate_that_raises_fails_closed(tmp_path: Path) -> None:
+    class Broken:
+        @hookimpl
+        def imm_health_gate(self, rollout: dict, step: dict, instances: list) -> None:
+            raise RuntimeError("metrics backend down")
+
+    w = World(tmp_path, plugins=[Broken()])
+    old = w.old_fleet(w.image("1"))
+    w.image("2")
+
+    async def body() -> dict:
+        return await settle(w.engine, (await w.engine.start("alice", "web", "app@2"))["id"])
+
+    st = run(w, body)
+    assert st["state"] == ROLLED_BACK and set(w.provider.instances) == set(old)
+    assert st["error"] == ("health gate at 1-attach failed: broken: imm_health_gate raised "
+                           "RuntimeError: metrics backend down")
