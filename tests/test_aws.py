@@ -27,9 +27,9 @@ import boto3
 import pytest
 
 from imm.errors import BadRequest, ConfigError, NotFound, ProviderError, RouterError
+from imm.plugins import cloud
 from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins.providers import aws as awsmod
-from imm.plugins import cloud
 from imm.plugins.providers.aws import TAG_COPIED_FROM, TAG_TOKEN, AWSProvider
 from imm.plugins.registry import ProviderRegistry, RouterRegistry
 from imm.plugins.routers import cloudlb as cloudlbmod

@@ -23,9 +23,9 @@ import pytest
 
 from imm.errors import BadRequest, ConfigError, ProviderError, Unsupported
 from imm.plugins.base import Feature, LaunchRequest, PluginContext
+from imm.plugins.cloud import REDACTED
 from imm.plugins.providers import azure as azmod
 from imm.plugins.providers.azure import TAG_TOKEN, AzureProvider
-from imm.plugins.cloud import REDACTED
 from imm.plugins.registry import ProviderRegistry
 
 from conftest import Immd

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from imm.errors import BadRequest, ConfigError, ProviderError, Unsupported
-from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins import cloud
+from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins.providers import openstack as osmod
 from imm.plugins.providers.openstack import TAG_TOKEN, OpenStackProvider
 from imm.plugins.registry import ProviderRegistry
