@@ -8,6 +8,7 @@ no unit test file yet, the ones no test imports at all, and the ones over 600 li
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -25,13 +26,22 @@ NOT_A_MODULE = {"test_layout.py"}
 MAX_LINES = 600
 
 
+@functools.cache
 def modules() -> list[Path]:
     return sorted(p for p in IMM.rglob("*.py") if p.name != "__init__.py")
 
 
+@functools.cache
+def packages() -> list[Path]:
+    """Sub-packages of imm (their ``__init__.py``), which may hold code of their own."""
+    return sorted(p for p in IMM.rglob("__init__.py") if p.parent != IMM)
+
+
 def unit_test_for(module: Path) -> Path:
-    """``imm/rollout/plan.py`` -> ``tests/unit/test_rollout_plan.py``."""
-    parts = module.relative_to(IMM).with_suffix("").parts
+    """``imm/rollout/plan.py`` -> ``tests/unit/test_rollout_plan.py``; a package's
+    ``imm/plugins/cloud/__init__.py`` -> ``tests/unit/test_plugins_cloud.py``."""
+    rel = module.relative_to(IMM)
+    parts = rel.parent.parts if rel.name == "__init__.py" else rel.with_suffix("").parts
     return UNIT / f"test_{'_'.join(parts)}.py"
 
 
@@ -40,7 +50,7 @@ def module_for(test_file: Path) -> Path | None:
     name or a prefix of it followed by ``_``."""
     stem = test_file.stem
     best: Path | None = None
-    for m in modules():
+    for m in [*modules(), *packages()]:
         name = unit_test_for(m).stem
         if (stem == name or stem.startswith(name + "_")) and (
                 best is None or len(name) > len(unit_test_for(best).stem)):
@@ -57,6 +67,9 @@ def test_the_convention_maps_paths_both_ways() -> None:
     assert module_for(UNIT / "test_audit_sweep_schedule.py") == IMM / "audit" / "sweep.py"
     assert module_for(UNIT / "test_store_sqlite.py") == IMM / "store" / "sqlite.py"
     assert module_for(UNIT / "test_nothing_here.py") is None
+    assert unit_test_for(IMM / "plugins" / "cloud" / "__init__.py") == UNIT / "test_plugins_cloud.py"
+    assert module_for(UNIT / "test_plugins_cloud.py") == IMM / "plugins" / "cloud" / "__init__.py"
+    assert module_for(UNIT / "test_plugins_cloud_drivers.py") == IMM / "plugins" / "cloud" / "drivers.py"
 
 
 def test_every_unit_test_file_names_its_module() -> None:
