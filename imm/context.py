@@ -115,6 +115,7 @@ class _Limited:
         return self._limit
 
     async def _call(self, call: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread; ``call`` only labels it in the timeout message."""
         limit = self._semaphore()
         await limit.acquire()
         try:
