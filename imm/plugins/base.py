@@ -117,10 +117,6 @@ class Provider(ABC):
         except ValueError:
             return False
 
-    def capabilities(self) -> set[str]:
-        """Deprecated: ``supports(Feature.X)``. Kept until every caller has switched."""
-        return {f.value for f in self.features}
-
     def unsupported(self, feature: Feature) -> Unsupported:
         """The error an optional operation raises when this provider lacks ``feature``."""
         have = ", ".join(sorted(self.features)) or "none"

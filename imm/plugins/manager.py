@@ -179,14 +179,3 @@ class Plugins:
     async def audit_finding(self, finding: Mapping[str, Any]) -> None:
         """Tell every ``imm_audit_finding`` observer; a failing observer is logged, not raised."""
         await self._observe("imm_audit_finding", {"finding": dict(finding)})
-
-    async def call_all(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Deprecated: use the typed method of the hook. Call every implementation; await any
-        that returned an awaitable."""
-        results = getattr(self.pm.hook, hook)(**kwargs)
-        out = []
-        for r in results:
-            if inspect.isawaitable(r):
-                r = await r
-            out.append(r)
-        return out
