@@ -71,11 +71,11 @@ def daemon(state: Path, provider: str) -> Any:
 def phase_list(n: int) -> dict[str, Any]:
     import logging
 
-    from imm.plugins.base import ProviderContext
+    from imm.plugins.base import PluginContext
 
     import audit_plugin
 
-    p = audit_plugin.SyntheticProvider("synth", {"count": n}, ProviderContext(
+    p = audit_plugin.SyntheticProvider("synth", {"count": n}, PluginContext(
         Path(tempfile.gettempdir()), logging.getLogger("bench")))
     before = rss_kb()
     t = time.perf_counter()

@@ -57,9 +57,6 @@ class PluginContext:
     log: logging.Logger
 
 
-# The former names of PluginContext, kept for callers not yet switched over.
-ProviderContext = PluginContext
-RouterContext = PluginContext
 
 
 @dataclass
