@@ -250,7 +250,7 @@ def test_groups_come_from_the_connection_not_the_account_database(
     out = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; from imm.cli.main import main; "
          "sys.exit(main(sys.argv[1:]))", "status", "--json"],
-        capture_output=True, text=True, env={**d.env(), "PYTHONPATH": str(reader_copy())},
+        capture_output=True, text=True, env={**d.env, "PYTHONPATH": str(reader_copy())},
         check=True, **kw)
     assert json.loads(out.stdout)["peer"]["admin"] is True
 
@@ -355,7 +355,7 @@ def test_a_non_root_admin_cannot_make_immd_read_what_it_cannot(
             [SYSTEM_PYTHON, "-c", "import sys; from imm.cli.main import main; "
              "sys.exit(main(sys.argv[1:]))", "image", "add", path, "--name", name,
              "--version", "1"], capture_output=True, text=True, timeout=120,
-            env={**d.env(), "PYTHONPATH": str(reader_copy())}, user=admin.uid, group=admin.gid,
+            env={**d.env, "PYTHONPATH": str(reader_copy())}, user=admin.uid, group=admin.gid,
             extra_groups=[admin_gid])
         assert cp.returncode == code, (path, cp.returncode, cp.stdout, cp.stderr)
         assert "Traceback" not in cp.stderr

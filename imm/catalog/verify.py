@@ -9,17 +9,16 @@ envelope signature and the latest signed checkpoint. Problems name the table and
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ImmError, StoreCorrupted
+from ..store import Connection, DatabaseError, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .keys import KeyRing
 from .manifest import image_digest
 from .merkle import MerkleLog
-from .service import query_one
 
 CORRUPT_PAGE = ("the database file has a corrupted page ({}): this state cannot be trusted; "
                 "restore the database from a backup")
@@ -54,7 +53,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], str, dict[str, str | _Extract]]] = {
 }
 
 
-def _rows(conn: sqlite3.Connection, table: str, where: str = "",
+def _rows(conn: Connection, table: str, where: str = "",
           params: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
     cur = conn.execute(f"SELECT * FROM {table} {where}", params)  # noqa: S608 - fixed names
     cols = [d[0] for d in cur.description]
@@ -62,7 +61,7 @@ def _rows(conn: sqlite3.Connection, table: str, where: str = "",
         yield dict(zip(cols, row, strict=True))
 
 
-def check_row(conn: sqlite3.Connection, keyring: KeyRing, table: str,
+def check_row(conn: Connection, keyring: KeyRing, table: str,
               row: dict[str, Any]) -> list[Problem]:
     pk_cols, kind, fields = CHECKS[table]
     key = "/".join(str(row[c]) for c in pk_cols)
@@ -99,20 +98,20 @@ def check_row(conn: sqlite3.Connection, keyring: KeyRing, table: str,
     return out
 
 
-def verify_rows(conn: sqlite3.Connection, keyring: KeyRing, digest: str | None = None,
+def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Re-check stored rows; a page SQLite cannot read is a verification failure too."""
     problems: list[Problem] = []
     checked = [0]
     try:
         _verify_rows(conn, keyring, digest, progress, problems, checked)
-    except sqlite3.DatabaseError as e:
+    except DatabaseError as e:
         problems.append({"table": "(database)", "key": "(unreadable)",
                          "ledger_index": None, "problem": CORRUPT_PAGE.format(e)})
     return {"ok": not problems, "checked": checked[0], "problems": problems}
 
 
-def _verify_rows(conn: sqlite3.Connection, keyring: KeyRing, digest: str | None,
+def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
                  progress: Callable[[int], None] | None, problems: list[Problem],
                  checked: list[int]) -> None:
     for table in CHECKS:
@@ -128,23 +127,23 @@ def _verify_rows(conn: sqlite3.Connection, keyring: KeyRing, digest: str | None,
                 checked[0] += 1
                 if progress and checked[0] % 10000 == 0:
                     progress(checked[0])
-        except sqlite3.DatabaseError as e:
+        except DatabaseError as e:
             problems.append({"table": table, "key": "(unreadable)", "ledger_index": None,
                              "problem": CORRUPT_PAGE.format(e)})
 
 
-def verify_ledger(conn: sqlite3.Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
     """Recompute the ledger; a page SQLite cannot read is a verification failure too."""
     try:
         return _verify_ledger(conn, keyring, origin)
-    except (sqlite3.DatabaseError, ImmError) as e:
+    except (DatabaseError, ImmError) as e:
         problem = (f"the stored ledger cannot be read ({e.message}); restore the database from "
                    "a backup" if isinstance(e, ImmError) else CORRUPT_PAGE.format(e))
         return {"ok": False, "size": None, "root": None, "checkpoint": {"present": None},
                 "problems": [{"index": "(unreadable)", "problem": problem}]}
 
 
-def check_ledger_head(conn: sqlite3.Connection, keyring: KeyRing, origin: str,
+def check_ledger_head(conn: Connection, keyring: KeyRing, origin: str,
                       path: Any) -> None:
     """The cheap start-up check: the latest signed checkpoint verifies and the stored tree
     has the root it signed at its size (O(log n) with the stored subtree hashes)."""
@@ -175,7 +174,7 @@ def check_ledger_head(conn: sqlite3.Connection, keyring: KeyRing, origin: str,
                          detail={"file": str(path)})
 
 
-def _verify_ledger(conn: sqlite3.Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def _verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
     log = MerkleLog(conn)
     size = log.size()
     problems: list[Problem] = list(log.verify_all())

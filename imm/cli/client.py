@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ..errors import EXIT_ERROR
+
 SYSTEM_SOCKET = Path("/run/imm/immd.sock")
 
 
@@ -147,6 +149,24 @@ class UnixHTTPConnection:
 
 class DaemonUnreachable(Exception):
     pass
+
+
+class Fail(Exception):
+    """A command that cannot go on: its message for the user and immctl's exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def ascii_int(text: str) -> int:
+    """An integer argument in ASCII digits (int() would take '٣' for 3)."""
+    import argparse
+
+    body = text[1:] if text.startswith("-") else text
+    if not body or not body.isascii() or not body.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (ASCII digits 0-9)")
+    return int(text)
 
 
 class ApiError(Exception):

@@ -21,16 +21,11 @@ from ..errors import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
-from .client import ApiError, Client, DaemonUnreachable, seg
+from . import audit_cmds, rollout_cmds, token_cmds
+from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
 from .render import block, emit_json, short, table
 
 Command = Callable[[Client, argparse.Namespace], int]
-
-
-class Fail(Exception):
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # -- status, keys ---------------------------------------------------------------------------
@@ -364,14 +359,6 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
 
 # -- argument parsing -----------------------------------------------------------------------
 
-def ascii_int(text: str) -> int:
-    """An integer argument in ASCII digits (int() would take '٣' for 3)."""
-    body = text[1:] if text.startswith("-") else text
-    if not body or not body.isascii() or not body.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (ASCII digits 0-9)")
-    return int(text)
-
-
 class _Skipped:
     """Stands in for the subcommands of groups this invocation does not use: building every
     group's parsers would be a third of immctl's start-up."""
@@ -481,8 +468,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--to", type=ascii_int)
     add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
 
-    from . import extra
-    extra.register(sub, add, group)
+    rollout_cmds.register(sub, add, group)
+    audit_cmds.register(sub, add, group)
+    token_cmds.register(sub, add, group)
     return p
 
 

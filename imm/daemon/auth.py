@@ -23,19 +23,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import AdminRule
+
+__all__ = ["AdminRule", "Peer", "is_admin", "make_peer", "peer_credentials", "unix_peer"]
+
 # Linux's SO_PEERGROUPS (asm-generic/socket.h); Python does not name it.
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _MAX_GROUPS = 65536  # NGROUPS_MAX on Linux
-
-
-@dataclass(frozen=True)
-class AdminRule:
-    """Who may change things: root, members of ``group``, and (``owner_is_admin``) the user
-    immd runs as. A system install sets owner_is_admin = false: local instances run as immd's
-    user, and they must not be able to roll out or revoke."""
-
-    group: str
-    owner_is_admin: bool = True
 
 
 def is_admin(uid: int, groups: set[int] | frozenset[int], rule: AdminRule,

@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from ..errors import (
     Unauthorized,
 )
 from .auth import AdminRule, Peer, is_admin, peer_credentials, user_name
+from .tokens import TokenStore
 
 log = logging.getLogger("imm.daemon")
 
@@ -95,13 +97,7 @@ def peer_of(request: web.Request, rule: AdminRule) -> Peer | None:
                 admin=is_admin(c.uid, c.groups, rule, os.geteuid()), user=c.user)
 
 
-def _daemon(request: web.Request) -> Any:
-    from .routes import DAEMON  # routes imports this module
-
-    return request.app[DAEMON]
-
-
-def token_peer(request: web.Request) -> Peer:
+def token_peer(request: web.Request, tokens: TokenStore | None) -> Peer:
     """The identity a loopback TCP request's bearer token stands for; 401 without one."""
     how = ("mint one over the unix socket with 'immctl token create --ttl 1h' and send "
            "'Authorization: Bearer TOKEN'")
@@ -111,7 +107,6 @@ def token_peer(request: web.Request) -> Peer:
         raise Unauthorized(f"this loopback TCP listener needs a bearer token: {how}")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(f"the Authorization header is not 'Bearer TOKEN': {how}")
-    tokens = getattr(_daemon(request), "tokens", None)
     rec = tokens.check(token.strip()) if tokens is not None else None
     if rec is None:
         # never echo the token: it may be a real one mistyped, and this may be logged
@@ -144,7 +139,11 @@ def check_params(request: web.Request) -> None:
                                  detail={"parameter": name})
 
 def make_middlewares(admin_rule: Callable[[], AdminRule],
-                     observe: Callable[[str, str, int, float], None]) -> list[Any]:
+                     observe: Callable[[str, str, int, float], None],
+                     tokens: Callable[[], TokenStore | None] = lambda: None,
+                     state_dir: Callable[[], Path | None] = lambda: None) -> list[Any]:
+    """The error and authorization middlewares; ``tokens`` checks bearer tokens on loopback
+    TCP, ``state_dir`` names where a full disk is."""
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
@@ -174,7 +173,7 @@ def make_middlewares(admin_rule: Callable[[], AdminRule],
             raise
         except Exception as e:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                state = _daemon(request).settings.state_dir
+                state = state_dir() or "the state directory"
                 err = NoSpace(f"no space left under {state}; nothing was written. Free space "
                               "there and try again")
                 status = err.status
@@ -191,7 +190,7 @@ def make_middlewares(admin_rule: Callable[[], AdminRule],
         rule = admin_rule()
         peer = peer_of(request, rule)
         if peer is None:
-            peer = token_peer(request)
+            peer = token_peer(request, tokens())
         request["peer"] = peer
         check_params(request)
         resource = request.match_info.route.resource
