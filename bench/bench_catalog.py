@@ -305,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imm-bench-catalog-", dir=args.dir) as tmpname, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
-        immd = Immd(tmp, pyc_cache=not args.no_pyc_cache).start()
+        # images are posted by path, as an API client that passes no descriptor does: immd
+        # reads paths only under image_roots
+        immd = Immd(tmp, f'[daemon]\nimage_roots = ["{tmp / "files"}"]\n',
+                    pyc_cache=not args.no_pyc_cache).start()
         sock = immd.sock
         stack.callback(immd.stop)
         log(f"immd pid {immd.proc.pid if immd.proc else '?'} on {sock}; load {loadavg()}")

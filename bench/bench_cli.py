@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imm-bench-cli-", dir=args.dir) as tmpname, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
-        immd = Immd(tmp, pyc_cache=not args.no_pyc_cache).start()
+        # images are posted by path, as an API client that passes no descriptor does: immd
+        # reads paths only under image_roots
+        immd = Immd(tmp, f'[daemon]\nimage_roots = ["{tmp / "files"}"]\n',
+                    pyc_cache=not args.no_pyc_cache).start()
         stack.callback(immd.stop)
         client = Client(str(immd.sock))
         files = tmp / "files"

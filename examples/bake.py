@@ -1,10 +1,11 @@
-"""Bake the sample app into local directory images: ``OUT_DIR/v1``, ``v2``, ``v3``.
+"""Bake the sample app into local directory images: ``OUT_DIR/v1``, ``v2``, ``v3``, ``v4``.
 
-    python examples/bake.py OUT_DIR [--version v1|v2|v3 | --all]
+    python examples/bake.py OUT_DIR [--version v1|v2|v3|v4 | --all]
 
 An image is a directory holding the app, a ``VERSION`` file and ``imm-image.json`` (the command
 the local provider runs, the health path, the declared data volumes). v3 also holds ``BROKEN``:
-its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back.
+its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back; v4 holds
+``HANG``: its ``/healthz`` accepts the connection and never answers (a check that hangs).
 
 The bake is deterministic: fixed contents and modes, no timestamps, so baking again gives the
 same content digest. When ``imm`` is importable the digest of each image is printed.
@@ -21,8 +22,9 @@ import tempfile
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-VERSIONS = ("v1", "v2", "v3")
+VERSIONS = ("v1", "v2", "v3", "v4")
 BROKEN_VERSIONS = frozenset({"v3"})
+HANGING_VERSIONS = frozenset({"v4"})
 IMAGE_SPEC = {"command": ["python3", "app.py"], "health_path": "/healthz", "volumes": ["data"]}
 
 
@@ -34,6 +36,8 @@ def image_files(version: str) -> dict[str, bytes]:
     }
     if version in BROKEN_VERSIONS:
         files["BROKEN"] = b"this image's /healthz answers 500 on purpose\n"
+    if version in HANGING_VERSIONS:
+        files["HANG"] = b"this image's /healthz never answers, on purpose\n"
     return files
 
 
@@ -67,7 +71,7 @@ def content_digest(path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Bake the sample app into local images.")
-    parser.add_argument("out_dir", type=Path, help="directory to write v1/, v2/, v3/ into")
+    parser.add_argument("out_dir", type=Path, help="directory to write v1/ ... v4/ into")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", choices=VERSIONS, help="bake only this version")
     which.add_argument("--all", action="store_true", help="bake every version (the default)")

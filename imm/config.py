@@ -20,7 +20,7 @@ DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
-    "max_body_bytes", "tcp", "log_level",
+    "max_body_bytes", "tcp", "log_level", "image_roots",
 }
 
 
@@ -45,6 +45,9 @@ class Settings:
     owner_is_admin: bool = True
     max_body_bytes: int = 1 << 20
     tcp: str = ""
+    # directories immd may read images from by path, for API clients that cannot pass a
+    # descriptor; none by default: immctl passes the image as an open descriptor
+    image_roots: list[Path] = field(default_factory=list)
     log_level: str = "info"
     ledger_origin: str = "imm.local/ledger"
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -123,6 +126,12 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     owner_is_admin = d.get("owner_is_admin", True)
     if not isinstance(owner_is_admin, bool):
         raise _err(source, f"daemon.owner_is_admin {owner_is_admin!r} must be true or false")
+    roots = d.get("image_roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r.startswith("/")
+                                              and "\0" not in r for r in roots):
+        raise _err(source, f"daemon.image_roots {roots!r} must be a list of absolute directory "
+                           "paths")
+    image_roots = [Path(os.path.realpath(r)) for r in roots]
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
@@ -143,7 +152,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     return Settings(
         source=source, state_dir=state, socket=sock, socket_mode=mode, socket_group=group,
         admin_group=str(d.get("admin_group", "imm-admin")), owner_is_admin=owner_is_admin,
-        max_body_bytes=max_body, tcp=tcp,
+        max_body_bytes=max_body, tcp=tcp, image_roots=image_roots,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), raw=data,

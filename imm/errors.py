@@ -90,6 +90,30 @@ class PayloadTooLarge(ImmError):
     exit_code = EXIT_USAGE
 
 
+class Unauthorized(ImmError):
+    """No identity could be established (a loopback TCP request without a valid token)."""
+
+    code = "unauthorized"
+    status = 401
+    exit_code = EXIT_FORBIDDEN
+
+
+class NoSpace(ImmError):
+    """The state directory's file system is full; the write was rolled back."""
+
+    code = "no-space"
+    status = 507
+    exit_code = EXIT_ERROR
+
+
+class StoreCorrupted(ImmError):
+    """The database file fails SQLite's integrity check: restore it from a backup."""
+
+    code = "store-corrupted"
+    status = 500
+    exit_code = EXIT_VERIFY_FAILED
+
+
 class Unavailable(ImmError):
     code = "unavailable"
     status = 503
@@ -134,7 +158,7 @@ ERROR_CLASSES: dict[str, type[ImmError]] = {
     cls.code: cls
     for cls in (
         ImmError, BadRequest, NotFound, Ambiguous, Conflict, Forbidden, PolicyRefused,
-        VerificationFailed, PayloadTooLarge, Unavailable, ProviderError, RouterError,
-        Unsupported, ConfigError, PluginError,
+        VerificationFailed, PayloadTooLarge, Unauthorized, NoSpace, StoreCorrupted, Unavailable,
+        ProviderError, RouterError, Unsupported, ConfigError, PluginError,
     )
 }

@@ -4,7 +4,14 @@ It listens on 127.0.0.1:$PORT (keep-alive, threaded, a deep accept backlog so a 
 bursts are not dropped) and answers:
 
 - ``GET /``        -> ``{"version": <VERSION file>, "instance": $IMM_INSTANCE_ID}``
-- ``GET /healthz`` -> 200 ``ok``; 500 ``broken`` when the image holds a ``BROKEN`` file (v3)
+- ``GET /healthz`` -> 200 ``ok``; 500 ``broken`` when the image holds a ``BROKEN`` file (v3);
+  no answer at all (the connection is accepted and left hanging) when it holds ``HANG`` (v4)
+
+Two settings slow it down, to test what happens in the middle of starting and stopping (give
+them to instances with the service's ``launch = { env = { ... } }``):
+
+- ``APP_START_DELAY_S``: seconds between the process starting and the port listening
+- ``APP_DRAIN_S``: on SIGTERM, seconds it keeps answering (``Connection: close``) before it stops
 
 Each start appends one line to ``$IMM_DATA_DIR/starts.log``: the data volume outlives instances,
 so the file shows the persistent layer surviving replacements. SIGTERM shuts it down cleanly.
@@ -21,11 +28,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 VERSION = (HERE / "VERSION").read_text(encoding="utf-8").strip()
 BROKEN = (HERE / "BROKEN").exists()
+HANG = (HERE / "HANG").exists()
 INSTANCE = os.environ.get("IMM_INSTANCE_ID", "")
 
 
@@ -46,6 +53,15 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/":
             status, ctype = 200, "application/json"
             body = json.dumps({"version": VERSION, "instance": INSTANCE}).encode() + b"\n"
+        elif path == "/healthz" and HANG:
+            # never answers; the thread ends when the checker gives up and hangs up
+            try:
+                while self.rfile.read(1):
+                    pass
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         elif path == "/healthz":
             status, ctype = (500, "text/plain") if BROKEN else (200, "text/plain")
             body = b"broken\n" if BROKEN else b"ok\n"
@@ -54,6 +70,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if getattr(self.server, "draining", False):
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if send_body:
             self.wfile.write(body)
@@ -67,6 +86,20 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 512
     daemon_threads = True
     allow_reuse_address = True
+    draining = False
+
+
+def seconds(name: str) -> float:
+    raw = os.environ.get(name, "0") or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        print(f"app: {name}={raw!r} is not a number of seconds", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not 0 <= value <= 3600:
+        print(f"app: {name}={raw!r} must be between 0 and 3600 seconds", file=sys.stderr)
+        raise SystemExit(2)
+    return value
 
 
 def record_start(port: int) -> None:
@@ -85,16 +118,30 @@ def main() -> int:
     except (KeyError, ValueError):
         print("app: set PORT to the TCP port to listen on", file=sys.stderr)
         return 2
+    start_delay, drain = seconds("APP_START_DELAY_S"), seconds("APP_DRAIN_S")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    if start_delay:
+        print(f"app {VERSION} instance={INSTANCE} starting: listening in {start_delay:g}s",
+              flush=True)
+        if stopping.wait(start_delay):
+            return 0
     server = Server(("127.0.0.1", port), Handler)
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        # shutdown() waits for serve_forever() to return: call it from another thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def stop() -> None:
+        stopping.wait()
+        if drain:
+            # keep answering, each answer closing its connection, then stop
+            server.draining = True
+            print(f"app {VERSION} instance={INSTANCE} draining for {drain:g}s", flush=True)
+            time.sleep(drain)
+        server.shutdown()  # waits for serve_forever() to return: called from this thread
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(target=stop, daemon=True).start()
     record_start(port)
     print(f"app {VERSION} instance={INSTANCE} listening on 127.0.0.1:{port}"
-          f"{' (BROKEN: /healthz answers 500)' if BROKEN else ''}", flush=True)
+          f"{' (BROKEN: /healthz answers 500)' if BROKEN else ''}"
+          f"{' (HANG: /healthz never answers)' if HANG else ''}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

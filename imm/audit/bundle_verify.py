@@ -96,6 +96,88 @@ def flatten(line: dict[str, Any], number: int) -> list[str]:
     return [cols[c] for c in CSV_COLUMNS]
 
 
+MAX_LINE_BYTES = 4 << 20  # a line holds one event or one signed record: kilobytes
+MAX_JSON_DEPTH = 32  # bundle lines nest a few levels
+MAX_KEY_BYTES = 64 << 10  # a PEM public key is a few hundred bytes
+
+
+class Refused(ValueError):
+    """The input is not something this verifier reads (not a regular file, over a limit):
+    bad input rather than a failed verification."""
+
+
+def open_regular(path: str | Path, what: str) -> Any:
+    """Open ``path`` for reading only if it is a regular file: a device, FIFO or socket
+    (``/dev/zero``, a pipe) would be read forever or block."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode)
+                    or stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                    "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise Refused(f"{what} {path} is {kind}; give a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_public_key(path: str | Path) -> Ed25519PublicKey:
+    """Load the Ed25519 public key PEM at ``path`` (a regular file of at most 64 KiB)."""
+    with open_regular(path, "key") as f:
+        data = f.read(MAX_KEY_BYTES + 1)
+    if len(data) > MAX_KEY_BYTES:
+        raise Refused(f"key {path} is larger than {MAX_KEY_BYTES // 1024} KiB, the limit for a "
+                      "PEM public key; give the file 'immctl keys export' wrote")
+    if b"-----BEGIN" not in data:
+        raise Refused(f"key {path} is not a PEM file (no '-----BEGIN' line); give the file "
+                      "'immctl keys export' wrote")
+    return load_public_key(data, str(path))
+
+
+def _limited_lines(f: Any) -> Iterator[bytes]:
+    """The lines of ``f``, refusing one longer than MAX_LINE_BYTES without reading it all."""
+    number = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise Refused(f"line {number} is longer than the limit of {MAX_LINE_BYTES} bytes; "
+                          "this is not a bundle 'immctl audit export' wrote")
+        yield raw
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests deeper than ``limit`` (brackets outside strings counted),
+    checked before parsing, which would recurse once per level."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
 def load_public_key(data: bytes, source: str = "key") -> Ed25519PublicKey:
     try:
         pub = serialization.load_pem_public_key(data)
@@ -233,6 +315,11 @@ class Verifier:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise _Fail("not UTF-8 text") from None
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and \
+                json_depth_exceeds(text, MAX_JSON_DEPTH):
+            raise Refused(f"{self.label} {self.lines} nests deeper than the limit of "
+                          f"{MAX_JSON_DEPTH} levels; this is not a bundle 'immctl audit "
+                          "export' wrote")
         try:
             line = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
         except _Fail:
@@ -380,7 +467,19 @@ class Verifier:
 def _csv_rows(f: Any, v: Verifier) -> Iterator[tuple[bytes | None, str, str | None]]:
     """``(JSON line bytes, where, problem)`` per CSV row, its columns checked against its JSON."""
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-    reader = csv.reader(text)
+
+    def lines() -> Iterator[str]:
+        while True:
+            line = text.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            if len(line) > MAX_LINE_BYTES:
+                raise Refused(f"a CSV row is longer than the limit of {MAX_LINE_BYTES} bytes; "
+                              "this is not a bundle 'immctl audit export' wrote")
+            yield line
+
+    csv.field_size_limit(MAX_LINE_BYTES)
+    reader = csv.reader(lines())
     try:
         head = next(reader, None)
     except (csv.Error, UnicodeDecodeError) as e:
@@ -404,8 +503,8 @@ def _csv_rows(f: Any, v: Verifier) -> Iterator[tuple[bytes | None, str, str | No
             continue
         try:
             parsed = json.loads(row[-1])
-        except ValueError:
-            parsed = None
+        except (ValueError, RecursionError):
+            parsed = None  # the line's own check below names what is wrong
         if isinstance(parsed, dict):
             expected = flatten(parsed, number)
             for col, got, want in zip(CSV_COLUMNS, row, expected, strict=True):
@@ -424,10 +523,13 @@ def verify_lines(lines: Iterable[bytes], pub: Ed25519PublicKey) -> Result:
 
 
 def verify_file(path: str | Path, pub: Ed25519PublicKey) -> Result:
-    """Verify a JSONL or CSV bundle (told apart by the first byte: ``{`` is JSON Lines)."""
-    with open(path, "rb") as f:
+    """Verify a JSONL or CSV bundle (told apart by the first byte: ``{`` is JSON Lines).
+
+    Raises :class:`Refused` for what is not a bundle at all: not a regular file, a line over
+    MAX_LINE_BYTES or nested deeper than MAX_JSON_DEPTH."""
+    with open_regular(path, "bundle") as f:
         if f.peek(1)[:1] in (b"{", b""):
-            return verify_lines(f, pub)
+            return verify_lines(_limited_lines(f), pub)
         v = Verifier(pub)
         try:
             for raw, where, problem in _csv_rows(f, v):

@@ -16,6 +16,7 @@ import hashlib
 import os
 import queue
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -313,3 +314,220 @@ def _kind_name(mode: int) -> str:
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e)
+
+
+# --- hashing through descriptors, with the caller's access ------------------------------------
+
+MAX_TREE_DEPTH = 256
+_ACL_XATTR = "system.posix_acl_access"
+_R, _W, _X = 4, 2, 1
+
+
+class Reader:
+    """Who asked for an image to be read: immd reads only what they could read themselves.
+
+    ``uid`` and ``groups`` come from the kernel (SO_PEERCRED, SO_PEERGROUPS of the caller's
+    connection). Root may read anything; everyone else by the mode bits and, when a file has
+    one, its POSIX access ACL, evaluated as the kernel does (acl(5))."""
+
+    def __init__(self, uid: int, groups: frozenset[int] | set[int]) -> None:
+        self.uid = uid
+        self.groups = frozenset(groups)
+
+    def may(self, fd: int, st: os.stat_result, need: int) -> bool:
+        if self.uid == 0:
+            return True
+        acl = _access_acl(fd)
+        if acl is not None:
+            return _acl_allows(acl, st, self.uid, self.groups, need)
+        if st.st_uid == self.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in self.groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & need == need
+
+
+def _access_acl(fd: int) -> list[tuple[int, int, int]] | None:
+    try:
+        raw = os.getxattr(fd, _ACL_XATTR)
+    except OSError:
+        return None  # no ACL (ENODATA), or a file system without them (ENOTSUP)
+    if len(raw) < 4 or (len(raw) - 4) % 8:
+        return []  # unreadable ACL: grants nothing
+    return [struct.unpack_from("<HHI", raw, off) for off in range(4, len(raw), 8)]
+
+
+def _acl_allows(acl: list[tuple[int, int, int]], st: os.stat_result, uid: int,
+                groups: frozenset[int], need: int) -> bool:
+    """The access check algorithm of acl(5)."""
+    user_obj, user, group_obj, group, mask, other = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+    masked = next((p for t, p, _ in acl if t == mask), 7)
+    if uid == st.st_uid:
+        return any(t == user_obj and p & need == need for t, p, _ in acl)
+    for t, p, i in acl:
+        if t == user and i == uid:
+            return p & masked & need == need
+    matched = False
+    for t, p, i in acl:
+        if (t == group_obj and st.st_gid in groups) or (t == group and i in groups):
+            matched = True
+            if p & masked & need == need:
+                return True
+    if matched:
+        return False
+    return any(t == other and p & need == need for t, p, _ in acl)
+
+
+def content_digest_fd(fd: int, shown: str, reader: Reader | None
+                      ) -> tuple[str, str, dict[str, Any] | None]:
+    """``(kind, digest, manifest)`` of an image read through the open descriptor ``fd`` (a
+    regular file or a directory); ``shown`` names it in messages.
+
+    Inside a directory every entry is opened relative to its parent (``openat`` with
+    ``O_NOFOLLOW``), so nothing swapped in for a symlink is followed, and, with a ``reader``,
+    every directory must be readable and searchable and every file readable by them: immd never
+    reads on a caller's behalf what the caller could not read. The caller's ``fd`` stays open.
+    """
+    st = os.fstat(fd)
+    flags = fd_flags(fd)
+    if flags & getattr(os, "O_PATH", 0) or flags & os.O_ACCMODE == os.O_WRONLY:
+        # an O_PATH descriptor needs no read permission to open: it proves nothing
+        raise BadRequest(f"{shown} was not opened for reading; pass a descriptor opened with "
+                         "O_RDONLY", detail={"path": shown})
+    if stat.S_ISREG(st.st_mode):
+        digest, _ = _hash_fd(fd, st, Path(shown), bytearray(CHUNK_SIZE), None)
+        return "file", digest, None
+    if stat.S_ISDIR(st.st_mode):
+        if reader is not None and not reader.may(fd, st, _R | _X):
+            raise _unreadable(shown, reader, "directory")
+        manifest = _tree_manifest_fd(fd, shown, reader)
+        return "tree", tree_digest(manifest), manifest
+    raise BadRequest(
+        f"{shown} is a {_kind_name(st.st_mode)}, not a regular file or directory; an image is "
+        "a disk file or a directory tree", detail={"path": shown})
+
+
+def fd_flags(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def _unreadable(shown: str, reader: Reader, what: str) -> BadRequest:
+    return BadRequest(
+        f"{shown}: you (uid {reader.uid}) cannot read this {what}, so immd will not read it for "
+        "you; make it readable to you or leave it out of the image", detail={"path": shown})
+
+
+def _tree_manifest_fd(root_fd: int, shown: str, reader: Reader | None) -> dict[str, Any]:
+    buf = bytearray(CHUNK_SIZE)
+    entries: list[dict[str, Any]] = []
+    # (directory fd, its relative path, the names in it still to visit); fds open = depth
+    stack: list[tuple[int, str, list[str]]] = [(root_fd, "", _names(root_fd, shown))]
+    try:
+        while stack:
+            dfd, rel_dir, names = stack[-1]
+            if not names:
+                stack.pop()
+                if dfd != root_fd:
+                    os.close(dfd)
+                continue
+            name = names.pop()
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            where = f"{shown}/{rel}"
+            _require_utf8(name, f"the name {os.fsencode(where)!r}")
+            try:
+                lst = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError as e:
+                raise BadRequest(f"cannot stat {where}: {_why(e)}", detail={"path": where}) from e
+            if stat.S_ISLNK(lst.st_mode):
+                try:
+                    target = os.readlink(name, dir_fd=dfd)
+                except OSError as e:
+                    raise BadRequest(f"cannot read symlink {where}: {_why(e)}",
+                                     detail={"path": where}) from e
+                _require_utf8(target, f"the target of symlink {where}")
+                entries.append({"path": rel, "type": "symlink", "target": target})
+            elif stat.S_ISDIR(lst.st_mode):
+                if len(stack) >= MAX_TREE_DEPTH:
+                    raise BadRequest(f"{where} is nested deeper than {MAX_TREE_DEPTH} "
+                                     "directories; an image tree may not be", detail={"path": where})
+                cfd = _open_at(dfd, name, where, os.O_DIRECTORY)
+                try:
+                    if reader is not None and not reader.may(cfd, os.fstat(cfd), _R | _X):
+                        raise _unreadable(where, reader, "directory")
+                    children = _names(cfd, where)
+                except BaseException:
+                    os.close(cfd)
+                    raise
+                entries.append({"path": rel, "type": "dir"})
+                stack.append((cfd, rel, children))
+            elif stat.S_ISREG(lst.st_mode):
+                ffd = _open_at(dfd, name, where, os.O_NONBLOCK)
+                try:
+                    fst = os.fstat(ffd)
+                    if not stat.S_ISREG(fst.st_mode):
+                        raise BadRequest(f"{where} changed while it was read; try again",
+                                         detail={"path": where})
+                    if reader is not None and not reader.may(ffd, fst, _R):
+                        raise _unreadable(where, reader, "file")
+                    digest, size = _hash_fd(ffd, fst, Path(where), buf, None)
+                finally:
+                    os.close(ffd)
+                entries.append({"path": rel, "type": "file",
+                                "mode": "0755" if fst.st_mode & stat.S_IXUSR else "0644",
+                                "size": size, "digest": digest})
+            else:
+                raise BadRequest(
+                    f"{where} is a {_kind_name(lst.st_mode)}; an image tree may hold only "
+                    "regular files, directories and symlinks: remove it from the image",
+                    detail={"path": where})
+    finally:
+        for dfd, _, _ in stack:
+            if dfd != root_fd:
+                os.close(dfd)
+    entries.sort(key=lambda e: e["path"].encode("utf-8"))
+    return {"version": TREE_MANIFEST_VERSION, "entries": entries}
+
+
+def _names(dfd: int, shown: str) -> list[str]:
+    try:
+        return sorted(os.listdir(dfd), reverse=True)
+    except OSError as e:
+        raise BadRequest(f"cannot list directory {shown}: {_why(e)}",
+                         detail={"path": shown}) from e
+
+
+def _open_at(dfd: int, name: str, where: str, extra: int) -> int:
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | extra
+    try:
+        return os.open(name, flags, dir_fd=dfd)
+    except OSError as e:
+        raise BadRequest(f"cannot open {where}: {_why(e)}", detail={"path": where}) from e
+
+
+def open_under_roots(path: str, roots: list[Path]) -> int:
+    """Open ``path`` for reading if it lies under one of the configured ``image_roots``."""
+    if not roots:
+        raise BadRequest(
+            f"immd reads an image only through a descriptor its caller passes, and no "
+            f"[daemon] image_roots are configured to read {path!r} from by path: run "
+            "'immctl image add PATH' (it opens the image with your own access), or configure "
+            "image_roots", detail={"path": path})
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        if real == root or root in real.parents:
+            break
+    else:
+        raise BadRequest(
+            f"{path} is not under any of the configured image_roots "
+            f"({', '.join(map(str, roots))}); run 'immctl image add PATH' instead, which "
+            "passes the image as an open descriptor", detail={"path": path})
+    try:
+        return os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError as e:
+        raise BadRequest(f"path {path} does not exist", detail={"path": path}) from e
+    except OSError as e:
+        raise BadRequest(f"cannot open {path}: {_why(e)}", detail={"path": path}) from e

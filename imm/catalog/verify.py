@@ -12,12 +12,16 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..store import Connection, query_one
+from ..errors import ImmError, StoreCorrupted
+from ..store import Connection, DatabaseError, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .keys import KeyRing
 from .manifest import image_digest
 from .merkle import MerkleLog
+
+CORRUPT_PAGE = ("the database file has a corrupted page ({}): this state cannot be trusted; "
+                "restore the database from a backup")
 
 Problem = dict[str, Any]
 
@@ -96,8 +100,20 @@ def check_row(conn: Connection, keyring: KeyRing, table: str,
 
 def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Re-check stored rows; a page SQLite cannot read is a verification failure too."""
     problems: list[Problem] = []
-    checked = 0
+    checked = [0]
+    try:
+        _verify_rows(conn, keyring, digest, progress, problems, checked)
+    except DatabaseError as e:
+        problems.append({"table": "(database)", "key": "(unreadable)",
+                         "ledger_index": None, "problem": CORRUPT_PAGE.format(e)})
+    return {"ok": not problems, "checked": checked[0], "problems": problems}
+
+
+def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
+                 progress: Callable[[int], None] | None, problems: list[Problem],
+                 checked: list[int]) -> None:
     for table in CHECKS:
         if digest is None:
             rows = _rows(conn, table)
@@ -105,15 +121,60 @@ def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
             rows = _rows(conn, table, "WHERE digest = ?", (digest,))
         else:
             continue
-        for row in rows:
-            problems.extend(check_row(conn, keyring, table, row))
-            checked += 1
-            if progress and checked % 10000 == 0:
-                progress(checked)
-    return {"ok": not problems, "checked": checked, "problems": problems}
+        try:
+            for row in rows:
+                problems.extend(check_row(conn, keyring, table, row))
+                checked[0] += 1
+                if progress and checked[0] % 10000 == 0:
+                    progress(checked[0])
+        except DatabaseError as e:
+            problems.append({"table": table, "key": "(unreadable)", "ledger_index": None,
+                             "problem": CORRUPT_PAGE.format(e)})
 
 
 def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+    """Recompute the ledger; a page SQLite cannot read is a verification failure too."""
+    try:
+        return _verify_ledger(conn, keyring, origin)
+    except (DatabaseError, ImmError) as e:
+        problem = (f"the stored ledger cannot be read ({e.message}); restore the database from "
+                   "a backup" if isinstance(e, ImmError) else CORRUPT_PAGE.format(e))
+        return {"ok": False, "size": None, "root": None, "checkpoint": {"present": None},
+                "problems": [{"index": "(unreadable)", "problem": problem}]}
+
+
+def check_ledger_head(conn: Connection, keyring: KeyRing, origin: str,
+                      path: Any) -> None:
+    """The cheap start-up check: the latest signed checkpoint verifies and the stored tree
+    has the root it signed at its size (O(log n) with the stored subtree hashes)."""
+    note = query_one(conn, "SELECT value FROM meta WHERE key='checkpoint'")
+    if note is None:
+        return
+    log = MerkleLog(conn)
+    size = log.size()
+    for kid in keyring.keyids():
+        pub = keyring.lookup(kid)
+        if pub is None:
+            continue
+        try:
+            _, cp_size, cp_root = checkpoint.verify(note["value"], origin, pub)
+        except ValueError:
+            continue
+        if cp_size > size:
+            why = f"the last signed checkpoint is at size {cp_size} but the ledger has {size}"
+        elif log.root(cp_size) != cp_root:
+            why = f"the ledger's root at size {cp_size} is not the one its checkpoint signed"
+        else:
+            return
+        break
+    else:
+        why = "the last checkpoint's signature does not verify with any known key"
+    raise StoreCorrupted(f"the ledger in {path} does not match its last signed checkpoint "
+                         f"({why}); immd will not start on it: restore {path} from a backup",
+                         detail={"file": str(path)})
+
+
+def _verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
     log = MerkleLog(conn)
     size = log.size()
     problems: list[Problem] = list(log.verify_all())

@@ -274,19 +274,20 @@ def cmd_export(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_verify(c: Client, a: argparse.Namespace) -> int:
-    from ..audit.bundle_verify import load_public_key, verify_file
+    from ..audit.bundle_verify import Refused, read_public_key, verify_file
 
     try:
-        with open(a.key, "rb") as f:
-            pub = load_public_key(f.read(), a.key)
+        pub = read_public_key(a.key)
     except OSError as e:
         raise _fail(f"cannot read key {a.key}: {e.strerror}", EXIT_USAGE) from None
-    except ValueError as e:
+    except ValueError as e:  # Refused, or not an Ed25519 PEM public key
         raise _fail(str(e), EXIT_USAGE) from None
     try:
         result = verify_file(a.file, pub)
     except OSError as e:
         raise _fail(f"cannot read bundle {a.file}: {e.strerror}", EXIT_USAGE) from None
+    except Refused as e:
+        raise _fail(f"{a.file}: {e}", EXIT_USAGE) from None
     if a.json:
         emit_json(result.to_dict())
     elif result.ok:

@@ -138,6 +138,14 @@ class UnixHTTPConnection:
         resp = Response(self._rfile)
         return resp
 
+    def send_fd(self, fd: int) -> None:
+        """Pass the open descriptor ``fd`` to the daemon (SCM_RIGHTS, on one byte)."""
+        import array
+
+        assert self.sock is not None
+        self.sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      array.array("i", [fd]).tobytes())])
+
 
 class DaemonUnreachable(Exception):
     pass
@@ -149,6 +157,16 @@ class Fail(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
+
+
+def ascii_int(text: str) -> int:
+    """An integer argument in ASCII digits (int() would take '٣' for 3)."""
+    import argparse
+
+    body = text[1:] if text.startswith("-") else text
+    if not body or not body.isascii() or not body.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (ASCII digits 0-9)")
+    return int(text)
 
 
 class ApiError(Exception):
@@ -169,7 +187,9 @@ class Client:
         self._conn: UnixHTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None,
-                query: dict[str, Any] | None = None) -> Any:
+                query: dict[str, Any] | None = None, pass_fd: int | None = None) -> Any:
+        """One API call; with ``pass_fd``, the open descriptor goes along: the daemon asks
+        for it with ``100 Continue`` once it has checked the request, and reads through it."""
         if query:
             q = {k: v for k, v in query.items() if v is not None}
             if q:
@@ -179,11 +199,16 @@ class Client:
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        if pass_fd is not None:
+            headers["X-Imm-Pass-Fd"] = "1"
         try:
             if self._conn is None:
                 self._conn = UnixHTTPConnection(self.socket_path, self.timeout)
             self._conn.request(method, path, body=payload, headers=headers)
             resp = self._conn.getresponse()
+            if resp.status == 100 and pass_fd is not None:
+                self._conn.send_fd(pass_fd)
+                resp = self._conn.getresponse()
             raw = resp.read()
             if resp.will_close:
                 self._conn.close()

@@ -16,12 +16,13 @@ from typing import Any
 from ..errors import (
     ERROR_CLASSES,
     EXIT_ERROR,
+    EXIT_FORBIDDEN,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
-from . import audit_cmds, rollout_cmds
-from .client import ApiError, Client, DaemonUnreachable, Fail, seg
+from . import audit_cmds, rollout_cmds, token_cmds
+from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
 from .render import block, emit_json, short, table
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -103,14 +104,38 @@ def show_image(img: dict[str, Any]) -> None:
         table(arts, [("provider", "  PROVIDER"), ("region", "REGION"), ("image_id", "IMAGE ID")])
 
 
+def open_image(path: str) -> int:
+    """Open an image file or directory with the caller's own access: immd reads through this
+    descriptor, never by path, so it reads nothing the caller could not."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Fail(f"path {path} does not exist; give the disk image file or image directory",
+                   EXIT_USAGE) from None
+    except PermissionError:
+        raise Fail(f"cannot read {path}: permission denied; immd reads an image with your own "
+                   "access, so you must be able to read it", EXIT_FORBIDDEN) from None
+    except OSError as e:
+        raise Fail(f"cannot open {path}: {e.strerror}", EXIT_USAGE) from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise Fail(f"{path} is not a regular file or directory; an image is a disk file or a "
+                   "directory tree", EXIT_USAGE)
+    return fd
+
+
 def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
     path = os.path.abspath(a.path)
-    if not os.path.exists(path):
-        raise Fail(f"path {a.path} does not exist; give the disk image file or image directory",
-                   EXIT_USAGE)
-    r = c.request("POST", "/v1/images", {
-        "path": path, "name": a.name, "version": a.version, "layers": a.layer,
-        "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label})
+    fd = open_image(path)
+    try:
+        r = c.request("POST", "/v1/images", {
+            "path": path, "name": a.name, "version": a.version, "layers": a.layer,
+            "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label}, pass_fd=fd)
+    finally:
+        os.close(fd)
     if a.json:
         emit_json(r)
     else:
@@ -322,7 +347,8 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
         print(f"ok: {r['size']} leaves, root {r['root']}; checkpoint at size "
               f"{cp.get('size')} verifies and matches")
     else:
-        print(f"FAILED: {len(r['problems'])} problem(s) in {r['size']} leaves", file=sys.stderr)
+        where = "the ledger" if r["size"] is None else f"{r['size']} leaves"
+        print(f"FAILED: {len(r['problems'])} problem(s) in {where}", file=sys.stderr)
         for p in r["problems"]:
             where = (f"leaf {p['index']}" if "index" in p else
                      f"checkpoint {p.get('checkpoint')}" if "checkpoint" in p else
@@ -400,7 +426,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add(img, "list", cmd_image_list, "list images")
     sp.add_argument("--name")
     sp.add_argument("--status", choices=["active", "revoked"])
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=ascii_int, default=100)
     sp.add_argument("--all", action="store_true", help="every image, page by page")
     sp = add(img, "show", cmd_image_show, "show one image")
     sp.add_argument("ref")
@@ -435,15 +461,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     led = group("ledger", "the Merkle ledger of every signed record")
     add(led, "head", cmd_ledger_head, "size, root and the signed checkpoint")
     sp = add(led, "proof", cmd_ledger_proof, "inclusion proof of a leaf")
-    sp.add_argument("--index", type=int, required=True)
-    sp.add_argument("--size", type=int)
+    sp.add_argument("--index", type=ascii_int, required=True)
+    sp.add_argument("--size", type=ascii_int)
     sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes")
-    sp.add_argument("--from", dest="from_", type=int, required=True)
-    sp.add_argument("--to", type=int)
+    sp.add_argument("--from", dest="from_", type=ascii_int, required=True)
+    sp.add_argument("--to", type=ascii_int)
     add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
 
     rollout_cmds.register(sub, add, group)
     audit_cmds.register(sub, add, group)
+    token_cmds.register(sub, add, group)
     return p
 
 

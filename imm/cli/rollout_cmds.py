@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import EXIT_ERROR
 from ..rollout.states import ABORT, COMPLETED, PAUSE, PROMOTE, RESUME, STRATEGIES, TERMINAL
-from .client import Client, seg
+from .client import Client, ascii_int, seg
 from .render import block, emit_json, short, table
 
 
@@ -182,7 +182,7 @@ def register(sub: Any, add: Any, group: Any) -> None:
         sp.add_argument("id")
     sp = add(ro, "list", cmd_list, "recent rollouts")
     sp.add_argument("--service")
-    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("--limit", type=ascii_int, default=20)
     for name, text in ((PAUSE, "stop advancing after the current step"),
                        (RESUME, "carry on a paused rollout"),
                        (PROMOTE, "skip the remaining canary steps and pauses"),

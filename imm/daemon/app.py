@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import routes, routes_audit, routes_rollout
+from . import routes, routes_audit, routes_rollout, routes_tokens
 from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
 
 # the whole API, which the OpenAPI document describes
-ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES]
+ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES, *routes_tokens.ROUTES]
 
 
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(
         client_max_size=daemon.settings.max_body_bytes,
         middlewares=make_middlewares(lambda: daemon.settings.admin_rule,
-                                     daemon.metrics.observe),
+                                     daemon.metrics.observe, tokens=lambda: daemon.tokens,
+                                     state_dir=lambda: daemon.settings.state_dir),
     )
     app[DAEMON] = daemon
     app.cleanup_ctx.append(daemon.lifecycle)

@@ -1,8 +1,12 @@
 """Who is on the other end of the socket, and may they change things.
 
-Unix socket peers are identified by ``SO_PEERCRED`` (kernel-attested uid/gid/pid). Loopback TCP
-peers (only when ``daemon.tcp`` is configured) are identified like identd does: the kernel's
-socket table in ``/proc/net/tcp{,6}`` names the uid owning the peer's end of the connection.
+A unix socket peer is identified once, from what the kernel recorded when it connected:
+``SO_PEERCRED`` (uid, gid, pid) and ``SO_PEERGROUPS`` (its supplementary groups). Nothing is
+ever looked up later by pid: a pid is recycled once its process exits, so ``/proc/<pid>`` may
+describe somebody else by the time a request arrives. The actor's name is resolved once too.
+
+A loopback TCP peer has no credentials the kernel will vouch for: it must present a bearer
+token minted over the unix socket (see :mod:`imm.daemon.tokens`).
 
 Admins (root, the daemon's own user, members of ``admin_group``) may change things; every other
 peer that can reach the socket may only read.
@@ -17,10 +21,15 @@ import pwd
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import AdminRule
 
-__all__ = ["AdminRule", "Peer", "is_admin", "make_peer", "tcp_peer", "unix_peer"]
+__all__ = ["AdminRule", "Peer", "is_admin", "make_peer", "peer_credentials", "unix_peer"]
+
+# Linux's SO_PEERGROUPS (asm-generic/socket.h); Python does not name it.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_MAX_GROUPS = 65536  # NGROUPS_MAX on Linux
 
 
 def is_admin(uid: int, groups: set[int] | frozenset[int], rule: AdminRule,
@@ -40,13 +49,9 @@ class Peer:
     pid: int | None
     groups: frozenset[int]
     admin: bool
-
-    @property
-    def user(self) -> str:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return f"uid{self.uid}"
+    user: str = ""
+    via: str = "socket"  # "socket", or "token <id>" for a loopback TCP request
+    scope: str = ""  # a token's scope ("read" or "admin"); empty on the socket
 
     @property
     def actor(self) -> str:
@@ -54,18 +59,15 @@ class Peer:
         return f"{self.user} (uid {self.uid})"
 
 
-def _proc_groups(pid: int) -> set[int]:
+def user_name(uid: int) -> str:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except OSError:
-        pass
-    return set()
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
 
 
-def _user_groups(uid: int, gid: int) -> set[int]:
+def account_groups(uid: int, gid: int) -> set[int]:
+    """Groups of ``uid`` in the account database (for immd itself, never for a peer)."""
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -85,47 +87,40 @@ def _admin_gid(admin_group: str) -> int | None:
         return None
 
 
-def make_peer(uid: int, gid: int, pid: int | None, rule: AdminRule) -> Peer:
-    groups = _proc_groups(pid) if pid else set()
-    if not groups:
-        groups = _user_groups(uid, gid)
-    groups.add(gid)
-    admin = is_admin(uid, groups, rule, os.geteuid())
-    return Peer(uid=uid, gid=gid, pid=pid, groups=frozenset(groups), admin=admin)
+def make_peer(uid: int, gid: int, pid: int | None, rule: AdminRule,
+              groups: set[int] | frozenset[int] | None = None) -> Peer:
+    """A peer from credentials already established; ``groups`` None means the account
+    database's groups of ``uid`` (used for immd's own identity only)."""
+    gs = set(groups) if groups is not None else account_groups(uid, gid)
+    gs.add(gid)
+    admin = is_admin(uid, gs, rule, os.geteuid())
+    return Peer(uid=uid, gid=gid, pid=pid, groups=frozenset(gs), admin=admin,
+                user=user_name(uid))
 
 
-def unix_peer(sock: socket.socket, rule: AdminRule) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+def peer_groups(sock: Any) -> frozenset[int]:
+    """The supplementary groups the kernel recorded for the peer when it connected."""
+    size = 256 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == 34 and size < _MAX_GROUPS * 4:  # ERANGE: more groups than room
+                size *= 4
+                continue
+            raise
+        n = len(raw) // 4
+        return frozenset(struct.unpack(f"{n}I", raw[:n * 4]))
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int, frozenset[int]]:
+    """``(pid, uid, gid, groups)`` of a unix socket peer, as the kernel saw it at connect."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                          struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return make_peer(uid, gid, pid, rule)
+    return pid, uid, gid, peer_groups(sock)
 
 
-def _hex_addr(host: str, port: int, family: int) -> str:
-    packed = socket.inet_pton(family, host)
-    if family == socket.AF_INET:
-        return f"{struct.unpack('<I', packed)[0]:08X}:{port:04X}"
-    words = struct.unpack("<4I", struct.unpack(">16s", packed)[0])
-    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
-
-
-def tcp_peer(peer: tuple[str, int], local: tuple[str, int], family: int,
-             rule: AdminRule) -> Peer | None:
-    """The uid of the process holding the other end of a loopback TCP connection."""
-    table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
-    want_local = _hex_addr(peer[0], peer[1], family)
-    want_remote = _hex_addr(local[0], local[1], family)
-    try:
-        with open(table) as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                if parts[1] == want_local and parts[2] == want_remote:
-                    uid = int(parts[7])
-                    try:
-                        gid = pwd.getpwuid(uid).pw_gid
-                    except KeyError:
-                        gid = -1
-                    return make_peer(uid, gid, None, rule)
-    except OSError:
-        return None
-    return None
+def unix_peer(sock: Any, rule: AdminRule) -> Peer:
+    pid, uid, gid, groups = peer_credentials(sock)
+    return make_peer(uid, gid, pid, rule, groups)

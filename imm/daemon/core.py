@@ -23,11 +23,11 @@ from ..audit.facts import RolloutLookup
 from ..audit.schema import SCHEMA as AUDIT_SCHEMA
 from ..audit.sweep import Auditor
 from ..catalog import packer
-from ..catalog.digest import content_digest
+from ..catalog.digest import Reader, content_digest_fd, open_under_roots
 from ..catalog.keys import KeyRing
 from ..catalog.schema import SCHEMA as CATALOG_SCHEMA
 from ..catalog.service import Catalog
-from ..catalog.verify import verify_ledger, verify_rows
+from ..catalog.verify import check_ledger_head, verify_ledger, verify_rows
 from ..config import Settings
 from ..context import Context, Timings
 from ..errors import BadRequest, ConfigError
@@ -38,6 +38,7 @@ from ..rollout.engine import Engine
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
 from ..store.sqlite import Database
 from .metrics import Metrics
+from .tokens import TokenStore
 
 log = logging.getLogger("imm.daemon")
 
@@ -59,6 +60,7 @@ class Daemon:
         self.context: Context
         self.engine: Engine
         self.auditor: Auditor
+        self.tokens: TokenStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -76,6 +78,8 @@ class Daemon:
             log.info("applied migrations: %s", ", ".join(applied))
         self.catalog = Catalog(self.keyring, s.ledger_origin)
         self.db.write_sync(self.catalog.init_keys, actor)
+        self.db.read_sync(check_ledger_head, self.keyring, s.ledger_origin, s.db_path)
+        self.tokens = TokenStore(s.state_dir / "tokens.json")
         block = s.plugins.get("block", [])
         if not isinstance(block, list):
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
@@ -110,17 +114,30 @@ class Daemon:
 
     # -- catalog operations that need more than one transaction -------------------------------
 
-    async def add_image(self, actor: str, path: str, spec: dict[str, Any]) -> dict[str, Any]:
-        p = Path(path)
-        if not p.is_absolute():
-            raise BadRequest(f"path {path!r} must be absolute (immctl makes it so)")
-        kind, digest, _manifest = await asyncio.to_thread(content_digest, p)
-        artifacts: list[tuple[str, str, str]] = []
-        if kind == "tree":
-            for name, provider in self.context.providers.items():
-                if provider.supports(Feature.STORE_IMAGE):
-                    image_id = await provider.store_image(p, digest)
-                    artifacts.append((name, "local", image_id))
+    async def add_image(self, actor: str, path: str, spec: dict[str, Any], fd: int | None = None,
+                        reader: Reader | None = None) -> dict[str, Any]:
+        """Register the image the caller passed as the open descriptor ``fd`` (read with the
+        ``reader``'s access), or, without one, the one at ``path`` under ``image_roots``. The
+        descriptor is closed here, whatever happens."""
+        try:
+            if not path.startswith("/"):
+                raise BadRequest(f"path {path!r} must be absolute (immctl makes it so)")
+            if fd is None:
+                fd = await asyncio.to_thread(open_under_roots, path, self.settings.image_roots)
+            kind, digest, _manifest = await asyncio.to_thread(content_digest_fd, fd, path,
+                                                              reader)
+            artifacts: list[tuple[str, str, str]] = []
+            if kind == "tree":
+                # what the provider copies is checked against ``digest`` on the copy, and
+                # ``digest`` covers only what the reader could read
+                p = Path(f"/proc/self/fd/{fd}")
+                for name, provider in self.context.providers.items():
+                    if provider.supports(Feature.STORE_IMAGE):
+                        image_id = await provider.store_image(p, digest)
+                        artifacts.append((name, "local", image_id))
+        finally:
+            if fd is not None:
+                os.close(fd)
         result = await self.db.write(self.catalog.add_image, actor, content_digest=digest,
                                      content_kind=kind, artifacts=artifacts, **spec)
         self.metrics.inc("images_added" if result["created"] else "images_add_noop")

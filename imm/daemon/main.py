@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import grp
+import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -33,6 +37,166 @@ from .auth import _admin_gid, make_peer
 from .core import Daemon
 
 log = logging.getLogger("imm.daemon")
+
+# The accept queue of every listening socket. immd accepts connections itself (see Admission):
+# aiohttp's sites would call listen() again with their default of 128, and a burst of a few
+# hundred clients would overflow the queue and be refused (EAGAIN on a unix socket, which
+# asyncio clients report as a reset). The kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
+# File descriptors kept for immd's own work (database connections of its worker threads, log
+# files, haproxy sockets, instances' pipes, cloud connections) when client connections are
+# counted against the open-file limit.
+FD_RESERVE = 128
+# Connections being told 503 at once; past this, immd stops accepting for a moment and the
+# clients wait in the accept queue.
+BUSY_SLOTS = 32
+
+
+class _Counted(asyncio.Protocol):
+    """Forwards every event to aiohttp's protocol and holds a slot while the connection lasts."""
+
+    __slots__ = ("_gate", "_inner")
+
+    def __init__(self, gate: Admission, inner: asyncio.Protocol) -> None:
+        self._gate, self._inner = gate, inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.release(busy=False)
+        self._inner.connection_lost(exc)
+
+
+class _Busy(asyncio.Protocol):
+    """Answers one request with 503 and a JSON body saying why, then hangs up. It reads the
+    request head first: closing a socket with unread input resets the connection, and the
+    client would see a reset instead of the answer."""
+
+    def __init__(self, gate: Admission) -> None:
+        self._gate = gate
+        self._head = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(2, self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        self._head = (self._head + data)[-4096:]
+        if b"\r\n\r\n" in self._head or b"\n\n" in self._head:
+            self._answer()
+
+    def eof_received(self) -> bool | None:
+        self._answer()
+        return None
+
+    def _answer(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        body = self._gate.busy_body
+        self._transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+        self._gate.release(busy=True)
+
+
+class Admission:
+    """Accepts the connections of every listening socket and hands them to aiohttp while fewer
+    than ``limit`` are open. Past the limit a connection is answered 503 with a body that says
+    why; past ``BUSY_SLOTS`` such answers at once, immd stops accepting until a slot frees and
+    the clients wait in the accept queue. Either way the open-file limit is never reached, and
+    immd keeps the descriptors its own work needs: a request that could not open the database
+    would end in a 500."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
+        self._factory = factory
+        self.limit = limit
+        self.open = 0
+        self.busy = 0
+        self.refused = 0
+        self._freed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._socks: list[socket.socket] = []
+        self.busy_body = json.dumps({"error": {
+            "code": "busy", "detail": {"limit": limit},
+            "message": f"immd is serving {limit} connections, its limit (the open-file limit "
+                       f"less {FD_RESERVE}); retry in a moment, or raise LimitNOFILE= in its "
+                       "service unit"}}).encode()
+
+    def release(self, busy: bool) -> None:
+        if busy:
+            self.busy -= 1
+        else:
+            self.open -= 1
+        self._freed.set()
+
+    def serve(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._socks.append(sock)
+        self._tasks.append(asyncio.create_task(self._accept(sock)))
+
+    async def close(self) -> None:
+        """Stop accepting; the open connections are aiohttp's to finish."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in self._socks:
+            sock.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self.open >= self.limit and self.busy >= BUSY_SLOTS:
+                self._freed.clear()
+                await self._freed.wait()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("not accepting connections for a second: %s (%d client "
+                            "connections open)", e.strerror, self.open + self.busy)
+                await asyncio.sleep(1)
+                continue
+            conn.setblocking(False)
+            proto: asyncio.Protocol
+            if self.open < self.limit:
+                self.open += 1
+                proto = _Counted(self, self._factory())
+            else:
+                self.busy += 1
+                self.refused += 1
+                if self.refused == 1 or self.refused % 1000 == 0:
+                    log.warning("%d client connections open, the limit: answering 503 to new "
+                                "ones (%d so far)", self.open, self.refused)
+                proto = _Busy(self)
+            try:
+                await loop.connect_accepted_socket(lambda p=proto: p, conn)  # type: ignore[misc]
+            except OSError:
+                conn.close()
+                self.release(busy=isinstance(proto, _Busy))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +233,22 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.server").addFilter(_BadRequestLine())
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft limit on open files to the hard one: each client connection holds a file
+    descriptor, and the usual soft limit of 1024 is below a burst of a thousand readers. Returns
+    the limit in force (the service unit's ``LimitNOFILE=`` sets the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
 def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
@@ -91,8 +271,22 @@ def bind_unix(path: Path, mode: int, group: str) -> socket.socket:
     if group:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
     os.chmod(path, mode)
-    sock.listen(512)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"daemon.tcp {host}:{port}: cannot listen there ({e.strerror}); "
+                          "pick a free loopback port") from None
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -102,30 +296,31 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     if args.log_level:
         settings.log_level = args.log_level
     logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    files = raise_fd_limit()
     me = make_peer(os.geteuid(), os.getegid(), os.getpid(), settings.admin_rule)
     daemon = Daemon(settings)
     await asyncio.to_thread(daemon.open, f"{me.actor} immd start")
     app = make_app(daemon)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=20)
     await runner.setup()
+    assert runner.server is not None
+    gate = Admission(runner.server, max(1, files - FD_RESERVE - BUSY_SLOTS))
     handed = systemd.listen_fds()
     bound: Path | None = None
     if handed:
         for sock in handed:
-            sock.setblocking(False)
-            await web.SockSite(runner, sock).start()
+            gate.serve(sock)
         where = f"socket-activated fd(s) {[s.fileno() for s in handed]}"
     else:
-        sock = bind_unix(settings.socket, settings.socket_mode, settings.socket_group)
+        gate.serve(bind_unix(settings.socket, settings.socket_mode, settings.socket_group))
         bound = settings.socket
-        await web.SockSite(runner, sock).start()
         where = str(settings.socket)
     if settings.tcp:
         host, _, port = settings.tcp.rpartition(":")
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        gate.serve(bind_tcp(host.strip("[]"), int(port)))
         where += f" and tcp {settings.tcp}"
-    log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
-             daemon.keyring.keyid[:16])
+    log.info("immd %s serving on %s (state %s, key %s, up to %d connections)", __version__,
+             where, settings.state_dir, daemon.keyring.keyid[:16], gate.limit)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,6 +356,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
+    await gate.close()  # no new connections; runner.cleanup() finishes the open ones
     await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
     await asyncio.to_thread(daemon.close)
     if bound is not None:

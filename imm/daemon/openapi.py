@@ -15,6 +15,44 @@ ERROR = {
 }
 
 
+def _link(op: str, **params: str) -> dict[str, Any]:
+    return {"operationId": op, "parameters": params}
+
+
+_BY_DIGEST = "$response.body#/digest"
+_SAME_REF = "$request.path.ref"
+# OpenAPI links: what a client (or a stateful fuzzer) can do next with what an answer returned.
+# Keyed by (method, path); they sit on the operation's success responses.
+LINKS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/images"): {
+        "ShowImage": _link("get_images_show", ref=_BY_DIGEST),
+        "RevokeImage": _link("post_images_revoke", ref=_BY_DIGEST),
+        "RestoreImage": _link("post_images_restore", ref=_BY_DIGEST),
+        "AddArtifact": _link("post_artifacts_add", ref=_BY_DIGEST),
+        "VerifyImage": {"operationId": "get_images_verify",
+                        "parameters": {"query.ref": _BY_DIGEST}},
+    },
+    ("POST", "/v1/images/{ref}/revoke"): {
+        "ShowImage": _link("get_images_show", ref=_SAME_REF),
+        "RestoreImage": _link("post_images_restore", ref=_SAME_REF),
+    },
+    ("POST", "/v1/images/{ref}/restore"): {
+        "ShowImage": _link("get_images_show", ref=_SAME_REF),
+        "RevokeImage": _link("post_images_revoke", ref=_SAME_REF),
+    },
+    ("POST", "/v1/images/{ref}/artifacts"): {
+        "ShowImage": _link("get_images_show", ref=_SAME_REF),
+    },
+    ("PUT", "/v1/channels/{name}"): {
+        "ShowChannel": _link("get_channels_show", name="$request.path.name"),
+        "ChannelHistory": _link("get_channels_history", name="$request.path.name"),
+    },
+    ("POST", "/v1/rollouts"): {
+        "ShowRollout": _link("get_rollouts_show", id="$response.body#/id"),
+    },
+}
+
+
 def document(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
@@ -36,6 +74,11 @@ def document(routes: list[Route]) -> dict[str, Any]:
                 "application/json": {"schema": {"type": "object"}}}}
             op["responses"]["403"] = {"description": "The peer is not an admin", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        links = LINKS.get((r.method, r.path))
+        if links:
+            for code in ("200", "201"):
+                if code in op["responses"]:
+                    op["responses"][code]["links"] = links
         params = []
         for name in re.findall(r"{(\w+)}", r.path):
             spec = r.query.get(name, {})

@@ -10,10 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..catalog.digest import Reader
 from ..catalog.manifest import parse_label, parse_layer
 from ..errors import BadRequest
 from .core import Daemon
-from .http import body, field, json_response, query_int
+from .http import FD_HEADER, body, field, json_response, path_int, query_int, receive_fd
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 H = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -113,9 +114,22 @@ def _layers(value: Any) -> list[dict[str, Any]]:
     return out
 
 
+MAX_PATH_BYTES = 4096  # PATH_MAX
+
+
+def path_field(data: dict[str, Any], name: str) -> str:
+    """An absolute path from a request body (NUL and surrogates are refused by ``body``)."""
+    path = field(data, name, str, required=True)
+    if not path.startswith("/"):
+        raise BadRequest(f"path {path!r} must be absolute (immctl makes it so)")
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise BadRequest(f"path {path[:60]!r}… is longer than {MAX_PATH_BYTES} bytes")
+    return path
+
+
 async def images_add(request: web.Request) -> web.Response:
     data = await body(request)
-    path = field(data, "path", str, required=True)
+    path = path_field(data, "path")
     actions = field(data, "boot_actions", list, default=[])
     if not all(isinstance(a, str) for a in actions):
         raise BadRequest("field 'boot_actions' must be a list of strings")
@@ -127,7 +141,12 @@ async def images_add(request: web.Request) -> web.Response:
         "parent": field(data, "parent", str),
         "labels": _labels(data.get("labels")),
     }
-    result = await d(request).add_image(actor(request), path, spec)
+    fd, reader = None, None
+    if request.headers.get(FD_HEADER) == "1":
+        peer = request["peer"]
+        fd = await receive_fd(request)
+        reader = Reader(peer.uid, peer.groups)
+    result = await d(request).add_image(actor(request), path, spec, fd=fd, reader=reader)
     return json_response(result, status=201 if result["created"] else 200)
 
 
@@ -135,9 +154,13 @@ async def images_import_packer(request: web.Request) -> web.Response:
     data = await body(request)
     text = field(data, "manifest", str, required=True)
     source = field(data, "source", str, default="packer manifest")
-    images = await d(request).import_packer(
-        actor(request), text, source, field(data, "name", str), field(data, "version", str),
-        field(data, "all_runs", bool, default=False))
+    try:
+        images = await d(request).import_packer(
+            actor(request), text, source, field(data, "name", str),
+            field(data, "version", str), field(data, "all_runs", bool, default=False))
+    except RecursionError:
+        raise BadRequest(f"{source}: the Packer manifest nests too deeply to be one; give the "
+                         "manifest post-processor's file") from None
     created = any(i["created"] for i in images)
     return json_response({"images": images}, status=201 if created else 200)
 
@@ -250,10 +273,8 @@ async def ledger_consistency(request: web.Request) -> web.Response:
 
 async def ledger_leaf(request: web.Request) -> web.Response:
     dm = d(request)
-    raw = request.match_info["index"]
-    if not raw.isdigit():
-        raise BadRequest(f"leaf index {raw!r} is not a non-negative integer")
-    return json_response(await dm.db.read(dm.catalog.leaf, int(raw)))
+    index = path_int(request, "index", "leaf index")
+    return json_response(await dm.db.read(dm.catalog.leaf, index))
 
 
 async def ledger_verify(request: web.Request) -> web.Response:

@@ -136,8 +136,15 @@ class Steps:
         """Ask the ``imm_health_gate`` plugins; any refusal fails the step."""
         view = {"id": r["id"], "service": svc.name, "image": r["digest"],
                 "strategy": r["strategy"]}
-        refusals = await self.ctx.plugins.health_gate(
-            view, {"name": step["name"], "op": step["op"]}, [i.to_dict() for i in instances])
+        # A gate that hangs (an analysis query that never returns) fails like one that says no:
+        # the rollout never waits past its health timeout.
+        try:
+            refusals = await asyncio.wait_for(self.ctx.plugins.health_gate(
+                view, {"name": step["name"], "op": step["op"]}, [i.to_dict() for i in instances]),
+                svc.health_timeout_s)
+        except TimeoutError:
+            raise StepFailed(f"health gate at {step['name']} gave no verdict within the "
+                             f"service's health_timeout_s ({svc.health_timeout_s:g}s)") from None
         if refusals:
             raise StepFailed(f"health gate at {step['name']} failed: "
                              + "; ".join(str(x) for x in refusals))

@@ -9,6 +9,7 @@ it every package's schema); another backend goes beside it without a change to t
 from .base import (
     Connection,
     Cursor,
+    DatabaseError,
     IntegrityError,
     Migration,
     Schema,
@@ -18,5 +19,5 @@ from .base import (
     query_one,
 )
 
-__all__ = ["Connection", "Cursor", "IntegrityError", "Migration", "Schema", "execute_script",
+__all__ = ["Connection", "Cursor", "DatabaseError", "IntegrityError", "Migration", "Schema", "execute_script",
            "now", "query", "query_one"]

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 # A unique or foreign-key constraint refused a write. Backends raise this class (or a
 # subclass): the SQLite driver's own; a PostgreSQL wrapper re-raises psycopg's as it.
 IntegrityError = sqlite3.IntegrityError
+# The database file itself cannot be read (a corrupted page): verifiers report it as a failed
+# verification rather than crash. Backends raise this class (or a subclass) likewise.
+DatabaseError = sqlite3.DatabaseError
 
 
 class Cursor(Protocol):

@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import NoSpace, StoreCorrupted
 from .base import Connection, Migration, Schema
 
 T = TypeVar("T")
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -76,11 +78,44 @@ def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, **kw
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, *args, **kw)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk during COMMIT does)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
+
+
+def restore_hint(path: Path) -> str:
+    return (f"stop immd, move {path} (with its -wal and -shm files) aside, and put the latest "
+            f"backup in its place (sqlite3 BACKUP '.backup {path}' makes one from a copy "
+            "taken with '.backup'); then start immd and run 'immctl ledger verify'")
+
+
+def store_error(e: sqlite3.DatabaseError, path: Path) -> Exception:
+    """An imm error for what SQLite says about the file itself (full disk, corruption)."""
+    code = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code == SQLITE_FULL:
+        return NoSpace(f"no space left under {path.parent}; nothing was written. Free space "
+                       "there and try again")
+    if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return StoreCorrupted(f"the database {path} is corrupted ({e}): {restore_hint(path)}",
+                              detail={"file": str(path)})
+    return e
+
+
+def quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite's quick_check (every page and index entry is well formed, in O(N)); refuse a
+    corrupted file with a message naming it and how to restore it."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as e:
+        rows = [str(e)]
+    if rows != ["ok"]:
+        raise StoreCorrupted(
+            f"the database {path} is corrupted (SQLite quick_check: {'; '.join(rows)[:400]}); "
+            f"immd will not start on it: {restore_hint(path)}", detail={"file": str(path)})
 
 
 class Database:
@@ -117,31 +152,55 @@ class Database:
     def open(self) -> list[str]:
         """Create the file and apply pending migrations (blocking; call before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self._writer.submit(lambda: migrate(self._wconn(), self.schemas)).result()
+        existed = self.path.exists()
+
+        def start() -> list[str]:
+            conn = self._wconn()
+            if existed:
+                quick_check(conn, self.path)
+            return migrate(conn, self.schemas)
+
+        return self._writer.submit(self._mapped, start).result()
+
+    def _mapped(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        try:
+            return fn(*args, **kw)
+        except sqlite3.DatabaseError as e:
+            mapped = store_error(e, self.path)
+            if mapped is e:
+                raise
+            raise mapped from None
 
     async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(conn, *args)`` in the writer thread inside one transaction."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._writer, lambda: transaction(self._wconn(), fn, *args, **kw)
+            self._writer, lambda: self._mapped(transaction, self._wconn(), fn, *args, **kw)
         )
 
     async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread (a consistent snapshot per call)."""
         loop = asyncio.get_running_loop()
 
-        def run() -> T:
-            conn = self._rconn()
-            conn.execute("BEGIN")
-            try:
-                return fn(conn, *args, **kw)
-            finally:
+        return await loop.run_in_executor(
+            self._readers, lambda: self._mapped(self._read, fn, *args, **kw))
+
+    def _read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        conn = self._rconn()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args, **kw)
+        finally:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-        return await loop.run_in_executor(self._readers, run)
+    def read_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``read`` for start-up code that runs before the event loop serves."""
+        return self._readers.submit(lambda: self._mapped(self._read, fn, *args, **kw)).result()
 
     def write_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return self._writer.submit(lambda: transaction(self._wconn(), fn, *args, **kw)).result()
+        return self._writer.submit(
+            lambda: self._mapped(transaction, self._wconn(), fn, *args, **kw)).result()
 
     def close(self) -> None:
         if self._closed:

@@ -51,7 +51,10 @@ ROUTE_DEFAULTS: dict[str, Any] = {
     "balance": "roundrobin",
     "default_port": 80,
 }
-ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s"}
+# check_timeout_ms: how long one health check may wait for its answer before it counts as a
+# failure (haproxy's 'timeout check' for the route's backend); unset, the router's
+# timeouts.check applies. A check that hangs then fails like a check that answers 500.
+ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s", "check_timeout_ms"}
 BALANCE_ALGOS = {"roundrobin", "leastconn", "static-rr", "first"}
 
 TIMEOUT_DEFAULTS = {
@@ -316,6 +319,12 @@ class HAProxyRouter(Router):
                              f"at runtime; use one of {', '.join(sorted(BALANCE_ALGOS))}")
         if "drain_timeout_s" in rs:
             rs["drain_timeout_s"] = _as_float(where, "drain_timeout_s", rs["drain_timeout_s"], 0)
+        if "check_timeout_ms" in rs:
+            if self.external:
+                raise BadRequest(f"{where}: check_timeout_ms applies to the haproxy imm runs; "
+                                 f"for this haproxy set 'timeout check' in its backend {route}")
+            rs["check_timeout_ms"] = _as_int(where, "check_timeout_ms", rs["check_timeout_ms"],
+                                             1, 3_600_000)
         return rs
 
     # -- backends -------------------------------------------------------------------------------

@@ -153,6 +153,8 @@ class Supervisor:
                 f"    option httpchk GET {rs['health_path']}",
                 "    http-check expect status 200",
             ]
+            if "check_timeout_ms" in rs:
+                g.append(f"    timeout check {rs['check_timeout_ms']}ms")
             for r in by_route.get(route, []):
                 if r.host == "-":
                     continue
