@@ -170,6 +170,12 @@ class Immd:
         cp = self.run(*args, "--json", **kw)
         return json.loads(cp.stdout)
 
+    def items(self, *args: str, **kw: Any) -> list[Any]:
+        """A list command's --json, which is always {"items": [...], "next": ...}."""
+        out = self.json(*args, **kw)
+        assert set(out) == {"items", "next"}, out
+        return list(out["items"])
+
     def fails(self, *args: str, code: int | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         cp = self.run(*args, check=False, **kw)
         assert cp.returncode != 0, f"immctl {' '.join(args)} should have failed:\n{cp.stdout}"
