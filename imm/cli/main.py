@@ -378,7 +378,7 @@ def cmd_help(c: Client, a: argparse.Namespace) -> int:
 def cmd_completion(c: Client, a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    name = {"bash": "immctl.bash", "zsh": "_immctl"}[a.shell]
+    name = {"bash": "bash-completion/immctl", "zsh": "zsh/_immctl"}[a.shell]
     sys.stdout.write((Path(__file__).parent / "share" / name).read_text("utf-8"))
     return 0
 
