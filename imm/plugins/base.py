@@ -71,6 +71,9 @@ class Provider(ABC):
     kind: ClassVar[str]
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        """``name`` is the configured name ([providers.NAME]), ``settings`` the rest of that
+        table; raise ConfigError naming the bad setting. No network calls here: immd starts
+        without the cloud."""
         self.name = name
         self.settings = dict(settings)
         self.context = context
@@ -96,6 +99,8 @@ class Provider(ABC):
         """The image, or None when it does not exist."""
 
     def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
+        """Copy an image to another region; the new image id. Only with 'copy_image' in
+        capabilities()."""
         raise NotImplementedError(f"provider {self.name} ({self.kind}) cannot copy images")
 
     def close(self) -> None:
@@ -127,6 +132,8 @@ class Router(ABC):
     kind: ClassVar[str]
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: RouterContext) -> None:
+        """``name`` is the configured name ([routers.NAME]), ``settings`` the rest of that table;
+        raise ConfigError naming the bad setting."""
         self.name = name
         self.settings = dict(settings)
         self.context = context
@@ -148,7 +155,8 @@ class Router(ABC):
 
     @abstractmethod
     def backends(self, route: str) -> list[Backend]:
-        ...
+        """Every backend of ``route`` as the router sees it now: weight, state, health, sessions.
+        An unknown route is an error naming it, not an empty list."""
 
     @abstractmethod
     def add(self, route: str, name: str, address: str) -> None:
@@ -156,7 +164,9 @@ class Router(ABC):
 
     @abstractmethod
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
-        ...
+        """Set the weight (0..256) of each named backend; backends not named keep theirs.
+        Weight 0 takes no new traffic; a router without weights approximates (a DNS or load
+        balancer router serves the backends with weight > 0)."""
 
     @abstractmethod
     def drain(self, route: str, name: str) -> None:
@@ -167,4 +177,5 @@ class Router(ABC):
         """Take ``name`` out of the route for good; absent is not an error."""
 
     def health(self, route: str) -> dict[str, bool | None]:
+        """Backend name -> passed its health check (None: not checked yet)."""
         return {b.name: b.healthy for b in self.backends(route)}
