@@ -113,10 +113,10 @@ class Immd:
             self.config_path.write_text(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, extra_env: dict[str, str] | None = None) -> Immd:
-        args = [IMMD, "--state-dir", str(self.state), "--socket", str(self.sock)]
+    def start(self, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Immd:
+        args = (IMMD, "--state-dir", str(self.state), "--socket", str(self.sock), *args)
         if self.config_path:
-            args += ["--config", str(self.config_path)]
+            args += ("--config", str(self.config_path))
         env = {**os.environ, **(extra_env or {})}
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._logf, stderr=subprocess.STDOUT, env=env)

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", help="override daemon.state_dir")
     p.add_argument("--socket", help="override daemon.socket")
     p.add_argument("--log-level", help="override daemon.log_level (debug, info, warning)")
+    p.add_argument("--stop-fleet", action="store_true",
+                   help="when immd stops, stop the embedded haproxy and every local instance "
+                        "too (a sandbox); by default they keep serving while immd is down")
     p.add_argument("--print-default-config", action="store_true",
                    help="print the embedded default config and exit")
     p.add_argument("--version", action="version", version=f"immd {__version__}")
@@ -162,6 +165,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
     await daemon.engine.shutdown()
+    if args.stop_fleet:
+        await asyncio.to_thread(stop_fleet, daemon)
     await runner.cleanup()
     await asyncio.to_thread(daemon.close)
     if bound is not None:
@@ -169,6 +174,28 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             bound.unlink()
     log.info("stopped")
     return 0
+
+
+def stop_fleet(daemon: Daemon) -> None:
+    """immd --stop-fleet: terminate every instance of the local providers and stop what the
+    routers supervise (the embedded haproxy). Cloud instances are never touched."""
+    for name, provider in daemon.providers.items():
+        if provider.kind != "local":
+            continue
+        ids = [i.id for i in provider.list_instances(None)]
+        try:
+            provider.terminate(ids)
+        except ImmError as e:
+            log.error("--stop-fleet: provider %s: %s", name, e.message)
+            continue
+        log.info("--stop-fleet: terminated %d instance(s) of provider %s", len(ids), name)
+    for name, router in daemon.routers.items():
+        try:
+            router.stop()
+        except ImmError as e:
+            log.error("--stop-fleet: router %s: %s", name, e.message)
+        else:
+            log.info("--stop-fleet: stopped router %s", name)
 
 
 def main(argv: list[str] | None = None) -> int:

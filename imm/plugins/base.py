@@ -148,7 +148,13 @@ class Router(ABC):
         """Bring up anything the router supervises (the embedded haproxy); idempotent."""
 
     def close(self) -> None:
-        """Stop what start() started."""
+        """Release what start() started; what must outlive immd (an embedded haproxy that keeps
+        serving) may stay."""
+
+    def stop(self) -> None:
+        """Stop everything start() started, even what close() would leave serving (immd
+        --stop-fleet). Called instead of, not before, close()."""
+        self.close()
 
     def ensure_route(self, route: str, settings: Mapping[str, Any]) -> None:  # noqa: B027
         """Make sure ``route`` exists (e.g. an HAProxy frontend/backend pair); idempotent."""

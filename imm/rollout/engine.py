@@ -206,6 +206,8 @@ class Engine:
                 "plan": [s["name"] for s in plan], "undo_of": undo_of}, actor)
 
         await self.d.db.write(create)
+        log.info("rollout %s of %s started by %s: %s (%s), %s, %d steps", rid, svc.name, actor,
+                 params["image"], digest[:19], strategy, len(plan))
         self.spawn(rid)
         return await self.status(rid)
 
@@ -362,6 +364,8 @@ class Engine:
                     continue
                 if finished:
                     await self.journal(rid, "complete", "complete", {}, state="completed")
+                    log.info("rollout %s of %s completed: it runs %s", rid, r["service"],
+                             r["params"].get("image"))
                     return
         except asyncio.CancelledError:
             log.info("rollout %s parked at shutdown; it resumes when immd starts", rid)
@@ -632,6 +636,8 @@ class Engine:
         self._test_kill("rollback", "after")
         await self.journal(rid, "rollback", "done", {"removed": sorted(i.id for i in new)},
                            state="rolled-back")
+        log.info("rollout %s of %s rolled back: %d new instance(s) removed", rid, svc.name,
+                 len(new))
 
     async def _relaunch_previous(self, svc: Service, r: dict[str, Any],
                                  missing: int) -> list[Instance]:
