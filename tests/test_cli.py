@@ -135,4 +135,4 @@ def test_a_missing_version_lists_the_known_versions_once(tmp_path: Path) -> None
         d.run("image", "add", str(p), "--name", "base", "--version", v)
     err = d.fails("image", "show", "base@2.0", code=3).stderr
     assert err.count("1.1") == 1 and err.count("1.0") == 1, err
-    assert "known versions: 1.1, 1.0" in err
+    assert "known versions: " in err and "candidates" not in err
