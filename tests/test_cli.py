@@ -136,3 +136,52 @@ def test_a_missing_version_lists_the_known_versions_once(tmp_path: Path) -> None
     err = d.fails("image", "show", "base@2.0", code=3).stderr
     assert err.count("1.1") == 1 and err.count("1.0") == 1, err
     assert "known versions: " in err and "candidates" not in err
+
+
+# -- progress lines ------------------------------------------------------------------------------
+
+def status(state: str, journal: list[dict], running: str | None = None,
+           instances: list[dict] | None = None) -> dict:
+    plan = [{"name": "0-launch", "op": "launch"}, {"name": "1-attach", "op": "attach"},
+            {"name": "2-shift", "op": "shift", "pct": 20},
+            {"name": "3-pause", "op": "pause", "seconds": 5},
+            {"name": "4-shift", "op": "shift", "pct": 100},
+            {"name": "5-retire", "op": "retire", "count": "all"}]
+    done = {j["step"] for j in journal if j["action"] == "done"}
+    for s in plan:
+        s["status"] = "done" if s["name"] in done else "running" if s["name"] == running \
+            else "pending"
+    return {"state": state, "plan": plan, "journal": journal, "instances": instances or [],
+            "elapsed_s": 12, "step": running or (journal[-1]["step"] if journal else None)}
+
+
+LAUNCHED = {"step": "0-launch", "action": "done", "detail": {"instances": ["i-1", "i-2", "i-3"]}}
+ATTACHED = {"step": "1-attach", "action": "done",
+            "detail": {"instances": ["i-1", "i-2", "i-3"], "healthy": True}}
+
+
+def test_a_finished_rollout_ends_with_its_real_counts() -> None:
+    from imm.cli.rollout_cmds import progress_line
+
+    journal = [LAUNCHED, ATTACHED] + [{"step": s, "action": "done", "detail": {}}
+                                      for s in ("2-shift", "3-pause", "4-shift", "5-retire")]
+    line = progress_line(status("completed", journal))
+    assert line.endswith("step 6/6 5-retire   new 3 launched, 3 healthy, traffic to new 100%")
+    failed = [LAUNCHED, {"step": "1-attach", "action": "begin", "detail": {}},
+              {"step": "rollback", "action": "done", "detail": {"removed": ["i-1"]}}]
+    line = progress_line(status("rolled-back", failed))
+    assert "rolled-back" in line and line.endswith("new 3 launched, 0 healthy, traffic to new 0%")
+
+
+def test_a_canary_pause_counts_down() -> None:
+    from imm.cli.rollout_cmds import progress_line
+
+    now = 1_800_000_000.0
+    journal = [LAUNCHED, ATTACHED, {"step": "2-shift", "action": "done", "detail": {}},
+               {"step": "3-pause", "action": "begin", "detail": {"at_ms": int((now - 2) * 1000)}}]
+    live = [{"new": True, "healthy": True, "weight": 64}] * 3 + \
+           [{"new": False, "healthy": True, "weight": 256}] * 3
+    line = progress_line(status("running", journal, "3-pause", live), now=now)
+    assert "3-pause 3s left" in line and "new 3 launched, 3 healthy, traffic to new 20%" in line
+    assert "3-pause 0s left" in progress_line(status("running", journal, "3-pause", live),
+                                              now=now + 60)

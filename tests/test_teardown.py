@@ -106,3 +106,28 @@ def test_stop_fleet_stops_haproxy_and_local_instances_with_immd(tmp_path: Path,
     assert "--stop-fleet: terminated 2 instance(s) of provider local" in log
     assert "--stop-fleet: stopped router haproxy" in log
 
+
+
+def test_ctrl_c_during_wait_says_the_rollout_goes_on(tmp_path: Path, images: Path) -> None:
+    port = free_port()
+    d = Immd(tmp_path, BASE + service("web", port, count=2, canary_pause_s=3)).start()
+    register(d, images, "v1")
+    follow = subprocess.Popen(
+        ["immctl", "rollout", "start", "web", "--image", "web@v1", "--strategy", "canary",
+         "--wait"], env={**d.env(), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    follow.send_signal(signal.SIGINT)
+    out, err = follow.communicate(timeout=30)
+    assert follow.returncode == 130, out + err
+    rid = out.split()[1]
+    assert (f"stopped following; rollout {rid} goes on in immd. 'immctl rollout watch web' "
+            "follows it again, 'immctl rollout abort web' rolls it back") in err
+    assert "Traceback" not in err
+    done = d.run("rollout", "watch", "web")
+    assert f"rollout {rid} completed" in done.stdout
+    assert done.stderr.splitlines()[-1].endswith("new 2 launched, 2 healthy, traffic to new 100%")
+    table = d.run("instance", "list").stdout.splitlines()
+    assert table[0].split()[:6] == ["ID", "PROVIDER", "REGION", "SERVICE", "IMAGE", "DIGEST"]
+    assert all(r.split()[4] == "web@v1" and r.split()[5].startswith("sha256:")
+               for r in table[1:]) and len(table) == 3
