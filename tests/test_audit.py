@@ -357,10 +357,15 @@ def test_export_verifies_offline_and_names_the_failing_line(
     count.write_text("8")
     second = d.json("audit", "run", "--wait")
     assert (second["observations_closed"], second["findings_resolved"]) == (4, 8)
+    shown = d.run("audit", "run", "--wait").stderr.strip().splitlines()
+    assert ": 8 instance(s)" in shown[-1], shown  # the last progress line: final counts
     pem = tmp_path / "pub.pem"
     pem.write_text(d.run("keys", "export").stdout)
     bundle, csv_bundle = tmp_path / "b.jsonl", tmp_path / "b.csv"
-    d.run("audit", "export", "--out", str(bundle))
+    shown = d.run("audit", "export", "--out", str(bundle))
+    lines = len(bundle.read_bytes().splitlines())
+    assert shown.stderr.strip().splitlines()[-1].startswith(f"export: {lines} lines, ")
+    assert f"wrote {bundle}: {lines} lines" in shown.stdout
     d.run("audit", "export", "--out", str(csv_bundle), "--format", "csv")
     future = d.json("audit", "export", "--out", str(tmp_path / "f.jsonl"), "--since",
                     "2999-01-01")
