@@ -114,7 +114,7 @@ def test_ctrl_c_during_wait_says_the_rollout_goes_on(tmp_path: Path, images: Pat
     register(d, images, "v1")
     follow = subprocess.Popen(
         ["immctl", "rollout", "start", "web", "--image", "web@v1", "--strategy", "canary",
-         "--wait"], env={**d.env(), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+         "--wait"], env={**d.env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     follow.send_signal(signal.SIGINT)

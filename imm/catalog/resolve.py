@@ -7,14 +7,14 @@ ready to launch, or a refusal that says what is missing and how to fix it.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from ..errors import Conflict, NotFound
-from .service import Catalog, query
+from ..store import Connection, query
+from .service import Catalog
 
 
-def resolve_artifact(conn: sqlite3.Connection, catalog: Catalog, channel: str, provider: str,
+def resolve_artifact(conn: Connection, catalog: Catalog, channel: str, provider: str,
                      region: str | None = None) -> dict[str, Any]:
     """The artifact of ``channel``'s current image in ``provider``/``region``.
 
@@ -60,7 +60,7 @@ def resolve_artifact(conn: sqlite3.Connection, catalog: Catalog, channel: str, p
                    + hint, detail={"channel": channel, "digest": digest, "available": have})
 
 
-def other_provider_hint(conn: sqlite3.Connection, digest: str, provider: str, region: str,
+def other_provider_hint(conn: Connection, digest: str, provider: str, region: str,
                         ref: str) -> str:
     """When an artifact is missing in provider/region but recorded there under another provider
     name (a Packer import under the builder's cloud name, say), the words that say so."""

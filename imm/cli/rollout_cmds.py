@@ -8,11 +8,24 @@ import time
 from typing import Any
 
 from ..errors import EXIT_ERROR, EXIT_NOT_FOUND
-from .client import Client, image_names, seg
+from ..rollout.states import (
+    ABORT,
+    ACTIVE,
+    BEGIN,
+    COMPLETED,
+    DONE,
+    OP_ATTACH,
+    OP_LAUNCH,
+    PAUSE,
+    PROMOTE,
+    RESUME,
+    RUNNING,
+    STRATEGIES,
+    TERMINAL,
+    WAITS,
+)
+from .client import Client, Fail, image_names, seg
 from .render import block, emit_json, emit_list, short, table
-
-TERMINAL = ("completed", "rolled-back", "failed")
-ACTIVE = ("running", "paused", "rolling-back")
 
 
 def _final_counts(r: dict[str, Any]) -> tuple[int, int, str]:
@@ -22,15 +35,15 @@ def _final_counts(r: dict[str, Any]) -> tuple[int, int, str]:
     launched: set[str] = set()
     healthy: set[str] = set()
     for j in r.get("journal") or []:
-        if j["action"] != "done":
+        if j["action"] != DONE:
             continue
         op = ops.get(j["step"])
         ids = j["detail"].get("instances") or []
-        if op == "launch":
+        if op == OP_LAUNCH:
             launched.update(ids)
-        elif op == "attach" and (j["detail"].get("healthy") or ids):
+        elif op == OP_ATTACH and (j["detail"].get("healthy") or ids):
             healthy.update(ids)
-    traffic = "-" if not launched else "100%" if r["state"] == "completed" else "0%"
+    traffic = "-" if not launched else "100%" if r["state"] == COMPLETED else "0%"
     return len(launched), len(healthy), traffic
 
 
@@ -46,13 +59,13 @@ def _live_counts(r: dict[str, Any]) -> tuple[int, int, str]:
 def _step_text(r: dict[str, Any], now: float | None = None) -> str:
     """The current step; a pause or bake counts down its seconds."""
     step = r["step"] or "-"
-    if r["state"] != "running":
+    if r["state"] != RUNNING:
         return step
     cur = next((s for s in r["plan"] if s["status"] == "running"), None)
-    if cur is None or cur["op"] not in ("pause", "bake"):
+    if cur is None or cur["op"] not in WAITS:
         return step
     begun = next((j for j in reversed(r.get("journal") or [])
-                  if j["step"] == cur["name"] and j["action"] == "begin"), None)
+                  if j["step"] == cur["name"] and j["action"] == BEGIN), None)
     if begun is None or "at_ms" not in begun["detail"]:
         return cur["name"]
     left = begun["detail"]["at_ms"] / 1000 + float(cur.get("seconds", 0)) - (now or time.time())
@@ -76,8 +89,6 @@ def rollout_id(c: Client, ref: str) -> str:
         return ref
     rows = c.request("GET", "/v1/rollouts", query={"service": ref, "limit": 50})["rollouts"]
     if not rows:
-        from .main import Fail
-
         raise Fail(f"service {ref} has had no rollout yet; 'immctl rollout start {ref} "
                    "--image REF' starts one", EXIT_NOT_FOUND)
     active = [x for x in rows if x["state"] in ACTIVE]
@@ -114,11 +125,11 @@ def _follow(c: Client, rid: str, as_json: bool) -> int:
         time.sleep(0.2)
     if as_json:
         emit_json(r)
-    elif r["state"] == "completed":
+    elif r["state"] == COMPLETED:
         print(f"rollout {rid} completed: {r['service']} runs {r['image_ref']} ({short(r['image'])})")
     else:
         print(f"rollout {rid} {r['state']}: {r['error']}", file=sys.stderr)
-    return 0 if r["state"] == "completed" else EXIT_ERROR
+    return 0 if r["state"] == COMPLETED else EXIT_ERROR
 
 
 def show(r: dict[str, Any]) -> None:
@@ -285,7 +296,7 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("service", help="a configured service ('immctl service list')")
     sp.add_argument("--image", required=True, metavar="REF",
                     help="the image: name@version, digest, prefix or channel:SERVICE/STAGE")
-    sp.add_argument("--strategy", choices=["blue-green", "rolling", "canary"],
+    sp.add_argument("--strategy", choices=STRATEGIES,
                     help="override the service's strategy for this rollout")
     sp.add_argument("--wait", action="store_true",
                     help="follow progress until it ends (Ctrl-C detaches; the rollout goes on)")
@@ -297,10 +308,10 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp = add(ro, "list", cmd_list, "recent rollouts", "immctl rollout list --service web")
     sp.add_argument("--service", help="only this service's rollouts")
     sp.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    for name, text in (("pause", "stop advancing after the current step"),
-                       ("resume", "carry on a paused rollout"),
-                       ("promote", "skip the remaining canary steps and pauses"),
-                       ("abort", "roll back now")):
+    for name, text in ((PAUSE, "stop advancing after the current step"),
+                       (RESUME, "carry on a paused rollout"),
+                       (PROMOTE, "skip the remaining canary steps and pauses"),
+                       (ABORT, "roll back now")):
         sp = add(ro, name, verb(name), text, f"immctl rollout {name} web")
         sp.add_argument("id", metavar="ROLLOUT",
                         help="a rollout id, or a service: its active rollout, else its latest")

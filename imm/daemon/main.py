@@ -129,7 +129,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         where += f" and tcp {settings.tcp}"
     log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
              daemon.keyring.keyid[:16])
-    await daemon.engine.startup()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +138,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         systemd.reloading()
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
-            services = load_services(fresh.services, set(daemon.providers), set(daemon.routers))
+            services = load_services(fresh.services, set(daemon.context.providers),
+                                     set(daemon.context.routers))
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",
                       e.message)
@@ -164,10 +164,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
-    await daemon.engine.shutdown()
+    await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
     if args.stop_fleet:
         await asyncio.to_thread(stop_fleet, daemon)
-    await runner.cleanup()
     await asyncio.to_thread(daemon.close)
     if bound is not None:
         with contextlib.suppress(FileNotFoundError):
@@ -179,19 +178,20 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
 def stop_fleet(daemon: Daemon) -> None:
     """immd --stop-fleet: terminate every instance of the local providers and stop what the
     routers supervise (the embedded haproxy). Cloud instances are never touched."""
-    for name, provider in daemon.providers.items():
-        if provider.kind != "local":
+    for name, handle in daemon.context.providers.items():
+        if handle.kind != "local":
             continue
-        ids = [i.id for i in provider.list_instances(None)]
+        provider = handle.plugin
         try:
+            ids = [i.id for i in provider.list_instances(None)]
             provider.terminate(ids)
         except ImmError as e:
             log.error("--stop-fleet: provider %s: %s", name, e.message)
             continue
         log.info("--stop-fleet: terminated %d instance(s) of provider %s", len(ids), name)
-    for name, router in daemon.routers.items():
+    for name, rhandle in daemon.context.routers.items():
         try:
-            router.stop()
+            rhandle.plugin.stop()
         except ImmError as e:
             log.error("--stop-fleet: router %s: %s", name, e.message)
         else:
