@@ -217,6 +217,7 @@ def status_by_service(done: subprocess.CompletedProcess[str], comment: str) -> N
     ok(done)
     assert re.search(r"^state\s+completed$", done.stdout, re.M), done.stdout
     assert re.search(r"^image\s+web@v2 \(sha256:", done.stdout, re.M), done.stdout
+    assert re.search(r"^previous\s+web@v1 \(sha256:", done.stdout, re.M), done.stdout
     assert "new 3 launched, 3 healthy, traffic to new 100%" in done.stdout
 
 

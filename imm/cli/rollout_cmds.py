@@ -132,10 +132,11 @@ def _follow(c: Client, rid: str, as_json: bool) -> int:
     return 0 if r["state"] == COMPLETED else EXIT_ERROR
 
 
-def show(r: dict[str, Any]) -> None:
+def show(r: dict[str, Any], names: dict[str, str]) -> None:
+    prev = r["previous"]
     block([("rollout", r["id"]), ("service", r["service"]), ("strategy", r["strategy"]),
            ("state", r["state"]), ("image", f"{r['image_ref']} ({short(r['image'])})"),
-           ("previous", short(r["previous"]) if r["previous"] else None),
+           ("previous", f"{names.get(prev, '-')} ({short(prev)})" if prev else None),
            ("started", f"{r['created_at']} by {r['actor']}"),
            ("elapsed", f"{r['elapsed_s']}s"), ("progress", progress_line(r)),
            ("error", r["error"])])
@@ -166,7 +167,7 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         emit_json(r)
     else:
-        show(r)
+        show(r, image_names(c, [r["previous"]]))
     return 0
 
 
