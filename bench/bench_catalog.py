@@ -217,7 +217,7 @@ def list_immctl(immd: Immd, out: Path) -> tuple[float, int]:
         subprocess.run([str(immd.immctl), "image", "list", "--all", "--json"], stdout=f,
                        env=immd.env, check=True)
         dt = time.perf_counter() - t0
-    return dt, len(json.loads(out.read_bytes()))
+    return dt, len(json.loads(out.read_bytes())["items"])
 
 
 def list_curl(sock: Path, queries: list[str], out: Path) -> tuple[float, int]:

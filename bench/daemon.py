@@ -132,14 +132,16 @@ class Immd:
     def available(self) -> bool:
         return Path(self.immd).exists() and Path(self.immctl).exists()
 
-    def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60) -> Immd:
+    def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60,
+              args: tuple[str, ...] = ()) -> Immd:
+        """Start immd; ``args`` are extra immd options (e.g. ``("--stop-fleet",)``)."""
         if not self.available():
             raise SystemExit("immd/immctl not found next to this python or on PATH")
-        args = [self.immd, "--state-dir", str(self.state), "--socket", str(self.sock)]
+        argv = [self.immd, "--state-dir", str(self.state), "--socket", str(self.sock), *args]
         if self.config_path:
-            args += ["--config", str(self.config_path)]
+            argv += ["--config", str(self.config_path)]
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._logf, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT,
                                      env={**self.env, **(extra_env or {})})
         wait_for_socket(self.sock, self.proc, timeout)
         return self
@@ -195,6 +197,12 @@ class Immd:
 
     def json(self, *args: str, **kw: Any) -> Any:
         return json.loads(self.run(*args, "--json", **kw).stdout)
+
+    def items(self, *args: str, **kw: Any) -> list[Any]:
+        """A list command's --json, which is always {"items": [...], "next": ...}."""
+        out = self.json(*args, **kw)
+        assert set(out) == {"items", "next"}, out
+        return list(out["items"])
 
     def fails(self, *args: str, code: int | None = None,
               **kw: Any) -> subprocess.CompletedProcess[str]:

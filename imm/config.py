@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
-SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
+SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins", "packer"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
@@ -55,6 +55,8 @@ class Settings:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
+    # [packer] providers: builder type or cloud (aws, gcp, azure, openstack) -> provider name
+    packer_providers: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,13 +151,25 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         for name, entry in entries.items():
             if "kind" not in entry:
                 raise _err(source, f"[{what}.{name}] needs kind = \"...\"")
+    packer_section = data.get("packer", {})
+    if not isinstance(packer_section, dict) or set(packer_section) - {"providers"}:
+        raise _err(source, "[packer] takes one key, providers = { BUILDER-TYPE-OR-CLOUD = "
+                           "\"PROVIDER\" }")
+    packer_providers = packer_section.get("providers", {})
+    if not isinstance(packer_providers, dict):
+        raise _err(source, "[packer] providers must be a table, e.g. { amazon-ebs = \"aws-prod\" }")
+    for key, value in packer_providers.items():
+        if value not in providers:
+            raise _err(source, f"[packer] providers.{key} = {value!r} is not a configured "
+                               f"provider; configured: {', '.join(sorted(providers)) or 'none'}")
     return Settings(
         source=source, state_dir=state, socket=sock, socket_mode=mode, socket_group=group,
         admin_group=str(d.get("admin_group", "imm-admin")), owner_is_admin=owner_is_admin,
         max_body_bytes=max_body, tcp=tcp, image_roots=image_roots,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
-        plugins=dict(data.get("plugins", {})), raw=data,
+        plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
+        raw=data,
     )
 
 

@@ -5,18 +5,23 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 
 from imm.plugins import base, hookspecs
 
+ROOT = Path(__file__).resolve().parent.parent
+
 INTRO = """# Writing imm plugins
 
 imm uses [pluggy](https://pluggy.readthedocs.io/). A plugin is a module (or object) with
 functions marked `@hookimpl`, installed as a distribution with an entry point in the `imm`
-group; immd loads every such entry point at start-up. The built-in `local`, `aws` and `azure`
-providers and the `haproxy`, `dns` and `cloudlb` routers are registered exactly this way, with
-`@hookimpl(trylast=True)`, so a plugin of the same kind registered later wins.
+group; immd loads every such entry point at start-up. The built-in ones are registered exactly
+this way, with `@hookimpl(trylast=True)`, so a plugin of the same kind registered later wins:
+
+- providers: {providers}
+- routers: {routers}
 
 ```toml
 # your plugin's pyproject.toml
@@ -56,6 +61,46 @@ naming the provider and the feature unless the provider overrides it:
 """
 
 
+def _names(kinds: list[str]) -> str:
+    quoted = [f"`{k}`" for k in kinds]
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def builtins() -> tuple[list[str], list[str]]:
+    """The kinds the project's own entry points register (pyproject.toml), in their order."""
+    import tomllib
+
+    from imm.plugins.registry import ProviderRegistry, RouterRegistry
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    providers, routers = ProviderRegistry(), RouterRegistry()
+    for module in project["project"]["entry-points"]["imm"].values():
+        mod = importlib.import_module(module)
+        if hasattr(mod, "imm_register_providers"):
+            mod.imm_register_providers(providers)
+        if hasattr(mod, "imm_register_routers"):
+            mod.imm_register_routers(routers)
+    return list(providers.kinds()), list(routers.kinds())
+
+
+def methods(cls: type) -> list[str]:
+    """Every public method and property of a plugin base class, with its docstring."""
+    out = []
+    for name, member in cls.__dict__.items():
+        if name.startswith("_") and name != "__init__":
+            continue
+        if isinstance(member, property):
+            doc = inspect.getdoc(member) or ""
+            out += [f"#### `{cls.__name__}.{name}` (property)", "", doc, ""]
+        elif inspect.isfunction(member):
+            sig = str(inspect.signature(member)).replace("'", "")
+            abstract = " (abstract: every plugin implements it)" if getattr(
+                member, "__isabstractmethod__", False) else ""
+            doc = inspect.getdoc(member) or ""
+            out += [f"#### `{cls.__name__}.{name}{sig}`{abstract}", "", doc, ""]
+    return out
+
+
 def _operations() -> list[str]:
     out = []
     for feature in base.Feature:
@@ -75,11 +120,18 @@ def _operations() -> list[str]:
 
 
 def render() -> str:
-    out = [INTRO, *_operations()]
+    providers, routers = builtins()
+    out = [INTRO.format(providers=_names(providers), routers=_names(routers)), *_operations()]
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
         if name.startswith("imm_"):
             sig = str(inspect.signature(fn)).replace("'", "")
             out += [f"### `{name}{sig}`", "", inspect.getdoc(fn) or "", ""]
+    out += ["## Provider and router base classes", "",
+            "Subclass these from `imm.plugins.base`; the value objects they take and return "
+            "(`Instance`, `ImageInfo`, `LaunchRequest`, `Backend`) are dataclasses in the same "
+            "module.", "", "### `Provider`", "", inspect.getdoc(base.Provider) or "", "",
+            *methods(base.Provider), "### `Router`", "", inspect.getdoc(base.Router) or "", "",
+            *methods(base.Router)]
     return "\n".join(out)
 
 

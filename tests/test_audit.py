@@ -248,7 +248,7 @@ def test_every_verdict_is_found_then_resolved(fleet_immd: tuple[Immd, LocalProvi
 
     sweep = d.json("audit", "run", "--wait")
     assert sweep["state"] == "completed" and sweep["instances"] == 9
-    found = by_instance(d.json("audit", "findings", "--open"))
+    found = by_instance(d.items("audit", "findings", "--open"))
     assert found == {
         ids["pet"]: {"unknown-image", "outside-rollout"}, ids["tag"]: {"digest-mismatch"},
         ids["revoked"]: {"revoked"}, ids["tampered"]: {"tampered"},
@@ -256,13 +256,13 @@ def test_every_verdict_is_found_then_resolved(fleet_immd: tuple[Immd, LocalProvi
         ids["old"]: {"too-old"}, ids["forged"]: {"signature-invalid"},
     }
     details = {(f["instance_id"], f["verdict"]): f["detail"]
-               for f in d.json("audit", "findings", "--open")}
+               for f in d.items("audit", "findings", "--open")}
     assert details[(ids["tampered"], "tampered")]["changed"] == ["app.py"]
     assert "name" in details[(ids["forged"], "signature-invalid")]["problems"][0]
     assert details[(ids["revoked"], "revoked")]["reason"] == "CVE-2026-0001"
     table = d.run("audit", "findings", "--open").stdout
     assert "changed app.py" in table and "CVE-2026-0001" in table
-    instances = {i["instance_id"]: i for i in d.json("audit", "instances")}
+    instances = {i["instance_id"]: i for i in d.items("audit", "instances")}
     assert instances[ids["ok"]]["verdicts"] == ["ok"]
     assert instances[ids["ok"]]["image"] == "app@1" and instances[ids["ok"]]["first_seen"]
     assert instances[ids["pet"]]["image"] is None and instances[ids["pet"]]["digest"] is None
@@ -296,18 +296,18 @@ def test_every_verdict_is_found_then_resolved(fleet_immd: tuple[Immd, LocalProvi
     sweep = d.json("audit", "run", "--wait")
     assert sweep["findings_resolved"] == 9 and sweep["findings_opened"] == 0
     assert sweep["observations_closed"] == 1  # the pet is gone
-    assert d.json("audit", "findings", "--open") == []
-    instances = {i["instance_id"]: i for i in d.json("audit", "instances")}
+    assert d.items("audit", "findings", "--open") == []
+    instances = {i["instance_id"]: i for i in d.items("audit", "instances")}
     assert ids["pet"] not in instances and len(instances) == 8
     assert all(i["verdicts"] == ["ok"] for i in instances.values())
-    resolved = {f["verdict"]: f for f in d.json("audit", "findings")}
+    resolved = {f["verdict"]: f for f in d.items("audit", "findings")}
     assert resolved["unknown-image"]["resolution"] == "the instance is gone"
     assert resolved["tampered"]["resolution"] == "the cause is gone"
 
     # every finding reached the imm_audit_finding hook, opened then resolved
     hooked = [json.loads(x) for x in (tmp_path / "findings.log").read_text().splitlines()]
     assert [h["status"] for h in hooked] == ["open"] * 9 + ["resolved"] * 9
-    assert {h["id"] for h in hooked} == {f["id"] for f in d.json("audit", "findings")}
+    assert {h["id"] for h in hooked} == {f["id"] for f in d.items("audit", "findings")}
     # the audit records are ledger leaves like any other: the ledger still verifies
     assert d.json("ledger", "verify")["ok"]
     # and the whole story exports and verifies offline
@@ -357,10 +357,15 @@ def test_export_verifies_offline_and_names_the_failing_line(
     count.write_text("8")
     second = d.json("audit", "run", "--wait")
     assert (second["observations_closed"], second["findings_resolved"]) == (4, 8)
+    shown = d.run("audit", "run", "--wait").stderr.strip().splitlines()
+    assert ": 8 instance(s)" in shown[-1], shown  # the last progress line: final counts
     pem = tmp_path / "pub.pem"
     pem.write_text(d.run("keys", "export").stdout)
     bundle, csv_bundle = tmp_path / "b.jsonl", tmp_path / "b.csv"
-    d.run("audit", "export", "--out", str(bundle))
+    shown = d.run("audit", "export", "--out", str(bundle))
+    lines = len(bundle.read_bytes().splitlines())
+    assert shown.stderr.strip().splitlines()[-1].startswith(f"export: {lines} lines, ")
+    assert f"wrote {bundle}: {lines} lines" in shown.stdout
     d.run("audit", "export", "--out", str(csv_bundle), "--format", "csv")
     future = d.json("audit", "export", "--out", str(tmp_path / "f.jsonl"), "--since",
                     "2999-01-01")

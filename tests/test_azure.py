@@ -409,7 +409,7 @@ def test_rollout_through_immd(fake: Any, tmp_path: Path) -> None:
 
     for v in ("1", "2"):
         d.run("rollout", "start", "web", "--image", f"web@{v}", "--wait", timeout=60)
-        latest = d.json("rollout", "list", "--service", "web")[0]
+        latest = d.items("rollout", "list", "--service", "web")[0]
         assert latest["state"] == "completed", latest
         vms = live()
         assert len(vms) == 2, [vm["name"] for vm in vms]
@@ -419,7 +419,7 @@ def test_rollout_through_immd(fake: Any, tmp_path: Path) -> None:
             assert tags["imm:service"] == "web" and tags["imm:digest"] == digests[v]
             assert tags["imm:rollout"] == latest["id"] and re.fullmatch(r"b\d+", tags["imm:slot"])
     assert len(fake.vms(RG)) == 2  # the v1 VMs are gone, not just deleting
-    listed = [i for i in d.json("instance", "list") if i["provider"] == "azure"]
+    listed = [i for i in d.items("instance", "list") if i["provider"] == "azure"]
     assert sorted(i["image_id"] for i in listed) == [images["2"]] * 2
     assert {i["tags"]["imm:digest"] for i in listed} == {digests["2"]}
     assert fake.of_type(fakes.NIC, RG) and len(fake.of_type(fakes.NIC, RG)) == 2

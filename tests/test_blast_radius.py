@@ -27,7 +27,7 @@ def test_blast_radius_is_replaced_from_the_channel(tmp_path: Path, images: Path 
     d.json("audit", "run", "--wait")
     radius = d.json("audit", "blast-radius", "web@v1")
     assert radius["total"] == 2 and radius["services"] == {"web": 2}
-    findings = d.json("audit", "findings", "--open")
+    findings = d.items("audit", "findings", "--open")
     rows = findings["findings"] if isinstance(findings, dict) else findings
     assert sum(1 for f in rows if f["verdict"] == "revoked") == 2
     with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002) as load:
@@ -42,6 +42,6 @@ def test_blast_radius_is_replaced_from_the_channel(tmp_path: Path, images: Path 
     assert {i["tags"]["imm:digest"] for i in instances(d, "web")} == {v2}
     d.json("audit", "run", "--wait")
     assert d.json("audit", "blast-radius", "web@v1")["total"] == 0
-    findings = d.json("audit", "findings", "--open")
+    findings = d.items("audit", "findings", "--open")
     rows = findings["findings"] if isinstance(findings, dict) else findings
     assert not [f for f in rows if f["verdict"] == "revoked"], rows

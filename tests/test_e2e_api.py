@@ -218,8 +218,8 @@ def test_bad_input_is_named_and_changes_nothing(immd: Immd, tmp_path: Path) -> N
     st, body = raw(immd.sock, "GET", "/v1/images?limit=0")
     assert st == 400
     assert immd.ledger_size() == size
-    assert immd.json("image", "list")["images"][0]["name"] == "web"
-    assert len(immd.json("image", "list")["images"]) == 1
+    assert immd.items("image", "list")[0]["name"] == "web"
+    assert len(immd.items("image", "list")) == 1
     # and the daemon never answered with a traceback
     assert b"Traceback" not in immd.log.read_bytes()
 

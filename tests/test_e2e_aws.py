@@ -444,10 +444,10 @@ def test_blue_green_behind_an_alb(aws: str, plugin_site: Path, tmp_path: Path) -
     assert set(gone.values()) <= {"terminated", "shutting-down"} and set(gone) == blue
 
     # what immd reports agrees with boto3
-    listed = {i["id"]: i for i in d.json("instance", "list")}
+    listed = {i["id"]: i for i in d.items("instance", "list")}
     assert set(listed) == green
     assert {i["image_id"] for i in listed.values()} == {images.amis["2"]}
-    states = {x["id"]: x["state"] for x in d.json("rollout", "list")}
+    states = {x["id"]: x["state"] for x in d.items("rollout", "list")}
     assert states == {r1["id"]: "completed", r2["id"]: "completed"}
     d.stop()
     assert_clean_log(d)
@@ -553,7 +553,7 @@ def test_failed_launch_rolls_back_and_leaves_no_instance(aws: str, proxies: Any,
         in cp.stderr or "AWS provider aws, region eu-west-1: DescribeInstances failed after 3 " \
         "attempts" in cp.stderr, cp.stderr
     assert "(HTTP 503): Unavailable" in cp.stderr and "Traceback" not in cp.stderr
-    assert d.json("rollout", "list") == [] and proxy.forwarded["RunInstances"] == 0
+    assert d.items("rollout", "list") == [] and proxy.forwarded["RunInstances"] == 0
     down.clear()
 
     code, r1 = rollout(d, "web@1")
@@ -562,7 +562,7 @@ def test_failed_launch_rolls_back_and_leaves_no_instance(aws: str, proxies: Any,
             for i in assert_fleet(aws, images, "1", r1["id"], count=1, region=region)}
 
     cp = d.run("rollout", "start", "web", "--image", "web@2", "--wait", check=False)
-    r2 = d.json("rollout", "status", d.json("rollout", "list")[0]["id"])
+    r2 = d.json("rollout", "status", d.items("rollout", "list")[0]["id"])
     assert cp.returncode == 1 and r2["state"] == "rolled-back", (cp.stderr, r2["state"])
     for text in (cp.stderr, r2["error"]):  # names cloud, provider, region, call and EC2's code
         assert "AWS provider aws, region eu-west-1: RunInstances failed (HTTP 400)" in text, text
@@ -579,7 +579,7 @@ def test_failed_launch_rolls_back_and_leaves_no_instance(aws: str, proxies: Any,
     assert launched[0]["State"]["Name"] in ("terminated", "shutting-down")
     assert {i["InstanceId"] for region in (REGION, OTHER)
             for i in described(aws, region, imm__service="web")} == blue  # blue untouched
-    assert {i["id"] for i in d.json("instance", "list")} == blue
+    assert {i["id"] for i in d.items("instance", "list")} == blue
     d.stop()
     assert_clean_log(d)
 
@@ -724,7 +724,7 @@ def test_cloud_outage_during_a_rollout_rolls_back_cleanly(api: str, aws: str, pr
     rid = d.json("rollout", "start", "web", "--image", "web@2")["id"]
     deadline = time.monotonic() + 30
     while True:
-        state = {x["id"]: x for x in d.json("rollout", "list")}[rid]  # asks no provider
+        state = {x["id"]: x for x in d.items("rollout", "list")}[rid]  # asks no provider
         if state["state"] in ("completed", "rolled-back", "failed"):
             break
         assert not (state["error"] or "").startswith("internal error"), state["error"]

@@ -229,7 +229,7 @@ def test_revoke_cascade_and_restore(immd: Immd, tmp_path: Path) -> None:
         shown = immd.json("image", "show", ref)
         assert shown["status"] == "revoked" and shown["revocation"]["reason"] == "CVE-2026-1234"
     assert immd.json("image", "show", "other@1")["status"] == "active"
-    listed = immd.json("image", "list", "--status", "revoked")["images"]
+    listed = immd.items("image", "list", "--status", "revoked")
     assert {i["digest"] for i in listed} == set(r["revoked"])
     # a revoked image cannot be put on a channel
     cp = immd.fails("channel", "set", "web/production", "web@2", code=4)
@@ -258,9 +258,9 @@ def test_channels_refs_and_history(immd: Immd, tmp_path: Path) -> None:
     immd.run("channel", "set", "web/production", "web@1")
     immd.run("channel", "set", "web/production", v2["digest"][:19])
     assert immd.json("image", "show", "channel:web/production")["digest"] == v2["digest"]
-    hist = immd.json("channel", "history", "web/production")["history"]
+    hist = immd.items("channel", "history", "web/production")
     assert [h["digest"] for h in hist] == [v1["digest"], v2["digest"]]
-    assert immd.json("channel", "list")[0]["name"] == "web/production"
+    assert immd.items("channel", "list")[0]["name"] == "web/production"
     # the same digest again is not a new move
     assert immd.json("channel", "set", "web/production", "web@2")["changed"] is False
     # refs: unique prefix, ambiguous prefix, unknown names list candidates
@@ -282,7 +282,7 @@ def test_key_rotation(immd: Immd, tmp_path: Path) -> None:
     r = immd.json("keys", "rotate")
     new_pem = immd.run("keys", "export").stdout
     assert old_pem != new_pem and r["previous"] != r["keyid"]
-    keys = immd.json("keys", "list")
+    keys = immd.items("keys", "list")
     assert [k["current"] for k in keys] == [False, True]
     # the rotation record is signed by the OLD key
     old = serialization.load_pem_public_key(old_pem.encode())

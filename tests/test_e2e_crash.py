@@ -40,7 +40,7 @@ def crash_and_resume(d: Immd, image: str) -> dict:
     wait_dead(d, timeout=90)
     d.stop()
     d.start()
-    rid = d.json("rollout", "list", "--service", "web")[0]["id"]
+    rid = d.items("rollout", "list", "--service", "web")[0]["id"]
     return d.json("rollout", "watch", rid, check=False)
 
 

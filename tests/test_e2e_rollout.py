@@ -55,7 +55,7 @@ def register(d: Immd, images: Path, *versions_: str) -> None:
 
 
 def instances(d: Immd, svc: str) -> list[dict[str, Any]]:
-    return [i for i in d.json("instance", "list") if i["tags"].get("imm:service") == svc]
+    return [i for i in d.items("instance", "list") if i["tags"].get("imm:service") == svc]
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_strategy_under_load(fleet: tuple[Immd, dict[str, int]], svc: str, strat
     assert stats.failed == 0, stats
     assert versions(stats) == {"v2"}
     assert {i["tags"]["imm:rollout"] for i in instances(d, svc)} == {r["id"]}
-    rollouts = d.json("rollout", "list", "--service", svc)
+    rollouts = d.items("rollout", "list", "--service", svc)
     assert [x["state"] for x in rollouts[:3]] == ["rolled-back", "completed", "completed"]
     # every decision is in the ledger with its actor
     assert d.run("ledger", "verify").returncode == 0
@@ -184,8 +184,8 @@ def test_refusals_name_the_rule_and_launch_nothing(tmp_path: Path, images: Path)
         db.close()
         cp = d.fails("rollout", "start", "web", "--image", "web@v1", code=6)
         assert "signed-by-trusted-key" in cp.stderr
-        assert d.json("instance", "list") == []
-        assert d.json("rollout", "list") == []
+        assert d.items("instance", "list") == []
+        assert d.items("rollout", "list") == []
     finally:
         d.stop()
 

@@ -4,8 +4,8 @@ thread, while immctl drives the catalog, the ledger and a rollout through haprox
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -55,8 +55,8 @@ route_settings = {{ bind = "127.0.0.1:{port}", check_interval_ms = 200, rise = 1
 health_timeout_s = 20
 """)
     sock = tmp_path / "immd.sock"
-    args = argparse.Namespace(config=str(cfg), state_dir=str(tmp_path / "state"),
-                              socket=str(sock), log_level="info")
+    args = immd_main.parse_args(["--config", str(cfg), "--state-dir", str(tmp_path / "state"),
+                       "--socket", str(sock), "--log-level", "info"])
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
@@ -93,6 +93,11 @@ health_timeout_s = 20
             immctl("rollout", "start", "web", "--image", "web@v2", "--wait")
             immctl("instance", "list")
             immctl("service", "show", "web")
+            immctl("rollout", "status", "web")
+            immctl("channel", "resolve", "web/production", "--provider", "local")
+            one = json.loads(immctl("instance", "list", "--json"))["items"][0]["id"]
+            immctl("instance", "terminate", one)
+            immctl("service", "down", "web")
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=60)

@@ -471,7 +471,7 @@ drain_timeout_s = 1
         disk = fake.disks[ZONE][inst["disks"][0]["source"].rsplit("/", 1)[-1]]
         assert disk["sourceImage"].endswith("/global/images/web-v2")
     # immd sees the same two, with the full digest from metadata.
-    listed = [i for i in d.json("instance", "list") if i["provider"] == "gcp"
+    listed = [i for i in d.items("instance", "list") if i["provider"] == "gcp"
               and i["tags"].get("imm:service") == "web"]
     assert sorted(i["id"] for i in listed) == sorted(imm)
     assert {i["tags"]["imm:digest"] for i in listed} == {digests["2"]}
@@ -479,7 +479,7 @@ drain_timeout_s = 1
     # The audit matches them to the catalog's artifacts (gcp/<zone>/web-v2): no findings; the
     # pet seeded from libcloud's fixtures is an unknown image.
     assert d.json("audit", "run", "--wait")["state"] == "completed"
-    findings = {(f["instance_id"], f["verdict"]) for f in d.json("audit", "findings", "--open")}
+    findings = {(f["instance_id"], f["verdict"]) for f in d.items("audit", "findings", "--open")}
     assert not {i for i, _ in findings} & set(imm), findings
     assert ("node-name", "unknown-image") in findings
     assert "Traceback" not in d.log.read_text()

@@ -564,12 +564,28 @@ def test_pid_reuse_is_not_mistaken_for_the_instance(provider: LocalProvider,
         # The recorded pid now belongs to another process (this test) with another start time.
         meta["pid"] = os.getpid()
         meta_path.write_text(json.dumps(meta))
-        assert [i.state for i in provider.list_instances()] == ["stopped"]
+        assert [i.state for i in provider.list_instances()] == ["terminated"]
         provider.terminate([inst.id])  # must not signal the unrelated process (us)
         assert not meta_path.parent.exists()
     finally:
         os.killpg(real_pid, signal.SIGKILL)
         wait_gone(real_pid)
+
+
+def test_an_instance_killed_by_hand_is_terminated_then_reclaimed(state_dir: Path,
+                                                                 baked: Path) -> None:
+    provider = make_provider(state_dir, terminated_ttl_s=0.5)
+    image_id = store(provider, baked, "v1")
+    keep, victim = provider.launch(request(image_id, count=2))
+    os.killpg(victim.extra["pid"], signal.SIGKILL)
+    assert wait_gone(victim.extra["pid"])
+    states = {i.id: i.state for i in provider.list_instances()}
+    assert states == {keep.id: "running", victim.id: "terminated"}
+    time.sleep(0.6)
+    assert [i.id for i in provider.list_instances()] == [keep.id]  # reclaimed, not "stopped"
+    log = (provider.logs_dir / f"{victim.id}.log").read_text()
+    assert f"reclaimed {victim.id}: its process had died" in log
+    provider.terminate([keep.id])
 
 
 def test_process_found_when_immd_died_before_recording_its_pid(provider: LocalProvider,

@@ -527,7 +527,7 @@ def test_rollout_through_immd(fake: FakeOpenStack, tmp_path: Path) -> None:
             assert s["metadata"]["imm:digest"] == digests[v]  # the full digest
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", s["metadata"]["imm:digest"])
             assert s["metadata"]["imm:rollout"] == r["id"]
-    listed = [i for i in d.json("instance", "list") if i["provider"] == "openstack"]
+    listed = [i for i in d.items("instance", "list") if i["provider"] == "openstack"]
     assert sorted(i["id"] for i in listed if i["tags"].get("imm:service") == "web") == sorted(
         s["id"] for s in web_servers(fake))
     assert any(s["name"] == "lc-test" for s in fake.servers())  # the pet was left alone

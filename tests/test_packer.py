@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from imm.catalog.canonical import digest_of
 from imm.catalog.manifest import build_manifest
 from imm.catalog.packer import artifacts_for, image_specs, parse, select_builds
 from imm.errors import BadRequest
+
+from conftest import Immd
 
 RUN1 = "6d5d3185-fa95-44e1-8775-9e64fe2e2d8f"
 RUN2 = "b1c2d3e4-0000-4a4a-9b9b-123456789abc"
@@ -284,3 +287,172 @@ def test_unknown_build_fields_are_kept_and_hashed() -> None:
     doc = parse(data, "m.json")
     assert doc["builds"][1]["future_field"] == {"x": 1}
     assert image_specs(doc)[0]["content_digest"] == digest_of(doc["builds"][1])
+
+
+# --- manifests as Packer versions really write them -------------------------------------------
+
+# Packer 1.0-1.2 (JSON templates): no custom_data in a build (added in Packer 1.3). A QEMU
+# build lists its output files; the docker builder's artifact is the committed image's id.
+PACKER_1_0 = {
+    "builds": [
+        {"name": "amazon-ebs", "builder_type": "amazon-ebs", "build_time": 1496275200,
+         "files": None, "artifact_id": "us-east-1:ami-1a2b3c4d,us-west-2:ami-5e6f7a8b",
+         "packer_run_uuid": "5e9a1f0c-2c43-6a1b-6d4e-3f1c7b2a9d10"},
+        {"name": "qemu", "builder_type": "qemu", "build_time": 1496275260,
+         "files": [{"name": "output-qemu/packer-qemu", "size": 2147483648}],
+         "artifact_id": "VM", "packer_run_uuid": "5e9a1f0c-2c43-6a1b-6d4e-3f1c7b2a9d10"},
+        {"name": "docker", "builder_type": "docker", "build_time": 1496275300, "files": None,
+         "artifact_id": "sha256:4b8e3c6f1a2d5e7f9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a",
+         "packer_run_uuid": "5e9a1f0c-2c43-6a1b-6d4e-3f1c7b2a9d10"},
+    ],
+    "last_run_uuid": "5e9a1f0c-2c43-6a1b-6d4e-3f1c7b2a9d10",
+}
+
+# Packer 1.9-1.11 (HCL2): a build is named after its source block; custom_data is written
+# (null when the template sets none). GCE images are global; Azure managed images are ids.
+CURRENT_RUN = "c0ffee00-1111-4222-8333-944445555666"
+PACKER_CURRENT = {
+    "builds": [
+        {"name": "web", "builder_type": "amazon-ebs", "build_time": 1764892800, "files": None,
+         "artifact_id": "ap-southeast-2:ami-0aa11bb22cc33dd44,eu-central-1:ami-0ee55ff66aa77bb88,"
+                        "us-east-1:ami-0cc99dd00ee11ff22",
+         "packer_run_uuid": CURRENT_RUN, "custom_data": {"version": "2.3.0", "git_sha": "9f1c2e7"}},
+        {"name": "web", "builder_type": "googlecompute", "build_time": 1764892900, "files": None,
+         "artifact_id": "web-2-3-0-1764892900", "packer_run_uuid": CURRENT_RUN,
+         "custom_data": {"version": "2.3.0"}},
+        {"name": "web", "builder_type": "azure-arm", "build_time": 1764893000, "files": None,
+         "artifact_id": "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/"
+                        "images/providers/Microsoft.Compute/images/web-2.3.0",
+         "packer_run_uuid": CURRENT_RUN, "custom_data": {"version": "2.3.0",
+                                                         "location": "westeurope"}},
+        {"name": "web", "builder_type": "qemu", "build_time": 1764893100,
+         "files": [{"name": "output-web/web-2.3.0.qcow2", "size": 1073741824}],
+         "artifact_id": "VM", "packer_run_uuid": CURRENT_RUN, "custom_data": None},
+        {"name": "web", "builder_type": "docker", "build_time": 1764893200, "files": None,
+         "artifact_id": "sha256:9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d",
+         "packer_run_uuid": CURRENT_RUN, "custom_data": None},
+    ],
+    "last_run_uuid": CURRENT_RUN,
+}
+
+
+def test_a_packer_1_0_manifest_imports_without_custom_data() -> None:
+    doc = parse(manifest_bytes(PACKER_1_0), "old.json")
+    specs = {s["name"]: s for s in image_specs(doc)}
+    assert set(specs) == {"amazon-ebs", "qemu", "docker"}
+    ebs = specs["amazon-ebs"]
+    assert ebs["version"] == "1496275200" and ebs["labels"] == {}
+    assert ebs["artifacts"] == [("aws", "us-east-1", "ami-1a2b3c4d"),
+                                ("aws", "us-west-2", "ami-5e6f7a8b")]
+    assert specs["qemu"]["artifacts"] == [("qemu", "default", "VM")]
+    assert specs["qemu"]["provenance"]["packer"]["files"] == PACKER_1_0["builds"][1]["files"]
+    assert specs["docker"]["artifacts"] == [
+        ("docker", "default", PACKER_1_0["builds"][2]["artifact_id"])]
+
+
+def test_a_current_manifest_with_every_builder() -> None:
+    doc = parse(manifest_bytes(PACKER_CURRENT), "packer-manifest.json")
+    # five builds of one source name would all be web@2.3.0: say so, and how to split them
+    with pytest.raises(BadRequest, match="would both become web@2.3.0"):
+        image_specs(doc)
+    arts = [artifacts_for(b) for b in doc["builds"]]
+    assert arts[0] == [("aws", "ap-southeast-2", "ami-0aa11bb22cc33dd44"),
+                       ("aws", "eu-central-1", "ami-0ee55ff66aa77bb88"),
+                       ("aws", "us-east-1", "ami-0cc99dd00ee11ff22")]
+    assert arts[1] == [("gcp", "global", "web-2-3-0-1764892900")]
+    assert arts[2] == [("azure", "westeurope", PACKER_CURRENT["builds"][2]["artifact_id"])]
+    assert arts[3] == [("qemu", "default", "VM")]
+    assert arts[4][0][0] == "docker"
+    one = copy.deepcopy(PACKER_CURRENT)
+    one["builds"] = one["builds"][:1]
+    (spec,) = image_specs(parse(manifest_bytes(one), "m.json"))
+    assert spec["version"] == "2.3.0" and spec["labels"] == {"version": "2.3.0", "git_sha": "9f1c2e7"}
+
+
+def test_runs_appended_by_different_packer_versions() -> None:
+    """Packer appends every run to the same file: builds of a 1.0-era run stay beside the
+    current run's, and neither refuses the other."""
+    doc = copy.deepcopy(PACKER_CURRENT)
+    doc["builds"] = PACKER_1_0["builds"] + doc["builds"][:1]
+    parsed = parse(manifest_bytes(doc), "appended.json")
+    (latest,) = image_specs(parsed)
+    assert latest["version"] == "2.3.0"
+    assert {s["name"] for s in image_specs(parsed, all_runs=True)} == {
+        "amazon-ebs", "qemu", "docker", "web"}
+
+
+def test_a_build_without_build_time_or_version_asks_for_one() -> None:
+    doc = copy.deepcopy(PACKER_1_0)
+    for b in doc["builds"]:
+        del b["build_time"], b["files"]
+    parsed = parse(manifest_bytes(doc), "m.json")
+    with pytest.raises(BadRequest, match="neither custom_data.version nor build_time.*--version"):
+        image_specs(parsed)
+    assert {s["version"] for s in image_specs(parsed, version="7")} == {"7"}
+
+
+def test_provider_maps_record_artifacts_under_configured_names() -> None:
+    build = PACKER_CURRENT["builds"][0]
+    assert {a[0] for a in artifacts_for(build, {"aws": "aws-prod"})} == {"aws-prod"}
+    assert {a[0] for a in artifacts_for(build, {"aws": "x", "amazon-ebs": "aws-ebs"})} == {
+        "aws-ebs"}
+    assert {a[0] for a in artifacts_for(build, {"*": "only", "aws": "x"})} == {"only"}
+    assert artifacts_for(PACKER_CURRENT["builds"][1], {"aws": "aws-prod"})[0][0] == "gcp"
+    specs = image_specs(parse(manifest_bytes(PACKER_1_0), "m.json"), providers={"aws": "prod"})
+    assert {a[0] for s in specs for a in s["artifacts"]} == {"prod", "qemu", "docker"}
+
+
+# --- through immd ------------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "packer-manifest.json"
+AWS = """
+[providers.aws-prod]
+kind = "aws"
+regions = ["us-east-1", "eu-west-1"]
+"""
+SERVICE = """
+[services.web]
+targets = [{ provider = "aws-prod", region = "us-east-1", count = 2 }]
+"""
+
+
+def test_the_example_manifest_imports_under_the_configured_aws_provider(tmp_path: Path) -> None:
+    d = Immd(tmp_path, AWS + SERVICE).start()
+    (img,) = d.json("image", "import-packer", str(EXAMPLE))["images"]
+    assert (img["name"], img["version"]) == ("web", "1.4.2")
+    arts = {(a["provider"], a["region"], a["image_id"])
+            for a in d.json("image", "show", "web@1.4.2")["artifacts"]}
+    assert arts == {("aws-prod", "eu-west-1", "ami-0123456789abcdef0"),
+                    ("aws-prod", "us-east-1", "ami-0fedcba9876543210")}
+    out = d.run("image", "import-packer", str(EXAMPLE), "--all-runs").stdout
+    assert "registered web@1764547200" in out and "aws-prod/us-east-1/ami-0a1b2c3d4e5f60718" in out
+    cp = d.fails("image", "import-packer", str(EXAMPLE), "--provider", "nope", code=2)
+    assert "provider 'nope' is not configured; configured: aws-prod" in cp.stderr
+
+
+def test_a_refusal_names_the_artifact_under_another_provider(tmp_path: Path) -> None:
+    # two AWS accounts: no single provider stands for "aws", so Packer's artifacts land under
+    # the cloud's name, and the refusal says where they are and how to fix it
+    d = Immd(tmp_path, AWS + AWS.replace("aws-prod", "aws-dr") + SERVICE).start()
+    d.run("image", "import-packer", str(EXAMPLE))
+    cp = d.fails("rollout", "start", "web", "--image", "web@1.4.2", code=6)
+    assert "refused by rule 'artifact-in-every-region'" in cp.stderr
+    assert "recorded in us-east-1 under provider 'aws' (ami-0fedcba9876543210)" in cp.stderr
+    assert "--provider aws-prod" in cp.stderr
+    # the fix the hint gives works: the same build, recorded under aws-prod, resolves there
+    d.run("channel", "set", "web/production", "web@1.4.2")
+    miss = d.fails("channel", "resolve", "web/production", "--provider", "aws-prod",
+                   "--region", "us-east-1", code=3).stderr
+    assert "under provider 'aws' in us-east-1 (ami-0fedcba9876543210)" in miss
+    d.run("image", "import-packer", str(EXAMPLE), "--provider", "aws-prod", "--version", "1.4.2b")
+    d.run("channel", "set", "web/production", "web@1.4.2b")
+    got = d.run("channel", "resolve", "web/production", "--provider", "aws-prod",
+                "--region", "us-east-1").stdout
+    assert got == "ami-0fedcba9876543210\n"
+
+
+def test_the_config_maps_builders_to_providers(tmp_path: Path) -> None:
+    cfg = AWS + AWS.replace("aws-prod", "aws-dr") + '\n[packer]\nproviders = { amazon-ebs = "aws-dr" }\n'
+    d = Immd(tmp_path, cfg).start()
+    d.run("image", "import-packer", str(EXAMPLE))
+    assert {a["provider"] for a in d.json("image", "show", "web@1.4.2")["artifacts"]} == {"aws-dr"}

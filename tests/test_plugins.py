@@ -218,3 +218,18 @@ def test_docs_give_every_hook_with_its_exact_signature() -> None:
             sig = str(inspect.signature(fn)).replace("'", "")
             assert f"### `{name}{sig}`" in docs, f"docs/plugins.md lacks {name}{sig}"
             assert (inspect.getdoc(fn) or "").split("\n")[0] in docs
+
+
+def test_docs_name_every_builtin_and_every_base_class_method() -> None:
+    from imm.plugins import base
+
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    assert "- providers: `local`, `aws`, `azure`, `openstack` and `gcp`" in docs
+    assert "- routers: `haproxy`, `dns` and `cloudlb`" in docs
+    for cls in (base.Provider, base.Router):
+        for name, member in vars(cls).items():
+            if name.startswith("_") and name != "__init__":
+                continue
+            if inspect.isfunction(member) or isinstance(member, property):
+                assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
+                assert f"#### `{cls.__name__}.{name}" in docs, f"{cls.__name__}.{name}"

@@ -22,12 +22,12 @@ def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyp
 
 def test_sighup_reloads_services_and_audit_schedule(tmp_path: Path) -> None:
     d = Immd(tmp_path, BASE).start()
-    assert d.json("service", "list") == []
+    assert d.items("service", "list") == []
     assert d.proc is not None
     cfg = tmp_path / "immd.toml"
     cfg.write_text(BASE + WEB + "[audit]\ninterval_s = 1\n")
     d.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: [s["name"] for s in d.json("service", "list")] == ["web"])
+    wait_for(lambda: [s["name"] for s in d.items("service", "list")] == ["web"])
     # the scheduler picks the new interval up and sweeps on its own
     def swept() -> bool:
         cp = d.run("audit", "status", "--json", check=False)
@@ -39,5 +39,5 @@ def test_sighup_reloads_services_and_audit_schedule(tmp_path: Path) -> None:
     cfg.write_text(BASE + WEB + "[services.bad]\nstrategy = \"sideways\"\n")
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: b"services not changed" in d.log.read_bytes())
-    assert [s["name"] for s in d.json("service", "list")] == ["web"]
+    assert [s["name"] for s in d.items("service", "list")] == ["web"]
     assert d.proc.poll() is None

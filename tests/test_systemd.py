@@ -580,3 +580,48 @@ def test_immd_serves_on_the_socket_systemd_hands_over_and_stops_cleanly(
         _stop(process)
     # The socket is systemd's: immd must leave it for the next activation.
     assert sock.is_socket()
+
+
+# --- the README's install, into a scratch root ---------------------------------------------
+
+@needs_analyze
+@pytest.mark.skipif(os.geteuid() != 0, reason="systemd-tmpfiles needs root to chown")
+def test_install_script_gives_a_root_that_systemd_analyze_verifies(tmp_path: Path) -> None:
+    """scripts/install-systemd (what the README's install section runs) into a scratch root:
+    units, the venv drop-in, sysusers, tmpfiles, config and LoadCredential=, then
+    ``systemd-analyze verify`` on the installed units with their drop-ins."""
+    root = tmp_path / "root"
+    creds = root / "etc/imm/credentials"
+    creds.mkdir(parents=True)
+    (creds / "aws-secret-access-key").write_text("not-a-real-secret\n")
+    readme = (UNITS.parent / "README.md").read_text()
+    assert "sudo ./scripts/install-systemd --venv /opt/imm/venv" in readme
+    done = subprocess.run(
+        [str(UNITS.parent / "scripts/install-systemd"), "--root", str(root), "--venv",
+         str(VENV_BIN.parent)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    units = root / "etc/systemd/system"
+    venv_conf = (units / "immd.service.d/10-venv.conf").read_text()
+    assert f"ExecStart=\nExecStart={IMMD} --config /etc/imm/immd.toml" in venv_conf
+    cred_conf = (units / "immd.service.d/20-credentials.conf").read_text()
+    assert ("LoadCredential=aws-secret-access-key:/etc/imm/credentials/aws-secret-access-key"
+            in cred_conf)
+    groups = {line.split(":")[0]: int(line.split(":")[2])
+              for line in (root / "etc/group").read_text().splitlines()}
+    assert {"imm", "imm-admin"} <= set(groups)
+    st = (root / "etc/imm/immd.toml").stat()
+    assert (oct(st.st_mode & 0o777), st.st_uid, st.st_gid) == ("0o640", 0, groups["imm"])
+    assert oct((root / "etc/imm/credentials").stat().st_mode & 0o777) == "0o700"
+    assert oct((root / "var/lib/imm").stat().st_mode & 0o777) == "0o700"
+
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "immd.service"), str(units / "immd.socket")],
+        capture_output=True, text=True, timeout=120)
+    ours = [line for line in (verify.stdout + verify.stderr).splitlines()
+            if str(root) in line or "immd." in line]
+    assert verify.returncode == 0 and not ours, verify.stdout + verify.stderr
+    # the drop-ins are really read: a misspelled key in one is reported
+    (units / "immd.service.d/30-typo.conf").write_text("[Service]\nLoadCredentia=x\n")
+    verify = subprocess.run(["systemd-analyze", "verify", str(units / "immd.service")],
+                            capture_output=True, text=True, timeout=120)
+    assert "LoadCredentia" in verify.stdout + verify.stderr

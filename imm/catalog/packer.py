@@ -10,7 +10,12 @@ The file looks like::
 Packer appends to the file on every run, so by default only the builds of the last run are
 imported. One build becomes one image with one artifact per region. Validation is strict: a
 hand-edited or truncated file is refused with the JSON path of what is wrong, never half
-imported.
+imported. What older Packer versions did not write is optional: ``custom_data`` (added in
+Packer 1.3), ``files`` and ``build_time`` may be missing, in old runs appended to the same file too.
+
+An artifact is recorded under the builder's cloud (``aws``, ``gcp``, ``azure``, ``openstack``,
+else the builder type) unless a provider map says which configured provider stands for it
+(``import-packer --provider NAME``, or ``[packer] providers`` in immd's config).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ Artifact = tuple[str, str, str]
 _AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EVERY_BUILDER = "*"  # a provider map key that applies to every builder (--provider NAME)
 
 
 def parse(data: bytes | str, source: str) -> dict[str, Any]:
@@ -105,8 +111,31 @@ def select_builds(manifest: Mapping[str, Any], *, all_runs: bool = False) -> lis
     return chosen
 
 
-def artifacts_for(build: Mapping[str, Any]) -> list[Artifact]:
+def cloud_of(builder_type: str) -> str:
+    """The cloud a Packer builder type builds for: the provider kind that runs its images."""
+    if builder_type.startswith("amazon-"):
+        return "aws"
+    return {"googlecompute": "gcp", "azure-arm": "azure", "azure-chroot": "azure",
+            "openstack": "openstack"}.get(builder_type, builder_type)
+
+
+def provider_for(builder_type: str, providers: Mapping[str, str] | None) -> str:
+    """The provider name an artifact of ``builder_type`` is recorded under: the map's entry for
+    the builder type, else for its cloud, else the cloud's name."""
+    cloud = cloud_of(builder_type)
+    providers = providers or {}
+    return (providers.get(EVERY_BUILDER) or providers.get(builder_type) or providers.get(cloud)
+            or cloud)
+
+
+def artifacts_for(build: Mapping[str, Any],
+                  providers: Mapping[str, str] | None = None) -> list[Artifact]:
     """``(provider, region, image_id)`` of every copy a build made."""
+    return [(provider_for(build["builder_type"], providers), region, image_id)
+            for _cloud, region, image_id in _artifacts(build)]
+
+
+def _artifacts(build: Mapping[str, Any]) -> list[Artifact]:
     btype: str = build["builder_type"]
     artifact_id: str = build["artifact_id"]
     custom: Mapping[str, str] = build.get("custom_data") or {}
@@ -135,6 +164,7 @@ def image_specs(
     name: str | None = None,
     version: str | None = None,
     all_runs: bool = False,
+    providers: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One image spec per selected build, ready for the catalog.
 
@@ -149,7 +179,7 @@ def image_specs(
     specs: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], str] = {}
     for build in select_builds(manifest, all_runs=all_runs):
-        spec = _spec(build, name, version)
+        spec = _spec(build, name, version, providers)
         key = (spec["name"], spec["version"])
         label = f"{build['name']} ({build['builder_type']}, run {build['packer_run_uuid']})"
         if key in seen:
@@ -166,7 +196,8 @@ def image_specs(
 # --- internals -------------------------------------------------------------------------------
 
 
-def _spec(build: Mapping[str, Any], name: str | None, version: str | None) -> dict[str, Any]:
+def _spec(build: Mapping[str, Any], name: str | None, version: str | None,
+          providers: Mapping[str, str] | None) -> dict[str, Any]:
     custom: Mapping[str, str] = build.get("custom_data") or {}
     if name is None:
         try:
@@ -178,7 +209,15 @@ def _spec(build: Mapping[str, Any], name: str | None, version: str | None) -> di
                 detail={"build": build["name"]},
             ) from e
     if version is None:
-        version = custom.get("version") or str(build["build_time"])
+        version = custom.get("version") or (str(build["build_time"]) if "build_time" in build
+                                            else None)
+        if version is None:
+            raise BadRequest(
+                f"Packer build {build['name']!r} (run {build['packer_run_uuid']}) has neither "
+                "custom_data.version nor build_time (an old Packer wrote it); pass --version "
+                "VERSION",
+                detail={"build": build["name"]},
+            )
         try:
             validate_version(version)
         except BadRequest as e:
@@ -196,9 +235,9 @@ def _spec(build: Mapping[str, Any], name: str | None, version: str | None) -> di
             other[key] = value
     packer: dict[str, Any] = {
         "builder_type": build["builder_type"],
-        "build_time": build["build_time"],
+        "build_time": build.get("build_time"),
         "packer_run_uuid": build["packer_run_uuid"],
-        "files": build["files"],
+        "files": build.get("files"),
         "name": build["name"],
     }
     if other:
@@ -210,7 +249,7 @@ def _spec(build: Mapping[str, Any], name: str | None, version: str | None) -> di
         "content_kind": "packer",
         "labels": labels,
         "provenance": {"packer": packer},
-        "artifacts": artifacts_for(build),
+        "artifacts": artifacts_for(build, providers),
     }
 
 
@@ -242,10 +281,12 @@ def _check_build(build: Any, path: str, source: str) -> None:
         _field(build, "builder_type", str, path, source, "the builder type, e.g. amazon-ebs"),
         path, "builder_type", source,
     )
-    build_time = _field(build, "build_time", int, path, source, "Unix seconds as an integer")
-    if build_time < 0:
+    # build_time, files and custom_data: optional, as older Packer versions wrote builds
+    build_time = _optional(build, "build_time", int, path, source, "Unix seconds as an integer")
+    if build_time is not None and build_time < 0:
         _fail(source, f"{path}.build_time", build_time, "Unix seconds, not negative")
-    files = _field(build, "files", (list, type(None)), path, source, "null or a list of files")
+    files = _optional(build, "files", (list, type(None)), path, source,
+                      "null or a list of files")
     for j, f in enumerate(files or ()):
         fpath = f"{path}.files[{j}]"
         _require(f, dict, fpath, source, 'an object {"name", "size"}')
@@ -257,8 +298,8 @@ def _check_build(build: Any, path: str, source: str) -> None:
         _field(build, "packer_run_uuid", str, path, source, "the Packer run uuid"),
         path, "packer_run_uuid", source,
     )
-    custom = _field(build, "custom_data", (dict, type(None)), path, source,
-                    "null or an object of strings")
+    custom = _optional(build, "custom_data", (dict, type(None)), path, source,
+                       "null or an object of strings")
     for key, value in (custom or {}).items():
         _require(value, str, _join(f"{path}.custom_data", key), source, "a string")
     try:
@@ -279,6 +320,13 @@ def _field(obj: dict[str, Any], key: str, types: Any, path: str, source: str, wh
             detail={"source": source, "path": fpath},
         )
     return _require(obj[key], types, fpath, source, what)
+
+
+def _optional(obj: dict[str, Any], key: str, types: Any, path: str, source: str,
+              what: str) -> Any:
+    if key not in obj:
+        return None
+    return _require(obj[key], types, _join(path, key), source, what)
 
 
 def _require(value: Any, types: Any, path: str, source: str, what: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFY_FAILED
 from .client import ApiError, Client, DaemonUnreachable, Fail, UnixHTTPConnection
-from .render import block, emit_json, short, table
+from .render import block, emit_json, emit_list, short, table
 
 TERMINAL = ("completed", "partial", "failed", "aborted")
 
@@ -26,7 +26,7 @@ class _Progress:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.last = time.monotonic()  # nothing in the first second: a quick job shows its end
         self.shown = False
 
     def show(self, text: str, force: bool = False) -> None:
@@ -95,6 +95,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         progress.show(_sweep_line(s))
         time.sleep(0.3)
         s = c.request("GET", f"/v1/audit/sweeps/{s['id']}")
+    progress.show(_sweep_line(s), force=True)  # the final counts, not the first poll's
     progress.done()
     if a.json:
         emit_json(s)
@@ -148,7 +149,7 @@ def cmd_findings(c: Client, a: argparse.Namespace) -> int:
     rows = _pages(c, "/v1/audit/findings", "findings",
                   {"open": 1 if a.open else None, "verdict": a.verdict, "instance": a.instance})
     if a.json:
-        emit_json(rows)
+        emit_list(rows)
         return 0
     for r in rows:
         r["why"] = summarize(r["verdict"], r["detail"])
@@ -164,7 +165,7 @@ def cmd_instances(c: Client, a: argparse.Namespace) -> int:
     rows = _pages(c, "/v1/audit/instances", "instances",
                   {"verdict": a.verdict, "service": a.service})
     if a.json:
-        emit_json(rows)
+        emit_list(rows)
         return 0
     for r in rows:
         r["where"] = f"{r['provider']}/{r['region']}"
@@ -251,6 +252,7 @@ def cmd_export(c: Client, a: argparse.Namespace) -> int:
             lines += data.count(b"\n")
             tail = (tail + data)[-4096:]
             progress.show(f"export: {lines} lines, {size / 1e6:.1f} MB")
+        progress.show(f"export: {lines} lines, {size / 1e6:.1f} MB", force=True)
     except OSError as e:
         raise _fail(f"export interrupted after {lines} lines: {e}") from None
     finally:
@@ -301,29 +303,34 @@ def cmd_verify(c: Client, a: argparse.Namespace) -> int:
 
 def register(sub: Any, add: Any, group: Any) -> None:
     g = group("audit", "prove what runs: sweeps, findings, signed exports")
-    sp = add(g, "run", cmd_run, "sweep every provider now and judge every instance")
+    sp = add(g, "run", cmd_run, "sweep every provider now and judge every instance",
+             "immctl audit run --wait")
     sp.add_argument("--wait", action="store_true", help="wait for it, progress on stderr")
-    add(g, "status", cmd_status, "the latest sweep and its progress")
-    sp = add(g, "findings", cmd_findings, "findings: instances that are not ok")
+    add(g, "status", cmd_status, "the latest sweep and its progress", "immctl audit status")
+    sp = add(g, "findings", cmd_findings, "findings: instances that are not ok",
+             "immctl audit findings --open --verdict tampered")
     sp.add_argument("--open", action="store_true", help="only open findings")
     sp.add_argument("--verdict", help="only this verdict (e.g. tampered)")
     sp.add_argument("--instance", help="only this instance id")
     sp = add(g, "instances", cmd_instances,
-             "every instance the sweeps see: its image, since when, its verdicts")
+             "every instance the sweeps see: its image, since when, its verdicts",
+             "immctl audit instances --service web")
     sp.add_argument("--verdict", help="only instances with this verdict")
     sp.add_argument("--service", help="only this service")
     sp = add(g, "blast-radius", cmd_blast_radius,
-             "running instances on an image or its descendants (default: any revoked image)")
+             "running instances on an image or its descendants (default: any revoked image)",
+             "immctl audit blast-radius web@v1")
     sp.add_argument("ref", nargs="?", help="digest, prefix, name@version or channel:S/T")
     sp.add_argument("--replace", action="store_true",
                     help="start rollouts replacing them with each service's channel head")
-    sp = add(g, "export", cmd_export, "write a signed audit bundle of a time range")
+    sp = add(g, "export", cmd_export, "write a signed audit bundle of a time range",
+             "immctl audit export --out q4.jsonl --since 2026-10-01T00:00:00Z")
     sp.add_argument("--out", required=True, help="the bundle file ('-' for stdout)")
     sp.add_argument("--since", help="from this time (RFC 3339, a date, or Unix seconds)")
     sp.add_argument("--until", help="up to (not including) this time")
     sp.add_argument("--format", choices=["jsonl", "csv"], help="JSON Lines (default) or CSV")
     sp = add(g, "verify", cmd_verify,
-             "check a bundle offline: signature, checkpoint, every line's proof, order")
+             "check a bundle offline: signature, checkpoint, every line's proof, order",
+             "immctl audit verify q4.jsonl --key imm.pub.pem")
     sp.add_argument("file", help="a bundle written by 'immctl audit export'")
     sp.add_argument("--key", required=True, help="the public key PEM ('immctl keys export')")
-

@@ -237,3 +237,16 @@ class Client:
             raise ApiError(resp.status, err.get("code", "error"),
                            err.get("message", f"HTTP {resp.status}"), err.get("detail"))
         return data
+
+
+def image_names(c: Client, digests: Any) -> dict[str, str]:
+    """``name@version`` of each digest the catalog knows (one lookup per distinct digest):
+    tables show names people think in, with a digest prefix beside them."""
+    out: dict[str, str] = {}
+    for dg in sorted({x for x in digests if x}):
+        try:
+            img = c.request("GET", f"/v1/images/{seg(dg)}")
+        except ApiError:
+            continue  # not in the catalog (a pet): the table shows the digest alone
+        out[dg] = f"{img['name']}@{img['version']}"
+    return out

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from . import audit_cmds, rollout_cmds, token_cmds
 from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
-from .render import block, emit_json, short, table
+from .render import block, emit_json, emit_list, short, table
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -53,7 +53,7 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
 def cmd_keys_list(c: Client, a: argparse.Namespace) -> int:
     keys = c.request("GET", "/v1/keys")["keys"]
     if a.json:
-        emit_json(keys)
+        emit_list(keys)
         return 0
     for k in keys:
         k["mark"] = "*" if k["current"] else ""
@@ -158,7 +158,7 @@ def cmd_image_import_packer(c: Client, a: argparse.Namespace) -> int:
         raise Fail(f"Packer manifest {a.file} is not UTF-8 text", EXIT_USAGE) from None
     r = c.request("POST", "/v1/images/import-packer", {
         "manifest": text, "source": a.file, "name": a.name, "version": a.version,
-        "all_runs": a.all_runs})
+        "all_runs": a.all_runs, "provider": a.provider})
     if a.json:
         emit_json(r)
         return 0
@@ -181,12 +181,13 @@ def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
         if not a.all or not after:
             break
     if a.json:
-        emit_json(rows if a.all else {"images": rows, "next": after})
+        emit_list(rows, None if a.all else after)
         return 0
     for r in rows:
         r["short"] = short(r["digest"])
-    table(rows, [("short", "DIGEST"), ("name", "NAME"), ("version", "VERSION"),
-                 ("ladder_step", "LADDER"), ("status", "STATUS"), ("artifacts", "ARTIFACTS"),
+        r["image"] = f"{r['name']}@{r['version']}"
+    table(rows, [("image", "IMAGE"), ("short", "DIGEST"), ("ladder_step", "LADDER"),
+                 ("status", "STATUS"), ("artifacts", "ARTIFACTS"),
                  ("created_at", "CREATED")], empty="no images; add one with 'immctl image add'")
     if after and not a.all:
         print(f"(more: --all, or --limit above {a.limit})")
@@ -277,7 +278,7 @@ def cmd_channel_show(c: Client, a: argparse.Namespace) -> int:
 def cmd_channel_history(c: Client, a: argparse.Namespace) -> int:
     r = c.request("GET", f"/v1/channels/{seg(a.name)}/history")
     if a.json:
-        emit_json(r)
+        emit_list(r["history"])
     else:
         for h in r["history"]:
             h["short"] = short(h["digest"])
@@ -289,7 +290,7 @@ def cmd_channel_history(c: Client, a: argparse.Namespace) -> int:
 def cmd_channel_list(c: Client, a: argparse.Namespace) -> int:
     r = c.request("GET", "/v1/channels")
     if a.json:
-        emit_json(r["channels"])
+        emit_list(r["channels"])
     else:
         for h in r["channels"]:
             h["short"] = short(h["digest"])
@@ -357,6 +358,52 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
     return 0 if r["ok"] else EXIT_VERIFY_FAILED
 
 
+# -- channel resolve, help, completion --------------------------------------------------------
+
+def cmd_channel_resolve(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/channels/{seg(a.name)}/resolve",
+                  query={"provider": a.provider, "region": a.region})
+    if a.json:
+        emit_json(r)
+    else:
+        print(r["image_id"])
+    return 0
+
+
+def cmd_help(c: Client, a: argparse.Namespace) -> int:
+    from .topics import TOPICS
+
+    words = a.topic
+    if not words:
+        build_parser().print_help()
+        print("\nhelp topics: " + ", ".join(sorted(TOPICS))
+              + "; 'immctl help COMMAND [SUBCOMMAND]' shows a command's help")
+        return 0
+    if len(words) == 1 and words[0] in TOPICS:
+        sys.stdout.write(TOPICS[words[0]])
+        return 0
+    parser: Any = build_parser(only=words[0])
+    for i, w in enumerate(words):
+        subs = next((x.choices for x in parser._actions
+                     if isinstance(x, argparse._SubParsersAction)), None)
+        if not subs or w not in subs:
+            where = "immctl " + " ".join(words[:i]) if i else "immctl"
+            known = sorted(subs or []) + ([] if i else sorted(TOPICS))
+            raise Fail(f"no command or topic {w!r} under {where.strip()}; known: "
+                       f"{', '.join(known)}", EXIT_USAGE)
+        parser = subs[w]
+    parser.print_help()
+    return 0
+
+
+def cmd_completion(c: Client, a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    name = {"bash": "bash-completion/immctl", "zsh": "zsh/_immctl"}[a.shell]
+    sys.stdout.write((Path(__file__).parent / "share" / name).read_text("utf-8"))
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------
 
 class _Skipped:
@@ -380,14 +427,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """immctl's parser; with ``only``, just that command group gets its subcommands."""
     p = argparse.ArgumentParser(
         prog="immctl", description="Drive immd, the control plane of an immutable fleet.",
-        epilog="--json anywhere prints JSON for scripts. --socket or IMM_SOCKET picks the daemon.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--json anywhere prints JSON for scripts; every list is "
+               '{"items": [...], "next": CURSOR-or-null}.\n'
+               "--socket or IMM_SOCKET picks the daemon. 'immctl help TOPIC' explains more.\n\n"
+               "example:\n  immctl rollout start web --image web@v2 --wait")
     p.add_argument("--socket", help="immd's unix socket (default: $IMM_SOCKET, /run/imm/immd.sock,"
                                     " ~/.local/state/imm/immd.sock)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (anywhere on the line)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
-    def add(parent: Any, name: str, fn: Command, help_text: str) -> Any:
-        sp = parent.add_parser(name, help=help_text, description=help_text)
+    def add(parent: Any, name: str, fn: Command, help_text: str, example: str) -> Any:
+        sp = parent.add_parser(name, help=help_text, description=help_text,
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="example:\n  " + example.replace("\n", "\n  "))
         sp.set_defaults(fn=fn)
         return sp
 
@@ -397,76 +450,111 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             return _Skipped()
         return g.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
 
-    add(sub, "status", cmd_status, "daemon status, catalog counts and loaded plugins")
+    add(sub, "status", cmd_status, "daemon status, catalog counts and loaded plugins",
+        "immctl status")
+    sp = add(sub, "help", cmd_help, "a command's help, or a topic: json, exit-codes, refs, "
+             "completion", "immctl help rollout start\nimmctl help refs")
+    sp.add_argument("topic", nargs="*", metavar="TOPIC",
+                    help="a command (and subcommand), or a topic")
+    sp = add(sub, "completion", cmd_completion, "print the bash or zsh completion script",
+             "immctl completion bash > /etc/bash_completion.d/immctl")
+    sp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
 
     keys = group("keys", "signing keys")
-    add(keys, "list", cmd_keys_list, "list signing keys (* = current)")
-    sp = add(keys, "export", cmd_keys_export, "print a public key as PEM")
+    add(keys, "list", cmd_keys_list, "list signing keys (* = current)", "immctl keys list")
+    sp = add(keys, "export", cmd_keys_export, "print a public key as PEM",
+             "immctl keys export > imm.pub.pem")
     sp.add_argument("--keyid", help="a retired key (default: the current one)")
-    add(keys, "rotate", cmd_keys_rotate, "make a new signing key, announced by the old one")
+    add(keys, "rotate", cmd_keys_rotate, "make a new signing key, announced by the old one",
+        "immctl keys rotate")
 
     img = group("image", "the image catalog")
-    sp = add(img, "add", cmd_image_add, "register a disk-image file or image directory")
-    sp.add_argument("path")
-    sp.add_argument("--name", required=True)
-    sp.add_argument("--version", required=True)
+    sp = add(img, "add", cmd_image_add, "register a disk-image file or image directory",
+             "immctl image add /tmp/imm-images/v2 --name web --version v2 "
+             "--layer os=debian@12")
+    sp.add_argument("path", help="a disk-image file or an image directory")
+    sp.add_argument("--name", required=True, help="image name, e.g. web")
+    sp.add_argument("--version", required=True, help="image version, e.g. v2 or 1.4.2")
     sp.add_argument("--layer", action="append", default=[], metavar="ROLE=NAME@VERSION",
                     help="a baked layer (os, runtime, framework, app); repeatable")
     sp.add_argument("--boot-action", action="append", default=[], metavar="TEXT",
                     help="something done at boot; repeatable (decides the ladder step)")
     sp.add_argument("--parent", metavar="REF", help="the image this one was built from")
-    sp.add_argument("--label", action="append", default=[], metavar="K=V")
+    sp.add_argument("--label", action="append", default=[], metavar="K=V",
+                    help="a label, e.g. team=platform; repeatable")
     sp = add(img, "import-packer", cmd_image_import_packer,
-             "import builds from a Packer manifest post-processor file")
-    sp.add_argument("file")
+             "import builds from a Packer manifest post-processor file",
+             "immctl image import-packer examples/packer-manifest.json --provider aws-prod")
+    sp.add_argument("file", help="the manifest Packer's manifest post-processor wrote")
     sp.add_argument("--name", help="image name (default: each build's name)")
     sp.add_argument("--version", help="version (default: custom_data.version or build_time)")
     sp.add_argument("--all-runs", action="store_true",
                     help="import every run, not only last_run_uuid's")
-    sp = add(img, "list", cmd_image_list, "list images")
-    sp.add_argument("--name")
-    sp.add_argument("--status", choices=["active", "revoked"])
-    sp.add_argument("--limit", type=ascii_int, default=100)
+    sp.add_argument("--provider", metavar="NAME",
+                    help="record the artifacts under this configured provider (default: "
+                         "[packer] providers in immd's config, else the builder's cloud: "
+                         "aws, gcp, azure, openstack)")
+    sp = add(img, "list", cmd_image_list, "list images", "immctl image list --name web")
+    sp.add_argument("--name", help="only images of this name")
+    sp.add_argument("--status", choices=["active", "revoked"], help="only active or revoked")
+    sp.add_argument("--limit", type=ascii_int, default=100, help="at most this many (default 100)")
     sp.add_argument("--all", action="store_true", help="every image, page by page")
-    sp = add(img, "show", cmd_image_show, "show one image")
-    sp.add_argument("ref")
+    sp = add(img, "show", cmd_image_show, "show one image", "immctl image show web@v2")
+    sp.add_argument("ref", help="digest, prefix, name@version or channel:SERVICE/STAGE")
     sp = add(img, "verify", cmd_image_verify,
-             "re-verify stored rows from their signatures and the ledger")
-    sp.add_argument("ref", nargs="?")
-    sp.add_argument("--all", action="store_true")
-    art = img.add_parser("artifact", help="where copies of an image live").add_subparsers(
+             "re-verify stored rows from their signatures and the ledger",
+             "immctl image verify --all")
+    sp.add_argument("ref", nargs="?", help="one image (digest, prefix, name@version)")
+    sp.add_argument("--all", action="store_true", help="every image, artifact and channel")
+    art = img.add_parser("artifact", help="where copies of an image live",
+                         description="where copies of an image live").add_subparsers(
         dest="sub2", metavar="SUBCOMMAND", required=True)
-    sp = add(art, "add", cmd_artifact_add, "record a copy in a provider/region")
-    sp.add_argument("ref")
-    sp.add_argument("--provider", required=True)
-    sp.add_argument("--region", required=True)
-    sp.add_argument("--image-id", required=True)
-    sp = add(img, "revoke", cmd_image_revoke, "revoke an image so it must not run")
-    sp.add_argument("ref")
-    sp.add_argument("--reason", required=True)
+    sp = add(art, "add", cmd_artifact_add, "record a copy in a provider/region",
+             "immctl image artifact add web@v2 --provider aws-prod --region us-east-1 "
+             "--image-id ami-0abc1234def567890")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp.add_argument("--provider", required=True, help="a configured provider name, e.g. aws-prod")
+    sp.add_argument("--region", required=True, help="the region the copy is in")
+    sp.add_argument("--image-id", required=True, help="the provider's id, e.g. ami-0abc...")
+    sp = add(img, "revoke", cmd_image_revoke, "revoke an image so it must not run",
+             "immctl image revoke web@v1 --reason CVE-2026-1234 --cascade")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp.add_argument("--reason", required=True, help="why, kept in the ledger")
     sp.add_argument("--cascade", action="store_true", help="revoke its descendants too")
-    sp = add(img, "restore", cmd_image_restore, "lift a revocation")
-    sp.add_argument("ref")
+    sp = add(img, "restore", cmd_image_restore, "lift a revocation", "immctl image restore web@v1")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
 
     ch = group("channel", "movable, signed pointers SERVICE/STAGE -> image")
-    sp = add(ch, "set", cmd_channel_set, "point a channel at an image")
-    sp.add_argument("name")
-    sp.add_argument("ref")
-    sp = add(ch, "show", cmd_channel_show, "where a channel points")
-    sp.add_argument("name")
-    sp = add(ch, "history", cmd_channel_history, "every move of a channel")
-    sp.add_argument("name")
-    add(ch, "list", cmd_channel_list, "every channel")
+    sp = add(ch, "set", cmd_channel_set, "point a channel at an image",
+             "immctl channel set web/production web@v2")
+    sp.add_argument("name", help="SERVICE/STAGE, e.g. web/production")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp = add(ch, "show", cmd_channel_show, "where a channel points",
+             "immctl channel show web/production")
+    sp.add_argument("name", help="SERVICE/STAGE")
+    sp = add(ch, "resolve", cmd_channel_resolve,
+             "the provider image id of a channel's image (prints the id alone)",
+             "immctl channel resolve web/production --provider aws-prod --region us-east-1")
+    sp.add_argument("name", help="SERVICE/STAGE")
+    sp.add_argument("--provider", required=True, help="a configured provider name")
+    sp.add_argument("--region", help="the region (optional when the image has one there)")
+    sp = add(ch, "history", cmd_channel_history, "every move of a channel",
+             "immctl channel history web/production")
+    sp.add_argument("name", help="SERVICE/STAGE")
+    add(ch, "list", cmd_channel_list, "every channel", "immctl channel list")
 
     led = group("ledger", "the Merkle ledger of every signed record")
-    add(led, "head", cmd_ledger_head, "size, root and the signed checkpoint")
-    sp = add(led, "proof", cmd_ledger_proof, "inclusion proof of a leaf")
-    sp.add_argument("--index", type=ascii_int, required=True)
-    sp.add_argument("--size", type=ascii_int)
-    sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes")
-    sp.add_argument("--from", dest="from_", type=ascii_int, required=True)
-    sp.add_argument("--to", type=ascii_int)
-    add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
+    add(led, "head", cmd_ledger_head, "size, root and the signed checkpoint", "immctl ledger head")
+    sp = add(led, "proof", cmd_ledger_proof, "inclusion proof of a leaf",
+             "immctl ledger proof --index 1 --json")
+    sp.add_argument("--index", type=ascii_int, required=True, help="the leaf, from 0")
+    sp.add_argument("--size", type=ascii_int, help="tree size to prove against (default: current)")
+    sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes",
+             "immctl ledger consistency --from 10 --to 20")
+    sp.add_argument("--from", dest="from_", type=ascii_int, required=True, help="the older tree size")
+    sp.add_argument("--to", type=ascii_int, help="the newer tree size (default: current)")
+    add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature",
+        "immctl ledger verify")
 
     rollout_cmds.register(sub, add, group)
     audit_cmds.register(sub, add, group)
@@ -515,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"immctl: {e.message}", file=sys.stderr)
             cands = e.detail.get("candidates") if isinstance(e.detail, dict) else None
-            if cands:
+            if cands and not all(str(x) in e.message for x in cands):
                 print("candidates:\n  " + "\n  ".join(map(str, cands)), file=sys.stderr)
         cls = ERROR_CLASSES.get(e.code)
         return cls.exit_code if cls else EXIT_ERROR

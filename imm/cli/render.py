@@ -12,6 +12,11 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def emit_list(items: Sequence[Any], next_cursor: Any = None) -> None:
+    """Every list command's --json: ``{"items": [...], "next": CURSOR-or-null}``."""
+    emit_json({"items": list(items), "next": next_cursor})
+
+
 def short(digest: str | None, n: int = 19) -> str:
     if not digest:
         return "-"

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .client import Client, seg
-from .render import emit_json, table
+from .render import emit_json, emit_list, table
 
 
 def cmd_create(c: Client, a: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_create(c: Client, a: argparse.Namespace) -> int:
 def cmd_list(c: Client, a: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = c.request("GET", "/v1/tokens")["tokens"]
     if a.json:
-        emit_json(rows)
+        emit_list(rows)
         return 0
     for r in rows:
         r["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["expires_at"]))
@@ -48,11 +48,12 @@ def cmd_revoke(c: Client, a: argparse.Namespace) -> int:
 def register(sub: Any, add: Any, group: Any) -> None:
     g = group("token", "bearer tokens for the loopback TCP listener ([daemon] tcp)")
     sp = add(g, "create", cmd_create,
-             "mint a token for yourself; it prints once (send 'Authorization: Bearer TOKEN')")
+             "mint a token for yourself; it prints once (send 'Authorization: Bearer TOKEN')",
+             "immctl token create --ttl 12h --scope read")
     sp.add_argument("--ttl", required=True, metavar="DURATION",
                     help="how long it lives: 90s, 30m, 12h, 7d (at most 30d)")
     sp.add_argument("--scope", choices=["read", "admin"], default="read",
                     help="read (default) or admin (admins only)")
-    add(g, "list", cmd_list, "your tokens (every token, for an admin)")
-    sp = add(g, "revoke", cmd_revoke, "revoke a token by its id")
-    sp.add_argument("id")
+    add(g, "list", cmd_list, "your tokens (every token, for an admin)", "immctl token list")
+    sp = add(g, "revoke", cmd_revoke, "revoke a token by its id", "immctl token revoke 3f2a9c")
+    sp.add_argument("id", help="the token's id, as 'immctl token list' shows it")

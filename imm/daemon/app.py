@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import routes, routes_audit, routes_rollout, routes_tokens
+from . import routes, routes_audit, routes_fleet, routes_rollout, routes_tokens
 from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
 
 # the whole API, which the OpenAPI document describes
-ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES, *routes_tokens.ROUTES]
+ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_fleet.ROUTES, *routes_audit.ROUTES,
+          *routes_tokens.ROUTES]
 
 
 def make_app(daemon: Daemon) -> web.Application:

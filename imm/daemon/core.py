@@ -143,11 +143,30 @@ class Daemon:
         self.metrics.inc("images_added" if result["created"] else "images_add_noop")
         return result
 
+    def packer_providers(self, provider: str | None) -> dict[str, str]:
+        """Which configured provider a Packer artifact is recorded under, by builder type or
+        cloud: ``provider`` (import-packer --provider) for every build, else the config's
+        [packer] providers, else the one configured provider of the builder's cloud kind."""
+        if provider is not None:
+            if provider not in self.context.providers:
+                raise BadRequest(f"provider {provider!r} is not configured; configured: "
+                                 f"{', '.join(sorted(self.context.providers)) or 'none'}")
+            return {packer.EVERY_BUILDER: provider}
+        by_kind: dict[str, list[str]] = {}
+        for pname, p in self.context.providers.items():
+            by_kind.setdefault(p.kind, []).append(pname)
+        out = {kind: names[0] for kind, names in by_kind.items() if len(names) == 1}
+        out.update(self.settings.packer_providers)
+        return out
+
     async def import_packer(self, actor: str, text: str, source: str, name: str | None,
-                            version: str | None, all_runs: bool) -> list[dict[str, Any]]:
+                            version: str | None, all_runs: bool,
+                            provider: str | None = None) -> list[dict[str, Any]]:
         manifest = packer.parse(text, source)
+        providers = self.packer_providers(provider)
         try:
-            specs = packer.image_specs(manifest, name=name, version=version, all_runs=all_runs)
+            specs = packer.image_specs(manifest, name=name, version=version, all_runs=all_runs,
+                                       providers=providers)
         except BadRequest as e:
             if source not in e.message:
                 e.message = f"{source}: {e.message}"

@@ -205,6 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", help="override daemon.state_dir")
     p.add_argument("--socket", help="override daemon.socket")
     p.add_argument("--log-level", help="override daemon.log_level (debug, info, warning)")
+    p.add_argument("--stop-fleet", action="store_true",
+                   help="when immd stops, stop the embedded haproxy and every local instance "
+                        "too (a sandbox); by default they keep serving while immd is down")
     p.add_argument("--print-default-config", action="store_true",
                    help="print the embedded default config and exit")
     p.add_argument("--version", action="version", version=f"immd {__version__}")
@@ -358,12 +361,37 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     systemd.notify("STOPPING=1", "STATUS=stopping")
     await gate.close()  # no new connections; runner.cleanup() finishes the open ones
     await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
+    if args.stop_fleet:
+        await asyncio.to_thread(stop_fleet, daemon)
     await asyncio.to_thread(daemon.close)
     if bound is not None:
         with contextlib.suppress(FileNotFoundError):
             bound.unlink()
     log.info("stopped")
     return 0
+
+
+def stop_fleet(daemon: Daemon) -> None:
+    """immd --stop-fleet: terminate every instance of the local providers and stop what the
+    routers supervise (the embedded haproxy). Cloud instances are never touched."""
+    for name, handle in daemon.context.providers.items():
+        if handle.kind != "local":
+            continue
+        provider = handle.plugin
+        try:
+            ids = [i.id for i in provider.list_instances(None)]
+            provider.terminate(ids)
+        except ImmError as e:
+            log.error("--stop-fleet: provider %s: %s", name, e.message)
+            continue
+        log.info("--stop-fleet: terminated %d instance(s) of provider %s", len(ids), name)
+    for name, rhandle in daemon.context.routers.items():
+        try:
+            rhandle.plugin.stop()
+        except ImmError as e:
+            log.error("--stop-fleet: router %s: %s", name, e.message)
+        else:
+            log.info("--stop-fleet: stopped router %s", name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..catalog.digest import Reader
 from ..catalog.manifest import parse_label, parse_layer
+from ..catalog.resolve import resolve_artifact
 from ..errors import BadRequest
 from .core import Daemon
 from .http import FD_HEADER, body, field, json_response, path_int, query_int, receive_fd
@@ -157,7 +158,8 @@ async def images_import_packer(request: web.Request) -> web.Response:
     try:
         images = await d(request).import_packer(
             actor(request), text, source, field(data, "name", str),
-            field(data, "version", str), field(data, "all_runs", bool, default=False))
+            field(data, "version", str), field(data, "all_runs", bool, default=False),
+            field(data, "provider", str))
     except RecursionError:
         raise BadRequest(f"{source}: the Packer manifest nests too deeply to be one; give the "
                          "manifest post-processor's file") from None
@@ -236,6 +238,17 @@ async def channels_history(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     return json_response({"name": name,
                           "history": await dm.db.read(dm.catalog.channel_history, name)})
+
+
+async def channels_resolve(request: web.Request) -> web.Response:
+    dm = d(request)
+    provider = request.query.get("provider") or None
+    if provider is None:
+        raise BadRequest("query parameter provider is required: the configured provider name "
+                         "whose image id you want (e.g. aws-prod)")
+    return json_response(await dm.db.read(resolve_artifact, dm.catalog,
+                                          request.match_info["name"], provider,
+                                          request.query.get("region") or None))
 
 
 async def channels_set(request: web.Request) -> web.Response:
@@ -319,7 +332,7 @@ ROUTES: list[Route] = [
           "Import the builds of a Packer manifest post-processor file",
           body={"type": "object", "required": ["manifest"], "properties": {
               "manifest": STR, "source": STR, "name": STR, "version": STR,
-              "all_runs": {"type": "boolean"}}}),
+              "all_runs": {"type": "boolean"}, "provider": STR}}),
     Route("GET", "/v1/images", images_list, "List images (paged by 'next')",
           query={"name": {"schema": STR}, "status": {"schema": {"enum": ["active", "revoked"]}},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
@@ -342,6 +355,11 @@ ROUTES: list[Route] = [
           query={"name": {"in": "path", "description": "SERVICE/STAGE (URL-encoded)"}}),
     Route("GET", "/v1/channels/{name}/history", channels_history, "A channel's moves",
           tag="channels", query={"name": {"in": "path"}}),
+    Route("GET", "/v1/channels/{name}/resolve", channels_resolve,
+          "The provider image id of a channel's image in one provider/region (for Terraform)",
+          tag="channels", query={"name": {"in": "path"}, "provider": {"required": True,
+                                                                     "schema": STR},
+                                 "region": {"schema": STR}}),
     Route("PUT", "/v1/channels/{name}", channels_set, "Point a channel at an image",
           tag="channels", query={"name": {"in": "path"}},
           body={"type": "object", "required": ["ref"], "properties": {"ref": STR}}),

@@ -103,6 +103,9 @@ class Provider(ABC):
     features: ClassVar[frozenset[Feature]] = frozenset()
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
+        """``name`` is the configured name ([providers.NAME]), ``settings`` the rest of that
+        table; raise ConfigError naming the bad setting. No network calls here: immd starts
+        without the cloud."""
         self.name = name
         self.settings = dict(settings)
         self.context = context
@@ -185,6 +188,8 @@ class Router(ABC):
     features: ClassVar[frozenset[RouterFeature]] = frozenset({RouterFeature.HEALTH_CHECK})
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
+        """``name`` is the configured name ([routers.NAME]), ``settings`` the rest of that table;
+        raise ConfigError naming the bad setting."""
         self.name = name
         self.settings = dict(settings)
         self.context = context
@@ -207,14 +212,21 @@ class Router(ABC):
         """Bring up anything the router supervises (the embedded haproxy); idempotent."""
 
     def close(self) -> None:
-        """Stop what start() started."""
+        """Release what start() started; what must outlive immd (an embedded haproxy that keeps
+        serving) may stay."""
+
+    def stop(self) -> None:
+        """Stop everything start() started, even what close() would leave serving (immd
+        --stop-fleet). Called instead of, not before, close()."""
+        self.close()
 
     def ensure_route(self, route: str, settings: Mapping[str, Any]) -> None:  # noqa: B027
         """Make sure ``route`` exists (e.g. an HAProxy frontend/backend pair); idempotent."""
 
     @abstractmethod
     def backends(self, route: str) -> list[Backend]:
-        ...
+        """Every backend of ``route`` as the router sees it now: weight, state, health, sessions.
+        An unknown route is an error naming it, not an empty list."""
 
     @abstractmethod
     def add(self, route: str, name: str, address: str) -> None:
@@ -222,7 +234,9 @@ class Router(ABC):
 
     @abstractmethod
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
-        ...
+        """Set the weight (0..256) of each named backend; backends not named keep theirs.
+        Weight 0 takes no new traffic; a router without weights approximates (a DNS or load
+        balancer router serves the backends with weight > 0)."""
 
     @abstractmethod
     def drain(self, route: str, name: str) -> None:
@@ -233,4 +247,5 @@ class Router(ABC):
         """Take ``name`` out of the route for good; absent is not an error."""
 
     def health(self, route: str) -> dict[str, bool | None]:
+        """Backend name -> passed its health check (None: not checked yet)."""
         return {b.name: b.healthy for b in self.backends(route)}

@@ -194,6 +194,8 @@ class Engine:
                     continue
                 if finished:
                     await self.journal.record(rid, "complete", "complete", {}, state=COMPLETED)
+                    log.info("rollout %s of %s completed: it runs %s", rid, r["service"],
+                             r["params"].get("image"))
                     return
         except asyncio.CancelledError:
             log.info("rollout %s parked at shutdown; it resumes when immd starts", rid)

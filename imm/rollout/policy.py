@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..catalog.keys import KeyRing
+from ..catalog.resolve import other_provider_hint
 from ..catalog.service import Catalog
 from ..catalog.verify import check_row
 from ..errors import PolicyRefused
@@ -45,9 +46,13 @@ def check(conn: Connection, catalog: Catalog, keyring: KeyRing, service: Service
         else:
             artifacts[f"{t.provider}/{t.region}"] = a["image_id"]
     if missing:
+        provider, _, region = missing[0].partition("/")
+        hint = other_provider_hint(conn, digest, provider, region,
+                                   f"{row['name']}@{row['version']}")
         raise refuse("artifact-in-every-region",
-                     f"image {label} has no artifact in {', '.join(missing)}; copy it there and "
-                     "record it with 'immctl image artifact add'", image=digest, missing=missing)
+                     f"image {label} has no artifact in {', '.join(missing)}"
+                     + (hint or "; copy it there and record it with 'immctl image artifact add'"),
+                     image=digest, missing=missing)
     if row["ladder_step"] < service.min_ladder_step:
         raise refuse("min-ladder-step",
                      f"image {label} is at ladder step {row['ladder_step']} but service "

@@ -9,6 +9,7 @@ rollback interrupted by a crash or an outage is simply run again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,8 @@ def launched_by(r: Rollout) -> set[str]:
     return {i for j in r["journal"] if j["action"] == DONE and j["step"].endswith(f"-{OP_LAUNCH}")
             for i in j["detail"].get("instances", [])}
 
+
+log = logging.getLogger("imm.rollout")
 
 class Rollback:
     def __init__(self, ctx: Context, journal: Journal, fleet: Fleet, steps: Steps,
@@ -83,6 +86,8 @@ class Rollback:
         self.checkpoint("rollback", "after")
         await self.journal.record(rid, "rollback", DONE, {"removed": sorted(i.id for i in new)},
                                   state=ROLLED_BACK)
+        log.info("rollout %s of %s rolled back: %d new instance(s) removed", rid, svc.name,
+                 len(new))
 
     async def relaunch_previous(self, svc: Service, r: Rollout, missing: int) -> list[Instance]:
         prev = r["previous_digest"]

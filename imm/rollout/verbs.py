@@ -6,6 +6,7 @@ wakes the rollout's task, or starts one).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ from .states import (
 _MOVES = {PAUSE: (RUNNING, PAUSED), RESUME: (PAUSED, RUNNING)}
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
+
+log = logging.getLogger("imm.rollout")
 
 class Verbs:
     def __init__(self, ctx: Context, journal: Journal, fleet: Fleet,
@@ -73,6 +76,8 @@ class Verbs:
         await self.journal.create(rid, svc.name, strategy, digest, previous, params, actor, {
             "image": digest, "previous": previous, "strategy": strategy,
             "plan": [s["name"] for s in plan], "undo_of": undo_of})
+        log.info("rollout %s of %s started by %s: %s (%s), %s, %d steps", rid, svc.name, actor,
+                 params["image"], digest[:19], strategy, len(plan))
         self.kick(rid)
         return await self.status(rid)
 

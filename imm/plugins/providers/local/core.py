@@ -173,7 +173,9 @@ class LocalCore(Provider):
     Settings (all optional): ``root`` (default ``<state_dir>/local``), ``port_range``
     (``"20000-29999"``; default: a free port the kernel picks), ``stop_timeout_s`` (SIGTERM to
     SIGKILL, default 10), ``start_check_s`` (an instance exiting this soon after its start fails
-    the launch, default 0.2; the health gate judges the rest).
+    the launch, default 0.2; the health gate judges the rest), ``terminated_ttl_s`` (how long
+    an instance whose process died, killed by hand or crashed, is still listed as
+    ``terminated`` before its directory is reclaimed, default 60; its log and data volumes stay).
     """
 
     kind: ClassVar[str] = "local"
@@ -187,6 +189,7 @@ class LocalCore(Provider):
         self.port_range = self._parse_port_range(self.settings.get("port_range"))
         self.stop_timeout_s = self._parse_seconds("stop_timeout_s", 10)
         self.start_check_s = self._parse_seconds("start_check_s", START_CHECK_S)
+        self.terminated_ttl_s = self._parse_seconds("terminated_ttl_s", 60)
         self.images_dir = self.root / "images"
         self.instances_dir = self.root / "instances"
         self.logs_dir = self.root / "logs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -53,12 +54,67 @@ class LocalProvider(LocalCore):
     def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
         _reap()
         wanted = dict(tags or {})
-        found = [
-            self._to_instance(meta)
-            for meta in self._metas()
-            if all(meta.get("tags", {}).get(k) == v for k, v in wanted.items())
-        ]
+        found = []
+        for meta in self._metas():
+            if not all(meta.get("tags", {}).get(k) == v for k, v in wanted.items()):
+                continue
+            inst = self._to_instance(meta)
+            if inst.state == "stopped":
+                # Nothing restarts a local instance whose process is gone: like a cloud's
+                # terminated VM it is listed for a while, then its directory is reclaimed.
+                inst.state = "terminated"
+                if self._reclaim_dead(meta["id"]):
+                    continue
+            found.append(inst)
         return iter(found)  # built eagerly: the caller iterates on the event loop
+
+    @contextlib.contextmanager
+    def _try_locked(self) -> Iterator[bool]:
+        """Like _locked, but never waits: False when a launcher holds the lock."""
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                yield True
+            finally:
+                os.close(fd)
+        finally:
+            self._lock.release()
+
+    def _reclaim_dead(self, iid: str) -> bool:
+        """Note when a dead instance was first seen dead; remove its directory once that is
+        terminated_ttl_s ago. True when it is gone."""
+        with self._try_locked() as locked:
+            if not locked:
+                return False
+            try:
+                meta = self._read_meta(iid)
+            except (OSError, ValueError):
+                return False
+            if meta is None or self._is_running(meta):
+                return meta is None
+            gone_at = meta.get("gone_at")
+            if gone_at is None:
+                meta["gone_at"] = time.time()
+                _write_json(self.instances_dir / iid / "meta.json", meta)
+                self.log.info("local instance %s: its process is gone; listed as terminated "
+                              "for %.0f s", iid, self.terminated_ttl_s)
+                return False
+            if time.time() - float(gone_at) < self.terminated_ttl_s:
+                return False
+            self._remove_instance(iid)
+            with contextlib.suppress(OSError), \
+                    open(self.logs_dir / f"{iid}.log", "a", encoding="utf-8") as f:
+                f.write(f"[imm-local] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                        f"reclaimed {iid}: its process had died\n")
+            return True
 
     def launch(self, request: LaunchRequest) -> list[Instance]:
         call = "launch"

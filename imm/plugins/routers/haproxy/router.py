@@ -209,6 +209,11 @@ class HAProxyRouter(Router):
         for route, rs in self._declared.items():
             self.ensure_route(route, rs)
 
+    def stop(self) -> None:
+        """Stop the embedded haproxy whatever stop_on_close says (immd --stop-fleet)."""
+        self.stop_on_close = True
+        self.close()
+
     def close(self) -> None:
         if self.supervisor is not None:
             self.supervisor.stop_watching()
