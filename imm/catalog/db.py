@@ -114,7 +114,8 @@ class Database:
         import importlib
 
         # Each layer registers its own numbered migrations; they apply in name order.
-        for module in ("imm.catalog.schema", "imm.rollout.schema", "imm.audit.schema"):
+        for module in ("imm.catalog.schema", "imm.catalog.trust_schema", "imm.rollout.schema",
+                       "imm.audit.schema"):
             try:
                 importlib.import_module(module)
             except ModuleNotFoundError as e:

@@ -13,3 +13,6 @@ def register(sub: Any, add: Any, group: Any) -> None:
     from . import audit_cmds
 
     audit_cmds.register(sub, add, group)
+    from . import trust_cmds
+
+    trust_cmds.register(sub, add, group)

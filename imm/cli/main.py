@@ -318,6 +318,11 @@ def cmd_ledger_consistency(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_leaf(c: Client, a: argparse.Namespace) -> int:
+    emit_json(c.request("GET", f"/v1/ledger/leaves/{a.index}"))
+    return 0
+
+
 def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
     r = c.request("GET", "/v1/ledger/verify")
     if a.json:
@@ -445,6 +450,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes")
     sp.add_argument("--from", dest="from_", type=int, required=True)
     sp.add_argument("--to", type=int)
+    sp = add(led, "leaf", cmd_ledger_leaf, "one leaf: its hash and the signed record (JSON)")
+    sp.add_argument("index", type=int)
     add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
 
     from . import extra

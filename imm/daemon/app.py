@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import routes, routes_audit, routes_rollout
+from . import routes, routes_audit, routes_rollout, routes_trust
 from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
@@ -12,7 +12,7 @@ from .routes import DAEMON
 from .routes_audit import audit_context
 
 # the whole API, which the OpenAPI document describes
-ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES]
+ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES, *routes_trust.ROUTES]
 
 
 def make_app(daemon: Daemon) -> web.Application:
