@@ -19,3 +19,21 @@ def _operators(conn: sqlite3.Connection) -> None:
             fingerprint TEXT NOT NULL UNIQUE, comment TEXT NOT NULL, actor TEXT NOT NULL,
             added_at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL)
     """)
+
+
+@migration("0011-trust-changes")
+def _changes(conn: sqlite3.Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE changes (
+            id TEXT PRIMARY KEY, action TEXT NOT NULL, target TEXT NOT NULL, terms TEXT NOT NULL,
+            statement TEXT NOT NULL, protect TEXT NOT NULL, approvals_needed INTEGER NOT NULL,
+            approvers TEXT NOT NULL, requested_by TEXT NOT NULL, created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL, state TEXT NOT NULL, result TEXT,
+            ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL);
+        CREATE INDEX changes_state ON changes(state);
+        CREATE TABLE approvals (
+            change_id TEXT NOT NULL REFERENCES changes(id), operator TEXT NOT NULL,
+            fingerprint TEXT NOT NULL, signature TEXT NOT NULL, actor TEXT NOT NULL,
+            at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL,
+            PRIMARY KEY (change_id, operator), UNIQUE (change_id, fingerprint))
+    """)

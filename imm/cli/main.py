@@ -20,6 +20,7 @@ from ..errors import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
+from . import trust_cmds
 from .client import ApiError, Client, DaemonUnreachable, seg
 from .render import block, emit_json, short, table
 
@@ -223,6 +224,8 @@ def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/restore", {})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.json:
         emit_json(r)
     else:
@@ -236,6 +239,8 @@ def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_channel_set(c: Client, a: argparse.Namespace) -> int:
     r = c.request("PUT", f"/v1/channels/{seg(a.name)}", {"ref": a.ref})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.json:
         emit_json(r)
     else:

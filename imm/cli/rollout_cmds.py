@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..errors import EXIT_ERROR
+from . import trust_cmds
 from .client import Client, seg
 from .render import block, emit_json, short, table
 
@@ -67,6 +68,8 @@ def show(r: dict[str, Any]) -> None:
 def cmd_start(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", "/v1/rollouts", {"service": a.service, "image": a.image,
                                            "strategy": a.strategy})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.wait:
         if not a.json:
             print(f"rollout {r['id']} started ({r['strategy']}, {len(r['plan'])} steps)")
@@ -117,6 +120,8 @@ def verb(name: str) -> Any:
 
 def cmd_undo(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", f"/v1/services/{seg(a.service)}/undo", {})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.wait:
         return follow(c, r["id"], a.json)
     if a.json:

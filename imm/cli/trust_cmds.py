@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import EXIT_USAGE
 from .client import Client, seg
-from .render import emit_json, table
+from .render import block, emit_json, table
 
 
 class Usage(Exception):
@@ -82,6 +82,140 @@ def cmd_operator_remove(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+# -- protected changes ----------------------------------------------------------------------
+
+def pending(r: Any, a: argparse.Namespace) -> bool:
+    """If the daemon answered with a pending change (the verb is protected), say so."""
+    if not (isinstance(r, dict) and r.get("pending") is True and "statement" in r):
+        return False
+    if a.json:
+        emit_json(r)
+        return True
+    print(f"change {r['id']} is pending: {describe(r)}")
+    print(f"  needs {r['approvals_needed']} approval(s) from: {', '.join(r['approvers'])} "
+          f"(protected by [protect.\"{r['protect']}\"]), until {r['expires_at']}")
+    print(f"  each approver runs: immctl approve {r['id']} --key ~/.ssh/id_ed25519")
+    print(f"  (or signs 'immctl change statement {r['id']}' with ssh-keygen -Y sign -n imm and "
+          f"runs immctl approve {r['id']} --signature FILE.sig)")
+    return True
+
+
+def describe(r: dict[str, Any]) -> str:
+    t = r["terms"]
+    if r["action"] == "channel-set":
+        return f"channel set {r['target']} -> {t['image']} (was {t['previous'] or 'unset'})"
+    if r["action"] == "rollout-start":
+        return f"rollout start {r['target']} --image {t['image']} ({t['strategy']})"
+    if r["action"] == "rollout-undo":
+        return f"rollout undo {r['target']} (back to {t['image']}, undoing {t['undo_of']})"
+    if r["action"] == "image-restore":
+        return f"image restore {r['target']} (on {', '.join(t['channels'])})"
+    return f"{r['action']} {r['target']}"
+
+
+def show_change(r: dict[str, Any]) -> None:
+    block([("change", r["id"]), ("state", r["state"]), ("what", describe(r)),
+           ("requested", f"{r['created_at']} by {r['requested_by']}"),
+           ("expires", r["expires_at"]),
+           ("approvals", f"{len(r['approved_by'])} of {r['approvals_needed']}"
+                         + (f" ({', '.join(r['approved_by'])})" if r["approved_by"] else "")),
+           ("approvers", r["approvers"]), ("result", r["result"]),
+           ("ledger leaf", r["ledger_index"])])
+    if r["approvals"]:
+        print("approvals:")
+        table(r["approvals"], [("operator", "  OPERATOR"), ("fingerprint", "KEY"),
+                               ("at", "AT"), ("ledger_index", "LEAF")])
+
+
+def cmd_change_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.request("GET", "/v1/changes", query={"all": "1" if a.all else None})["changes"]
+    if a.json:
+        emit_json(rows)
+        return 0
+    for r in rows:
+        r["what"] = describe(r)
+        r["count"] = f"{len(r['approved_by'])}/{r['approvals_needed']}"
+    table(rows, [("id", "CHANGE"), ("state", "STATE"), ("count", "APPROVALS"), ("what", "WHAT"),
+                 ("expires_at", "EXPIRES")],
+          empty="no pending changes" + ("" if a.all else " (--all shows past ones)"))
+    return 0
+
+
+def cmd_change_show(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/changes/{seg(a.id)}")
+    if a.json:
+        emit_json(r)
+    else:
+        show_change(r)
+    return 0
+
+
+def cmd_change_statement(c: Client, a: argparse.Namespace) -> int:
+    """The exact bytes to sign, nothing added (no newline)."""
+    r = c.request("GET", f"/v1/changes/{seg(a.id)}")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(r["statement"].encode("utf-8"))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_change_cancel(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("POST", f"/v1/changes/{seg(a.id)}/cancel", {})
+    if a.json:
+        emit_json(r)
+    else:
+        print(f"change {r['id']} cancelled")
+    return 0
+
+
+def ssh_sign(key: str, statement: bytes) -> str:
+    """``ssh-keygen -Y sign -n imm -f KEY`` here, on the operator's machine: KEY is a private
+    key file, or a public key whose private half ssh-agent holds."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("ssh-keygen")
+    if exe is None:
+        raise Usage("ssh-keygen is not installed (Debian: openssh-client); sign elsewhere and "
+                    "pass --signature FILE")
+    with tempfile.TemporaryDirectory(prefix="imm-approve-") as tmp:
+        msg = f"{tmp}/statement"
+        with open(msg, "wb") as f:
+            f.write(statement)
+        cp = subprocess.run([exe, "-Y", "sign", "-n", "imm", "-f", key, "-q", msg],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if cp.returncode != 0:
+            raise Usage(f"ssh-keygen -Y sign with {key} failed: "
+                        + (cp.stderr.strip() or f"exit {cp.returncode}"))
+        with open(msg + ".sig") as f:
+            return f.read()
+
+
+def cmd_approve(c: Client, a: argparse.Namespace) -> int:
+    if bool(a.key) == bool(a.signature):
+        raise Usage("say how to sign: --key FILE (ssh-keygen -Y sign runs here) or "
+                    "--signature FILE (a signature made with ssh-keygen -Y sign -n imm)")
+    r = c.request("GET", f"/v1/changes/{seg(a.change)}")
+    if a.signature:
+        sig = read_text(a.signature, "signature file", 16384)
+    else:
+        sig = ssh_sign(a.key, r["statement"].encode("utf-8"))
+    r = c.request("POST", f"/v1/changes/{seg(a.change)}/approvals", {"signature": sig})
+    if a.json:
+        emit_json(r)
+        return 0
+    print(f"approved change {r['id']} ({len(r['approved_by'])} of {r['approvals_needed']}: "
+          f"{', '.join(r['approved_by'])})")
+    if r["state"] == "applied":
+        print(f"carried out: {describe(r)}: {r['result']}")
+    elif r["state"] == "failed":
+        print(f"approved, but it could not be carried out: {r['result']['error']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub: Any, add: Any, group: Any) -> None:
     op = group("operator", "people who approve protected changes with their SSH keys")
     sp = add(op, "add", _guard(cmd_operator_add), "register an operator's SSH public key")
@@ -91,3 +225,19 @@ def register(sub: Any, add: Any, group: Any) -> None:
     add(op, "list", cmd_operator_list, "registered operators")
     sp = add(op, "remove", cmd_operator_remove, "remove an operator")
     sp.add_argument("name")
+
+    ch = group("change", "protected changes waiting for (or done after) k approvals")
+    sp = add(ch, "list", cmd_change_list, "pending changes")
+    sp.add_argument("--all", action="store_true", help="applied, failed, cancelled too")
+    sp = add(ch, "show", cmd_change_show, "one change and its approvals")
+    sp.add_argument("id")
+    sp = add(ch, "statement", cmd_change_statement,
+             "the exact bytes approvers sign (ssh-keygen -Y sign -n imm)")
+    sp.add_argument("id")
+    sp = add(ch, "cancel", cmd_change_cancel, "cancel a pending change")
+    sp.add_argument("id")
+    sp = add(sub, "approve", _guard(cmd_approve), "approve a pending change with your SSH key")
+    sp.add_argument("change")
+    sp.add_argument("--key", metavar="FILE",
+                    help="your SSH private key, or its .pub with the key in ssh-agent")
+    sp.add_argument("--signature", metavar="FILE", help="an SSHSIG made over the statement")

@@ -10,6 +10,8 @@ from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
 from .routes_audit import audit_context
+from .routes_trust import trust_context
+from .trust import TRUST, Trust
 
 # the whole API, which the OpenAPI document describes
 ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES, *routes_trust.ROUTES]
@@ -22,7 +24,9 @@ def make_app(daemon: Daemon) -> web.Application:
                                      daemon.metrics.observe),
     )
     app[DAEMON] = daemon
+    app[TRUST] = Trust(daemon)
     app.cleanup_ctx.append(audit_context)
+    app.cleanup_ctx.append(trust_context)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document(ROUTES)

@@ -34,6 +34,9 @@ def document(routes: list[Route]) -> dict[str, Any]:
         if r.method in ("POST", "PUT", "DELETE"):
             op["responses"]["201"] = {"description": "Created", "content": {
                 "application/json": {"schema": {"type": "object"}}}}
+            op["responses"]["202"] = {"description": "Protected: a pending change to approve",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object"}}}}
             op["responses"]["403"] = {"description": "The peer is not an admin", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         params = []

@@ -14,6 +14,7 @@ from ..catalog.manifest import parse_label, parse_layer
 from ..errors import BadRequest
 from .core import Daemon
 from .http import body, field, json_response, query_int
+from .trust import TRUST
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 H = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -192,6 +193,9 @@ async def images_revoke(request: web.Request) -> web.Response:
 async def images_restore(request: web.Request) -> web.Response:
     dm = d(request)
     await body(request)
+    pending = await request.app[TRUST].guard_restore(actor(request), ref_of(request))
+    if pending is not None:
+        return json_response(pending, status=202)
     result = await dm.db.write(dm.catalog.restore, actor(request), ref_of(request))
     return json_response(result, status=201)
 
@@ -218,8 +222,11 @@ async def channels_history(request: web.Request) -> web.Response:
 async def channels_set(request: web.Request) -> web.Response:
     dm = d(request)
     data = await body(request)
-    result = await dm.db.write(dm.catalog.set_channel, actor(request), request.match_info["name"],
-                               field(data, "ref", str, required=True))
+    name, ref = request.match_info["name"], field(data, "ref", str, required=True)
+    pending = await request.app[TRUST].guard_channel(actor(request), name, ref)
+    if pending is not None:
+        return json_response(pending, status=202)
+    result = await dm.db.write(dm.catalog.set_channel, actor(request), name, ref)
     return json_response(result, status=200)
 
 
