@@ -39,6 +39,7 @@ from typing import Any
 from ..errors import BadRequest, ConfigError, Conflict, Forbidden, ImmError, NotFound, VerificationFailed
 from . import operators, sshsig
 from .canonical import canonical_json
+from .freshness import parse_duration
 from .service import CHANNEL, Catalog, query, query_one
 
 STATEMENT_TYPE = "https://imm.dev/change/v1"
@@ -46,20 +47,7 @@ ACTIONS = ("channel-set", "rollout-start", "rollout-undo", "image-restore", "rol
 CATALOG_ACTIONS = ("channel-set", "image-restore")
 DEFAULT_EXPIRES_S = 24 * 3600
 CHANGE_ID = re.compile(r"^c-[0-9a-f]{8}$")
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def parse_duration(value: Any, where: str) -> int:
-    """'90s', '10m', '24h', '7d' (or an integer of seconds) → seconds."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1)) * _UNITS[m.group(2)]
-    raise ConfigError(f"{where} {value!r} is not a duration; use e.g. 90s, 10m, 24h or 7d")
 
 
 @dataclass(frozen=True)

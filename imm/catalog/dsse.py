@@ -20,7 +20,8 @@ from .canonical import canonical_json
 PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
     "image", "artifact", "channel", "revocation", "rollout", "approval", "audit-bundle", "key",
-    "audit-finding", "audit-batch", "operator", "change",
+    "audit-finding", "audit-batch", "operator", "change", "channel-head",
+    "lifecycle",
 )
 
 

@@ -37,3 +37,23 @@ def _changes(conn: sqlite3.Connection) -> None:
             at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL,
             PRIMARY KEY (change_id, operator), UNIQUE (change_id, fingerprint))
     """)
+
+
+@migration("0012-trust-channel-heads")
+def _channel_heads(conn: sqlite3.Connection) -> None:
+    conn.execute("""
+        CREATE TABLE channel_heads (
+            name TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
+            issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, envelope TEXT NOT NULL)""")
+
+
+@migration("0013-trust-lifecycle")
+def _lifecycle(conn: sqlite3.Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE lifecycle (
+            digest TEXT NOT NULL REFERENCES images(digest), action TEXT NOT NULL,
+            at INTEGER NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL, time TEXT NOT NULL,
+            ledger_index INTEGER PRIMARY KEY, state TEXT NOT NULL, envelope TEXT NOT NULL);
+        CREATE INDEX lifecycle_digest ON lifecycle(digest);
+        CREATE INDEX lifecycle_due ON lifecycle(at) WHERE state = 'scheduled'
+    """)

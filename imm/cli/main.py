@@ -102,7 +102,7 @@ def show_image(img: dict[str, Any]) -> None:
         ("channels", img.get("channels", [])),
         ("created", f"{img['created_at']} by {img['actor']}"),
         ("signed by", img["keyid"]), ("ledger leaf", img["ledger_index"]),
-    ])
+    ] + [("warning", w) for w in (img.get("lifecycle") or {}).get("warnings", [])])
     arts = img.get("artifacts") or []
     if arts:
         print("artifacts:")
@@ -211,6 +211,8 @@ def cmd_artifact_add(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
+    if a.at:
+        return int(trust_cmds.guard(trust_cmds.cmd_image_lifecycle)(c, a))
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/revoke",
                   {"reason": a.reason, "cascade": a.cascade})
     if a.json:
@@ -329,6 +331,8 @@ def cmd_ledger_leaf(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
+    if a.checkpoint:
+        return int(trust_cmds.guard(lambda _c, a: trust_cmds.verify_checkpoint_offline(a))(c, a))
     r = c.request("GET", "/v1/ledger/verify")
     if a.json:
         emit_json(r)
@@ -434,6 +438,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("ref")
     sp.add_argument("--reason", required=True)
     sp.add_argument("--cascade", action="store_true", help="revoke its descendants too")
+    sp.add_argument("--at", metavar="TIME", help="schedule it: RFC 3339 UTC, now, or +DURATION")
+    sp.add_argument("--force", action="store_true",
+                    help="with --at: even if the last audit sweep saw it running")
+    sp.set_defaults(action="revoke")
+    sp = add(img, "deprecate", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+             "mark an image deprecated: rollouts still allowed, with a warning")
+    sp.add_argument("ref")
+    sp.add_argument("--reason", default="")
+    sp.set_defaults(action="deprecate", at=None, force=False)
+    sp = add(img, "expire", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+             "from --at on, rollouts to the image are refused (rule not-expired)")
+    sp.add_argument("ref")
+    sp.add_argument("--at", required=True, metavar="TIME",
+                    help="RFC 3339 UTC (2026-12-31T00:00:00Z), now, or +DURATION (+7d)")
+    sp.add_argument("--reason", default="")
+    sp.add_argument("--force", action="store_true",
+                    help="even if the last audit sweep saw it running")
+    sp.set_defaults(action="expire")
+    sp = add(img, "lifecycle", trust_cmds.cmd_image_lifecycle_show,
+             "an image's deprecation, expiry and scheduled revocation records")
+    sp.add_argument("ref")
     sp = add(img, "restore", cmd_image_restore, "lift a revocation")
     sp.add_argument("ref")
 
@@ -443,6 +468,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("ref")
     sp = add(ch, "show", cmd_channel_show, "where a channel points")
     sp.add_argument("name")
+    sp = add(ch, "resolve", trust_cmds.guard(trust_cmds.cmd_channel_resolve),
+             "where a channel points, from its signed, expiring head statement")
+    sp.add_argument("name")
+    sp.add_argument("--max-age", metavar="DURATION", help="refuse a head signed longer ago "
+                    "(e.g. 10m, 1h)")
+    sp.add_argument("--key", metavar="PUB.pem", help="the daemon's public key (default: ask it)")
+    sp.add_argument("--statement", metavar="FILE",
+                    help="check a saved head statement offline (needs --key)")
     sp = add(ch, "history", cmd_channel_history, "every move of a channel")
     sp.add_argument("name")
     add(ch, "list", cmd_channel_list, "every channel")
@@ -457,7 +490,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--to", type=int)
     sp = add(led, "leaf", cmd_ledger_leaf, "one leaf: its hash and the signed record (JSON)")
     sp.add_argument("index", type=int)
-    add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
+    sp = add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature; "
+             "with --checkpoint, check an exported checkpoint offline")
+    sp.add_argument("--checkpoint", metavar="FILE", help="a saved checkpoint (offline)")
+    sp.add_argument("--key", metavar="PUB.pem", help="the log's public key (offline)")
+    sp.add_argument("--origin", help="the log's origin (default: the checkpoint's first line)")
+    sp.add_argument("--max-age", metavar="DURATION",
+                    help="refuse a checkpoint signed longer ago (e.g. 10m, 1h)")
 
     from . import extra
     extra.register(sub, add, group)

@@ -70,6 +70,8 @@ def cmd_start(c: Client, a: argparse.Namespace) -> int:
                                            "strategy": a.strategy})
     if trust_cmds.pending(r, a):
         return 0
+    for w in r.get("warnings") or []:
+        print(f"warning: image {r['image_ref']} is {w}", file=sys.stderr)
     if a.wait:
         if not a.json:
             print(f"rollout {r['id']} started ({r['strategy']}, {len(r['plan'])} steps)")

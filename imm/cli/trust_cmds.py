@@ -35,7 +35,7 @@ def read_text(path: str, what: str, limit: int = 1 << 20) -> str:
         raise Usage(f"{what} {path} is not UTF-8 text") from None
 
 
-def _guard(fn: Any) -> Any:
+def guard(fn: Any) -> Any:
     def run(c: Client, a: argparse.Namespace) -> int:
         try:
             return int(fn(c, a))
@@ -44,6 +44,12 @@ def _guard(fn: Any) -> Any:
                 emit_json({"error": {"code": "usage", "message": str(e), "detail": None}})
             print(f"immctl: {e}", file=sys.stderr)
             return EXIT_USAGE
+        except Refused as e:
+            if a.json:
+                emit_json({"error": {"code": "verification-failed", "message": str(e),
+                                     "detail": None}})
+            print(f"immctl: {e}", file=sys.stderr)
+            return e.code
     return run
 
 
@@ -216,9 +222,184 @@ def cmd_approve(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+# -- image lifecycle ----------------------------------------------------------------------------
+
+def cmd_image_lifecycle(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("POST", f"/v1/images/{seg(a.ref)}/lifecycle/{a.action}", {
+        "at": a.at, "reason": a.reason or "", "force": bool(a.force)})
+    if a.json:
+        emit_json(r)
+        return 0
+    what = {"deprecate": "deprecated", "expire": f"expires at {r['at']}",
+            "revoke": f"revocation scheduled for {r['at']}"}[a.action]
+    print(f"image {r['digest']}: {what} (ledger leaf {r['ledger_index']})")
+    if r["forced_over"]:
+        print(f"warning: forced although running on {', '.join(r['forced_over'])}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_image_lifecycle_show(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/images/{seg(a.ref)}/lifecycle")
+    if a.json:
+        emit_json(r)
+        return 0
+    for w in r["status"]["warnings"]:
+        print(f"warning: {w}")
+    table(r["records"], [("action", "ACTION"), ("at", "AT"), ("state", "STATE"),
+                         ("reason", "REASON"), ("actor", "BY"), ("ledger_index", "LEAF")],
+          empty="no lifecycle records")
+    return 0
+
+
+# -- fresh metadata -----------------------------------------------------------------------------
+
+def _duration(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from ..catalog.freshness import parse_duration
+    from ..errors import ConfigError
+
+    try:
+        return parse_duration(text, "--max-age")
+    except ConfigError as e:
+        raise Usage(e.message) from None
+
+
+def _public_key(path: str) -> tuple[Any, str]:
+    from ..audit.bundle_verify import keyid_of, load_public_key
+
+    try:
+        with open(path, "rb") as f:
+            pub = load_public_key(f.read(), path)
+    except OSError as e:
+        raise Usage(f"cannot read key {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise Usage(str(e)) from None
+    return pub, keyid_of(pub)
+
+
+def _verified(fn: Any) -> Any:
+    """Run an offline check; a VerificationFailed becomes exit 7 with its message."""
+    from ..errors import EXIT_VERIFY_FAILED, VerificationFailed
+
+    try:
+        return fn()
+    except VerificationFailed as e:
+        raise Refused(e.message, EXIT_VERIFY_FAILED) from None
+
+
+class Refused(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def cmd_channel_resolve(c: Client, a: argparse.Namespace) -> int:
+    """Where a channel points, from its signed head statement, refused when expired or older
+    than --max-age. With --statement FILE it runs offline (no daemon)."""
+    from ..catalog.freshness import verify_head
+
+    max_age = _duration(a.max_age)
+    if a.statement:
+        if not a.key:
+            raise Usage("--statement checks offline and needs --key PUB.pem ('immctl keys "
+                        "export' gives it)")
+        import json
+
+        try:
+            doc = json.loads(read_text(a.statement, "head statement"))
+        except ValueError as e:
+            raise Usage(f"head statement {a.statement} is not JSON ({e})") from None
+        env = doc.get("statement", doc) if isinstance(doc, dict) else doc
+    else:
+        doc = c.request("GET", f"/v1/channels/{seg(a.name)}/head")
+        env = doc["statement"]
+    if a.key:
+        pub, keyid = _public_key(a.key)
+    else:
+        from ..audit.bundle_verify import keyid_of, load_public_key
+
+        keyid = (env.get("signatures") or [{}])[0].get("keyid", "")
+        pem = c.request("GET", "/v1/keys/export", query={"keyid": keyid})["pem"]
+        pub = load_public_key(pem.encode(), "the daemon's key")
+        keyid = keyid_of(pub)
+    try:
+        body = _verified(lambda: verify_head(env, pub, keyid, a.name, max_age))
+    except Refused as e:
+        if a.json:
+            emit_json({"error": {"code": "verification-failed", "message": str(e),
+                                 "detail": None}})
+        print(f"immctl: {e}", file=sys.stderr)
+        return e.code
+    if a.json:
+        emit_json({"channel": body["channel"], "digest": body["digest"], "seq": body["seq"],
+                   "issued": body["issued"], "expires": body["expires"], "statement": env})
+    else:
+        print(body["digest"])
+    return 0
+
+
+def verify_checkpoint_offline(a: argparse.Namespace) -> int:
+    """``ledger verify --checkpoint FILE --key PUB.pem [--max-age D]``: no daemon."""
+    from ..catalog import checkpoint
+    from ..catalog.freshness import check_age, checkpoint_time, human
+
+    if not a.key:
+        raise Usage("--checkpoint checks offline and needs --key PUB.pem ('immctl keys export')")
+    pub, _ = _public_key(a.key)
+    note = read_text(a.checkpoint, "checkpoint")
+    origin = note.split("\n", 1)[0]
+    try:
+        text = checkpoint.verify_note(note, a.origin or origin, pub)
+        _, size, root = checkpoint.parse_body(text)
+        when = checkpoint_time(text)
+    except ValueError as e:
+        print(f"FAILED: {a.checkpoint}: {e}", file=sys.stderr)
+        return 7
+    max_age = _duration(a.max_age)
+    try:
+        age = _verified(lambda: check_age(when, max_age, f"checkpoint {a.checkpoint}")
+                        if max_age is not None else None)
+    except Refused as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return e.code
+    if a.json:
+        emit_json({"ok": True, "origin": a.origin or origin, "size": size, "root": root.hex(),
+                   "time": when, "age_s": age})
+    else:
+        print(f"ok: checkpoint of {a.origin or origin} at size {size} verifies"
+              + (f"; signed {human(age)} ago" if age is not None else ""))
+    return 0
+
+
+def check_bundle_age(path: str, max_age: str) -> int:
+    """``audit verify --max-age``: the bundle's checkpoint must be young enough."""
+    import csv
+    import json
+
+    from ..catalog.freshness import check_age, checkpoint_time
+
+    seconds = _duration(max_age)
+    assert seconds is not None
+    with open(path, encoding="utf-8", newline="") as f:
+        first = f.readline()
+        if not first.startswith("{"):  # CSV: a row of column names, then the header line
+            first = f.readline()
+    try:
+        header = json.loads(first) if first.startswith("{") else json.loads(
+            next(csv.reader([first]))[-1])
+        note = header["checkpoint"]
+    except (ValueError, KeyError, StopIteration, IndexError, TypeError):
+        raise Usage(f"cannot find the checkpoint in the header of {path}") from None
+    text = note[: note.rfind("\n\n") + 1]
+    _verified(lambda: check_age(checkpoint_time(text), seconds, f"the checkpoint of {path}"))
+    return 0
+
+
 def register(sub: Any, add: Any, group: Any) -> None:
     op = group("operator", "people who approve protected changes with their SSH keys")
-    sp = add(op, "add", _guard(cmd_operator_add), "register an operator's SSH public key")
+    sp = add(op, "add", guard(cmd_operator_add), "register an operator's SSH public key")
     sp.add_argument("name")
     sp.add_argument("--ssh-key", required=True, metavar="PUBKEY_FILE",
                     help="the operator's public key (e.g. ~/.ssh/id_ed25519.pub)")
@@ -236,7 +417,7 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("id")
     sp = add(ch, "cancel", cmd_change_cancel, "cancel a pending change")
     sp.add_argument("id")
-    sp = add(sub, "approve", _guard(cmd_approve), "approve a pending change with your SSH key")
+    sp = add(sub, "approve", guard(cmd_approve), "approve a pending change with your SSH key")
     sp.add_argument("change")
     sp.add_argument("--key", metavar="FILE",
                     help="your SSH private key, or its .pub with the key in ssh-agent")

@@ -10,7 +10,7 @@ from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
 from .routes_audit import audit_context
-from .routes_trust import trust_context
+from .routes_trust import add_tile_routes, trust_context
 from .trust import TRUST, Trust
 
 # the whole API, which the OpenAPI document describes
@@ -30,6 +30,7 @@ def make_app(daemon: Daemon) -> web.Application:
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document(ROUTES)
+    add_tile_routes(app, spec)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(spec)

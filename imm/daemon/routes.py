@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..catalog import lifecycle
 from ..catalog.manifest import parse_label, parse_layer
 from ..errors import BadRequest
 from .core import Daemon
@@ -159,7 +160,9 @@ async def images_list(request: web.Request) -> web.Response:
 
 async def images_show(request: web.Request) -> web.Response:
     dm = d(request)
-    return json_response(await dm.db.read(dm.catalog.show, ref_of(request)))
+    result = await dm.db.read(dm.catalog.show, ref_of(request))
+    result["lifecycle"] = await dm.db.read(lifecycle.status, result["digest"])
+    return json_response(result)
 
 
 async def images_verify(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..catalog import lifecycle
 from ..errors import BadRequest
 from .http import body, field, json_response, query_int
 from .routes import Route, actor, d
@@ -21,6 +22,7 @@ async def rollouts_start(request: web.Request) -> web.Response:
     if pending is not None:
         return json_response(pending, status=202)
     result = await d(request).engine.start(actor(request), service, image, strategy)
+    result["warnings"] = (await d(request).db.read(lifecycle.status, result["image"]))["warnings"]
     return json_response(result, status=201)
 
 

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
-from ..catalog import approvals, operators
+from ..catalog import approvals, lifecycle, operators, tiles
+from ..errors import BadRequest
 from .http import body, field, json_response
 from .routes import Route, actor, d
 from .trust import TRUST
 
 
 async def trust_context(app: web.Application) -> AsyncIterator[None]:
-    """A bad [protect] block fails start-up, naming it."""
+    """A bad [protect] or [trust] block fails start-up, naming it; heads and the checkpoint
+    are kept fresh while the app runs."""
     await app[TRUST].check_config()
+    task = asyncio.create_task(app[TRUST].keep_fresh(), name="keep-fresh")
     yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def channels_head(request: web.Request) -> web.Response:
+    return json_response(await request.app[TRUST].channel_head(request.match_info["name"]))
 
 STR = {"type": "string"}
 
@@ -73,7 +86,71 @@ async def changes_approve(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+async def images_lifecycle_set(request: web.Request) -> web.Response:
+    data = await body(request)
+    action = request.match_info["action"]
+    if action not in lifecycle.ACTIONS:
+        raise BadRequest(f"unknown lifecycle action {action!r}; use deprecate, expire or revoke")
+    result = await request.app[TRUST].lifecycle(
+        actor(request), request.match_info["ref"], action, field(data, "at", str),
+        field(data, "reason", str, default=""), field(data, "force", bool, default=False))
+    return json_response(result, status=201)
+
+
+async def images_lifecycle(request: web.Request) -> web.Response:
+    dm = d(request)
+
+    def read(conn: Any) -> dict[str, Any]:
+        digest = dm.catalog.resolve(conn, request.match_info["ref"])
+        return {"digest": digest, "status": lifecycle.status(conn, digest),
+                "records": lifecycle.listing(conn, digest)}
+
+    return json_response(await dm.db.read(read))
+
+
+# -- the ledger as C2SP tlog tiles ----------------------------------------------------------------
+
+async def tlog_checkpoint(request: web.Request) -> web.Response:
+    dm = d(request)
+    head = await dm.db.read(dm.catalog.head)
+    return web.Response(text=head["checkpoint"] or "", content_type="text/plain",
+                        charset="utf-8", headers={"Cache-Control": "no-cache, max-age=2"})
+
+
+async def tlog_tile(request: web.Request) -> web.Response:
+    dm = d(request)
+    level, index, width = tiles.parse_path(request.match_info["tail"])
+    if level is None:
+        data = await dm.db.read(tiles.entries, index, width)
+    else:
+        data = await dm.db.read(tiles.tile, level, index, width)
+    return web.Response(body=data, content_type="application/octet-stream",
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def add_tile_routes(app: web.Application, spec: dict[str, Any]) -> None:
+    """Serve ``/checkpoint`` and ``/tile/...`` (outside /v1: the paths tile clients expect)
+    and describe them in the OpenAPI document."""
+    app.router.add_get("/checkpoint", tlog_checkpoint)
+    app.router.add_get("/tile/{tail:.+}", tlog_tile)
+    err = {"description": "Error", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}}
+    spec["paths"]["/checkpoint"] = {"get": {
+        "summary": "The signed checkpoint (C2SP tlog-tiles)", "operationId": "get_tlog_checkpoint",
+        "tags": ["ledger"], "responses": {"200": {"description": "OK", "content": {
+            "text/plain": {"schema": {"type": "string"}}}}, "default": err}}}
+    spec["paths"]["/tile/{tail}"] = {"get": {
+        "summary": "A Merkle tile <L>/<N>[.p/<W>] or entry bundle entries/<N>[.p/<W>] "
+                   "(C2SP tlog-tiles)", "operationId": "get_tlog_tile", "tags": ["ledger"],
+        "parameters": [{"name": "tail", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "OK", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}, "default": err}}}
+
+
 NAME = {"name": {"in": "path", "description": "operator name"}}
+REF = {"ref": {"in": "path", "description": "digest, digest prefix, name@version or "
+                                            "channel:SERVICE/STAGE (URL-encoded)"}}
 CHANGE = {"id": {"in": "path", "description": "change id (c- and 8 hex digits)"}}
 ROUTES = [
     Route("GET", "/v1/operators", operators_list, "Operators and their SSH key fingerprints",
@@ -99,4 +176,15 @@ ROUTES = [
                               "properties": {"signature": STR}}),
     Route("POST", "/v1/changes/{id}/cancel", changes_cancel, "Cancel a pending change",
           tag="changes", query=CHANGE, body={"type": "object"}),
+    Route("GET", "/v1/channels/{name}/head", channels_head,
+          "A channel's head as a signed statement with issued and expires times",
+          tag="channels", query={"name": {"in": "path"}}),
+    Route("POST", "/v1/images/{ref}/lifecycle/{action}", images_lifecycle_set,
+          "Deprecate, expire (at) or schedule the revocation (at) of an image", tag="images",
+          query={**REF, "action": {"in": "path", "schema": {"enum": list(lifecycle.ACTIONS)}}},
+          body={"type": "object", "properties": {"at": STR, "reason": STR,
+                                                 "force": {"type": "boolean"}}}),
+    Route("GET", "/v1/images/{ref}/lifecycle", images_lifecycle,
+          "An image's lifecycle: deprecation, expiry, scheduled revocation", tag="images",
+          query=REF),
 ]

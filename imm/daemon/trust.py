@@ -4,15 +4,16 @@ in the transaction of the last approval)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..catalog import approvals
+from ..catalog import approvals, freshness, lifecycle
 from ..catalog.approvals import Protect
 from ..catalog.service import query, query_one
-from ..errors import BadRequest, Conflict, ImmError
+from ..errors import BadRequest, ConfigError, Conflict, ImmError
 from ..rollout import policy
 from ..rollout.services import STRATEGIES
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .core import Daemon
 
 log = logging.getLogger("imm.trust")
+TRUST_KEYS = {"head_ttl"}
 
 
 class Trust:
@@ -30,9 +32,45 @@ class Trust:
         s = self.d.settings
         return approvals.parse_protect(s.raw.get("protect"), s.source)
 
+    def section(self) -> dict[str, Any]:
+        s = self.d.settings
+        raw = s.raw.get("trust", {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{s.source}: [trust] must be a table")
+        unknown = set(raw) - TRUST_KEYS
+        if unknown:
+            raise ConfigError(f"{s.source}: unknown [trust] key(s) {sorted(unknown)}; known: "
+                              + ", ".join(sorted(TRUST_KEYS)))
+        return raw
+
+    def head_ttl(self) -> int:
+        return freshness.parse_duration(
+            self.section().get("head_ttl", freshness.DEFAULT_HEAD_TTL_S),
+            f"{self.d.settings.source}: [trust] head_ttl")
+
+    async def keep_fresh(self) -> None:
+        """Re-sign channel heads and the checkpoint before they grow old, for as long as immd
+        runs (a restart picks up where it left: what is due is re-signed at once)."""
+        while True:
+            ttl = self.head_ttl()
+            try:
+                done = await self.d.db.write(freshness.refresh, self.d.catalog, ttl)
+                if done["heads"]:
+                    log.info("re-signed %d channel head(s)", done["heads"])
+                revoked = await self.d.db.write(lifecycle.carry_out_revocations, self.d.catalog)
+                for digest in revoked:
+                    log.info("revoked %s as scheduled", digest)
+            except ImmError as e:
+                log.error("re-signing heads or scheduled revocations failed: %s", e.message)
+            await asyncio.sleep(max(0.5, min(ttl / 4, 5.0)))
+
+    async def channel_head(self, name: str) -> dict[str, Any]:
+        return await self.d.db.write(freshness.head, self.d.catalog, name, self.head_ttl())
+
     async def check_config(self) -> None:
-        """At start: a bad [protect] block stops immd; unknown approvers are logged (operators
-        are registered through the running daemon, so they may come later)."""
+        """At start: a bad [protect] or [trust] block stops immd; unknown approvers are logged
+        (operators are registered through the running daemon, so they may come later)."""
+        self.head_ttl()
         for p in self.protect().values():
             missing = await self.d.db.read(approvals.unknown_approvers, p)
             if missing:
@@ -117,6 +155,23 @@ class Trust:
                                      {"image": digest, "channels": heads})
 
         return await self.d.db.write(req)
+
+    # -- image lifecycle ------------------------------------------------------------------------
+
+    async def lifecycle(self, actor: str, ref: str, action: str, at: str | None, reason: str,
+                        force: bool) -> dict[str, Any]:
+        when = lifecycle.parse_at(at) if action != "deprecate" else None
+        cat = self.d.catalog
+
+        def write(conn: Any) -> dict[str, Any]:
+            digest = cat.resolve(conn, ref)
+            running = query(conn, "SELECT provider, region, instance_id, service FROM "
+                                  "observations WHERE digest=? AND closed_at IS NULL "
+                                  "ORDER BY provider, region, instance_id", (digest,))
+            return lifecycle.record(conn, cat, actor, digest, action, at=when, reason=reason,
+                                    running=running, force=force)
+
+        return await self.d.db.write(write)
 
     # -- approvals ------------------------------------------------------------------------------
 

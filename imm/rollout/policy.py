@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ..catalog import lifecycle
 from ..catalog.keys import KeyRing
 from ..catalog.service import Catalog, query, query_one
 from ..catalog.verify import check_row
@@ -35,6 +36,16 @@ def check(conn: sqlite3.Connection, catalog: Catalog, keyring: KeyRing, service:
     if rev:
         raise refuse("not-revoked", f"image {label} is revoked (reason: {rev['reason']}, by "
                      f"{rev['actor']} at {rev['at']}); pick another or restore it", image=digest)
+    due = lifecycle.revocation_due(conn, digest)
+    if due:
+        raise refuse("not-revoked", f"image {label} was scheduled to be revoked at {due['at']} "
+                     f"(by {due['actor']}: {due['reason'] or 'no reason given'}); pick another",
+                     image=digest)
+    exp = lifecycle.expired(conn, digest)
+    if exp:
+        raise refuse("not-expired", f"image {label} expired at {exp['at']} (set by "
+                     f"{exp['actor']}{': ' + exp['reason'] if exp['reason'] else ''}); pick a "
+                     "newer image", image=digest, expired_at=exp["at"])
     artifacts: dict[str, str] = {}
     missing = []
     for t in service.targets:
