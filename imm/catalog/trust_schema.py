@@ -57,3 +57,15 @@ def _lifecycle(conn: sqlite3.Connection) -> None:
         CREATE INDEX lifecycle_digest ON lifecycle(digest);
         CREATE INDEX lifecycle_due ON lifecycle(at) WHERE state = 'scheduled'
     """)
+
+
+@migration("0014-trust-witness")
+def _witness(conn: sqlite3.Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE witness_state (
+            origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL,
+            at INTEGER NOT NULL);
+        CREATE TABLE witness_cosignatures (
+            body TEXT NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, size INTEGER NOT NULL,
+            at INTEGER NOT NULL, PRIMARY KEY (body, witness))
+    """)

@@ -294,8 +294,12 @@ def cmd_ledger_head(c: Client, a: argparse.Namespace) -> int:
         emit_json(r)
     else:
         block([("size", r["size"]), ("root", r["root"])])
+        if r.get("required"):
+            block([("witnessed", f"{'yes' if r['witnessed'] else 'no'} "
+                                 f"({len(r['cosigned_by'])} of {r['required']} required: "
+                                 f"{', '.join(r['cosigned_by']) or 'none yet'})")])
         print("checkpoint:")
-        sys.stdout.write(r["checkpoint"] or "(none)\n")
+        sys.stdout.write((r.get("witnessed_checkpoint") or r["checkpoint"]) or "(none)\n")
     return 0
 
 

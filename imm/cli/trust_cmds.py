@@ -397,6 +397,18 @@ def check_bundle_age(path: str, max_age: str) -> int:
     return 0
 
 
+def cmd_witness_info(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", "/v1/witness")
+    if a.json:
+        emit_json(r)
+    else:
+        block([("origin", r["origin"]), ("log vkey", r["log_vkey"]),
+               ("witness", r["witness_name"] or "(not a witness: set [trust] witness_name)"),
+               ("witness vkey", r["witness_vkey"]), ("witnessing", r["witnessing"]),
+               ("requires", f"{r['witnesses_required']} witness cosignature(s)")])
+    return 0
+
+
 def register(sub: Any, add: Any, group: Any) -> None:
     op = group("operator", "people who approve protected changes with their SSH keys")
     sp = add(op, "add", guard(cmd_operator_add), "register an operator's SSH public key")
@@ -422,3 +434,5 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("--key", metavar="FILE",
                     help="your SSH private key, or its .pub with the key in ssh-agent")
     sp.add_argument("--signature", metavar="FILE", help="an SSHSIG made over the statement")
+    w = group("witness", "cosigning other imm logs' checkpoints, and being cosigned")
+    add(w, "info", cmd_witness_info, "this log's and this witness's verifier keys")

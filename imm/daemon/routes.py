@@ -237,7 +237,9 @@ async def channels_set(request: web.Request) -> web.Response:
 
 async def ledger_head(request: web.Request) -> web.Response:
     dm = d(request)
-    return json_response(await dm.db.read(dm.catalog.head))
+    head = await dm.db.read(dm.catalog.head)
+    head.update(await request.app[TRUST].witnessed(head["checkpoint"]))
+    return json_response(head)
 
 
 async def ledger_proof(request: web.Request) -> web.Response:

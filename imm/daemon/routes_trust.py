@@ -148,6 +148,24 @@ def add_tile_routes(app: web.Application, spec: dict[str, Any]) -> None:
             "schema": {"type": "string", "format": "binary"}}}}, "default": err}}}
 
 
+async def witness_info(request: web.Request) -> web.Response:
+    return json_response(request.app[TRUST].info())
+
+
+async def witness_add_checkpoint(request: web.Request) -> web.Response:
+    data = await body(request)
+    note = field(data, "checkpoint", str, required=True)
+    old = field(data, "old_size", int, required=True)
+    raw = field(data, "proof", list, default=[])
+    try:
+        proof = [bytes.fromhex(h) for h in raw]
+    except (TypeError, ValueError):
+        raise BadRequest("field 'proof' must be a list of hex hashes") from None
+    if old < 0 or any(len(h) != 32 for h in proof):
+        raise BadRequest("old_size must be ≥ 0 and each proof hash 32 bytes")
+    return json_response(await request.app[TRUST].add_checkpoint(note, old, proof))
+
+
 NAME = {"name": {"in": "path", "description": "operator name"}}
 REF = {"ref": {"in": "path", "description": "digest, digest prefix, name@version or "
                                             "channel:SERVICE/STAGE (URL-encoded)"}}
@@ -187,4 +205,13 @@ ROUTES = [
     Route("GET", "/v1/images/{ref}/lifecycle", images_lifecycle,
           "An image's lifecycle: deprecation, expiry, scheduled revocation", tag="images",
           query=REF),
+    Route("GET", "/v1/witness", witness_info,
+          "This log's verifier key, this witness's cosigner key, and who it witnesses",
+          tag="ledger"),
+    Route("POST", "/v1/witness/add-checkpoint", witness_add_checkpoint,
+          "Witness: cosign another log's checkpoint if consistent with the last one cosigned "
+          "(C2SP tlog-cosignature v1)", tag="ledger",
+          body={"type": "object", "required": ["checkpoint", "old_size"], "properties": {
+              "checkpoint": STR, "old_size": {"type": "integer", "minimum": 0},
+              "proof": {"type": "array", "items": STR}}}),
 ]

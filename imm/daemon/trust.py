@@ -5,13 +5,20 @@ in the transaction of the last approval)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..catalog import approvals, freshness, lifecycle
+from ..catalog import approvals, checkpoint, freshness, lifecycle, witness
 from ..catalog.approvals import Protect
+from ..catalog.merkle import MerkleLog
 from ..catalog.service import query, query_one
 from ..errors import BadRequest, ConfigError, Conflict, ImmError
 from ..rollout import policy
@@ -21,12 +28,13 @@ if TYPE_CHECKING:
     from .core import Daemon
 
 log = logging.getLogger("imm.trust")
-TRUST_KEYS = {"head_ttl"}
+TRUST_KEYS = {"head_ttl", "witness_name", "witness_logs", "witnesses", "witnesses_required"}
 
 
 class Trust:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self.witness_key: Ed25519PrivateKey | None = None
 
     def protect(self) -> dict[str, Protect]:
         s = self.d.settings
@@ -57,6 +65,7 @@ class Trust:
                 done = await self.d.db.write(freshness.refresh, self.d.catalog, ttl)
                 if done["heads"]:
                     log.info("re-signed %d channel head(s)", done["heads"])
+                await self.push_witnesses()
                 revoked = await self.d.db.write(lifecycle.carry_out_revocations, self.d.catalog)
                 for digest in revoked:
                     log.info("revoked %s as scheduled", digest)
@@ -71,6 +80,11 @@ class Trust:
         """At start: a bad [protect] or [trust] block stops immd; unknown approvers are logged
         (operators are registered through the running daemon, so they may come later)."""
         self.head_ttl()
+        self.witness_logs()
+        self.witnesses()
+        if self.witness_name():
+            self.witness_key = await asyncio.to_thread(load_or_create_key,
+                                                       self.d.settings.keys_dir / "witness.pem")
         for p in self.protect().values():
             missing = await self.d.db.read(approvals.unknown_approvers, p)
             if missing:
@@ -156,6 +170,129 @@ class Trust:
 
         return await self.d.db.write(req)
 
+    # -- witnessing -----------------------------------------------------------------------------
+
+    def witness_name(self) -> str | None:
+        name = self.section().get("witness_name")
+        if name is None:
+            return None
+        try:
+            checkpoint._check_name(name)
+        except ValueError as e:
+            raise ConfigError(f"{self.d.settings.source}: [trust] witness_name: {e}") from None
+        return str(name)
+
+    def witness_logs(self) -> dict[str, tuple[str, Any]]:
+        """The logs this immd witnesses: origin -> (key name, public key)."""
+        out = {}
+        raw = self.section().get("witness_logs", {})
+        for origin, entry in (raw.items() if isinstance(raw, dict) else []):
+            where = f"{self.d.settings.source}: [trust.witness_logs.{origin!r}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("vkey"), str):
+                raise ConfigError(f"{where} needs vkey = \"NAME+HASH+BASE64\" (the log's "
+                                  "'immctl witness info' prints it)")
+            try:
+                out[origin] = witness.parse_vkey(entry["vkey"], checkpoint.ALG_ED25519, where)
+            except ImmError as e:
+                raise ConfigError(e.message) from None
+        return out
+
+    def witnesses(self) -> tuple[dict[str, dict[str, Any]], int]:
+        """The witnesses this log asks to cosign, and how many it requires."""
+        sec = self.section()
+        where = f"{self.d.settings.source}: [trust]"
+        raw = sec.get("witnesses", {})
+        out: dict[str, dict[str, Any]] = {}
+        for name, entry in (raw.items() if isinstance(raw, dict) else []):
+            w = f"{where[:-1]}.witnesses.{name!r}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("vkey"), str) or not (
+                    isinstance(entry.get("socket"), str) or isinstance(entry.get("url"), str)):
+                raise ConfigError(f"{w} needs vkey (the witness's 'immctl witness info') and "
+                                  "socket = PATH or url = \"http://127.0.0.1:PORT\"")
+            try:
+                vname, pub = witness.parse_vkey(entry["vkey"], witness.ALG_COSIGNATURE_V1, w)
+            except ImmError as e:
+                raise ConfigError(e.message) from None
+            if vname != name:
+                raise ConfigError(f"{w}: the vkey names {vname!r}, not {name!r}")
+            out[name] = {"pub": pub, "socket": entry.get("socket"), "url": entry.get("url")}
+        required = sec.get("witnesses_required", 0)
+        if isinstance(required, bool) or not isinstance(required, int) or \
+                not 0 <= required <= len(out):
+            raise ConfigError(f"{where} witnesses_required = {required!r} must be an integer "
+                              f"from 0 to the number of witnesses configured ({len(out)})")
+        return out, required
+
+    def info(self) -> dict[str, Any]:
+        pub = self.d.keyring.public_key
+        origin = self.d.catalog.origin
+        name = self.witness_name()
+        return {"origin": origin, "log_vkey": checkpoint.vkey(origin, pub),
+                "witness_name": name,
+                "witness_vkey": witness.cosigner_vkey(name, self.witness_key.public_key())
+                if name and self.witness_key else None,
+                "witnesses_required": self.witnesses()[1],
+                "witnessing": sorted(self.witness_logs())}
+
+    async def add_checkpoint(self, note: str, old_size: int,
+                             proof: list[bytes]) -> dict[str, Any]:
+        name = self.witness_name()
+        if not name or self.witness_key is None:
+            raise Conflict("this immd is not a witness; set [trust] witness_name and "
+                           "[trust.witness_logs.\"ORIGIN\"] vkey in its config")
+        return await self.d.db.write(witness.add_checkpoint, self.witness_logs(), note,
+                                     old_size, proof, name, self.witness_key)
+
+    async def witnessed(self, note: str | None) -> dict[str, Any]:
+        _, required = self.witnesses()
+        if not note:
+            return {"witnessed": False, "required": required, "cosigned_by": []}
+        return await self.d.db.read(witness.witnessed, note, required)
+
+    async def push_witnesses(self) -> None:
+        """Ask each configured witness to cosign the current checkpoint (once per text)."""
+        configured, _ = self.witnesses()
+        if not configured:
+            return
+        head = await self.d.db.read(self.d.catalog.head)
+        note = head["checkpoint"]
+        body = note[: note.rfind("\n\n") + 1]
+        have = (await self.witnessed(note))["cosigned_by"]
+        for name, w in configured.items():
+            if name in have:
+                continue
+            try:
+                await self._push(name, w, note, body, head["size"])
+            except ImmError as e:
+                log.warning("witness %s did not cosign size %d: %s", name, head["size"],
+                            e.message)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                log.warning("witness %s unreachable: %s", name, e)
+
+    async def _push(self, name: str, w: dict[str, Any], note: str, body: str,
+                    size: int) -> None:
+        old = await self.d.db.read(witness.last_cosigned_size, name)
+        for _attempt in range(2):
+            proof = await self.d.db.read(lambda c, o=old: MerkleLog(c).consistency_proof(o, size)
+                                         if o else [])
+            status, data = await _post(w, "/v1/witness/add-checkpoint", {
+                "checkpoint": note, "old_size": old, "proof": [h.hex() for h in proof]})
+            err = data.get("error") if isinstance(data, dict) else None
+            if status == 409 and err and isinstance(err.get("detail"), dict) \
+                    and err["detail"].get("size", -1) != old and err["detail"]["size"] <= size:
+                old = int(err["detail"]["size"])  # the witness knows another size: prove from it
+                continue
+            if status >= 400:
+                raise Conflict(f"witness {name} answered {status}: "
+                               f"{(err or {}).get('message', data)}")
+            line = data["cosignature"]
+            if not witness.verify_cosignatures(note + line, name, w["pub"]):
+                raise Conflict(f"witness {name} returned a cosignature not by its key")
+            await self.d.db.write(witness.record_cosignature, body, name, line, size,
+                                  int(data["timestamp"]))
+            log.info("witness %s cosigned size %d", name, size)
+            return
+
     # -- image lifecycle ------------------------------------------------------------------------
 
     async def lifecycle(self, actor: str, ref: str, action: str, at: str | None, reason: str,
@@ -195,6 +332,43 @@ class Trust:
                                          {"error": e.message})
         return await self.d.db.write(approvals.mark, self.d.catalog, cid, "applied",
                                      {"rollout": r["id"]})
+
+
+async def _post(w: dict[str, Any], path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+    """POST JSON to another immd, over its unix socket or loopback URL, with a timeout."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    if w.get("socket"):
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=w["socket"])
+        base = "http://witness"
+    else:
+        connector = aiohttp.TCPConnector()
+        base = str(w["url"]).rstrip("/")
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s, \
+            s.post(base + path, json=payload) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, {"error": {"message": text[:200]}}
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The witness's own Ed25519 key (never the log's: C2SP asks distinct keys per cosigner),
+    created 0600 on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"witness key {path} is not Ed25519")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+    finally:
+        os.close(fd)
+    return key
 
 
 TRUST: web.AppKey[Trust] = web.AppKey("trust", Trust)
