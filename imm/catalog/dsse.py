@@ -21,7 +21,7 @@ PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
     "image", "artifact", "channel", "revocation", "rollout", "approval", "audit-bundle", "key",
     "audit-finding", "audit-batch", "operator", "change", "channel-head",
-    "lifecycle",
+    "lifecycle", "attestation",
 )
 
 

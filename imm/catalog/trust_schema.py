@@ -69,3 +69,15 @@ def _witness(conn: sqlite3.Connection) -> None:
             body TEXT NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, size INTEGER NOT NULL,
             at INTEGER NOT NULL, PRIMARY KEY (body, witness))
     """)
+
+
+@migration("0015-trust-attestations")
+def _attestations(conn: sqlite3.Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE attestations (
+            envelope_digest TEXT PRIMARY KEY, digest TEXT NOT NULL REFERENCES images(digest),
+            predicate_type TEXT NOT NULL, signer TEXT NOT NULL, imported INTEGER NOT NULL,
+            actor TEXT NOT NULL, at TEXT NOT NULL, ledger_index INTEGER NOT NULL,
+            envelope TEXT NOT NULL);
+        CREATE INDEX attestations_digest ON attestations(digest)
+    """)

@@ -460,6 +460,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true",
                     help="even if the last audit sweep saw it running")
     sp.set_defaults(action="expire")
+    sp = add(img, "attest", trust_cmds.guard(trust_cmds.cmd_image_attest),
+             "attach an in-toto Statement v1 (signed by the daemon) to an image")
+    sp.add_argument("ref")
+    sp.add_argument("--predicate-type", required=True, metavar="URI")
+    sp.add_argument("--predicate", required=True, metavar="FILE", help="a JSON object")
+    sp = add(img, "attestations", trust_cmds.cmd_image_attestations,
+             "an image's attestations, each re-verified")
+    sp.add_argument("ref")
+    sp = add(img, "import-attestation", trust_cmds.guard(trust_cmds.cmd_image_import_attestation),
+             "import an in-toto DSSE envelope signed by a [trust.builders] key")
+    sp.add_argument("file")
     sp = add(img, "lifecycle", trust_cmds.cmd_image_lifecycle_show,
              "an image's deprecation, expiry and scheduled revocation records")
     sp.add_argument("ref")

@@ -252,6 +252,60 @@ def cmd_image_lifecycle_show(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+# -- attestations -------------------------------------------------------------------------------
+
+def _json_file(path: str, what: str) -> Any:
+    import json
+
+    text = read_text(path, what, 1 << 20)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise Usage(f"{what} {path} is not JSON ({e})") from None
+
+
+def cmd_image_attest(c: Client, a: argparse.Namespace) -> int:
+    predicate = _json_file(a.predicate, "predicate file")
+    if not isinstance(predicate, dict):
+        raise Usage(f"predicate file {a.predicate} holds a JSON {type(predicate).__name__}; an "
+                    "in-toto predicate is a JSON object")
+    r = c.request("POST", f"/v1/images/{seg(a.ref)}/attestations",
+                  {"predicate_type": a.predicate_type, "predicate": predicate})
+    if a.json:
+        emit_json(r)
+    else:
+        print(("attested " if r["created"] else "already attested ")
+              + f"{r['digest']}: {r['predicate_type']} (ledger leaf {r['ledger_index']})")
+    return 0
+
+
+def cmd_image_attestations(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/images/{seg(a.ref)}/attestations")
+    if a.json:
+        emit_json(r)
+        return 0
+    for x in r["attestations"]:
+        x["ok"] = "verified" if x["verified"] else f"FAILED: {x.get('problem')}"
+    table(r["attestations"], [("predicate_type", "PREDICATE TYPE"), ("signer", "SIGNED BY"),
+                              ("ok", "CHECK"), ("at", "AT"), ("ledger_index", "LEAF")],
+          empty=f"no attestations for {r['digest']}")
+    return 0
+
+
+def cmd_image_import_attestation(c: Client, a: argparse.Namespace) -> int:
+    env = _json_file(a.file, "attestation file")
+    if not isinstance(env, dict):
+        raise Usage(f"attestation file {a.file} is not a DSSE envelope (a JSON object)")
+    r = c.request("POST", "/v1/attestations/import", {"envelope": env})
+    if a.json:
+        emit_json(r)
+    else:
+        print(("imported " if r["created"] else "already imported ")
+              + f"{r['predicate_type']} for {r['digest']}, signed by {r['signer']} "
+              f"(ledger leaf {r['ledger_index']})")
+    return 0
+
+
 # -- fresh metadata -----------------------------------------------------------------------------
 
 def _duration(text: str | None) -> int | None:

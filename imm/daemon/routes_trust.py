@@ -166,6 +166,27 @@ async def witness_add_checkpoint(request: web.Request) -> web.Response:
     return json_response(await request.app[TRUST].add_checkpoint(note, old, proof))
 
 
+async def images_attest(request: web.Request) -> web.Response:
+    data = await body(request)
+    if "predicate" not in data:
+        raise BadRequest("field 'predicate' is required (a JSON object)")
+    result = await request.app[TRUST].attest(
+        actor(request), request.match_info["ref"],
+        field(data, "predicate_type", str, required=True), data["predicate"])
+    return json_response(result, status=201 if result["created"] else 200)
+
+
+async def images_attestations(request: web.Request) -> web.Response:
+    return json_response(await request.app[TRUST].attestations(request.match_info["ref"]))
+
+
+async def attestations_import(request: web.Request) -> web.Response:
+    data = await body(request)
+    result = await request.app[TRUST].import_attestation(
+        actor(request), field(data, "envelope", dict, required=True))
+    return json_response(result, status=201 if result["created"] else 200)
+
+
 NAME = {"name": {"in": "path", "description": "operator name"}}
 REF = {"ref": {"in": "path", "description": "digest, digest prefix, name@version or "
                                             "channel:SERVICE/STAGE (URL-encoded)"}}
@@ -214,4 +235,14 @@ ROUTES = [
           body={"type": "object", "required": ["checkpoint", "old_size"], "properties": {
               "checkpoint": STR, "old_size": {"type": "integer", "minimum": 0},
               "proof": {"type": "array", "items": STR}}}),
+    Route("POST", "/v1/images/{ref}/attestations", images_attest,
+          "Attest: an in-toto Statement v1 about the image, in a DSSE envelope", tag="images",
+          query=REF, body={"type": "object", "required": ["predicate_type", "predicate"],
+                           "properties": {"predicate_type": STR, "predicate": {"type": "object"}}}),
+    Route("GET", "/v1/images/{ref}/attestations", images_attestations,
+          "An image's attestations, each re-verified", tag="images", query=REF),
+    Route("POST", "/v1/attestations/import", attestations_import,
+          "Import an in-toto DSSE envelope signed by a [trust.builders] key", tag="images",
+          body={"type": "object", "required": ["envelope"],
+                "properties": {"envelope": {"type": "object"}}}),
 ]

@@ -16,8 +16,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..catalog import approvals, checkpoint, freshness, lifecycle, witness
+from ..catalog import approvals, attest, checkpoint, freshness, lifecycle, witness
 from ..catalog.approvals import Protect
+from ..catalog.keys import load_public_pem
 from ..catalog.merkle import MerkleLog
 from ..catalog.service import query, query_one
 from ..errors import BadRequest, ConfigError, Conflict, ImmError
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from .core import Daemon
 
 log = logging.getLogger("imm.trust")
-TRUST_KEYS = {"head_ttl", "witness_name", "witness_logs", "witnesses", "witnesses_required"}
+TRUST_KEYS = {"head_ttl", "witness_name", "witness_logs", "witnesses", "witnesses_required",
+              "builders"}
 
 
 class Trust:
@@ -80,6 +82,7 @@ class Trust:
         """At start: a bad [protect] or [trust] block stops immd; unknown approvers are logged
         (operators are registered through the running daemon, so they may come later)."""
         self.head_ttl()
+        await asyncio.to_thread(self.builders)
         self.witness_logs()
         self.witnesses()
         if self.witness_name():
@@ -292,6 +295,63 @@ class Trust:
                                   int(data["timestamp"]))
             log.info("witness %s cosigned size %d", name, size)
             return
+
+    # -- attestations ---------------------------------------------------------------------------
+
+    def builders(self) -> dict[str, Any]:
+        """[trust.builders.NAME] public_key = PEM or key_file = PATH: keys whose in-toto
+        attestations are imported. (Blocking when it reads a file: call off the loop.)"""
+        out = {}
+        raw = self.section().get("builders", {})
+        for name, entry in (raw.items() if isinstance(raw, dict) else []):
+            where = f"{self.d.settings.source}: [trust.builders.{name}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where} must be a table with public_key or key_file")
+            pem = entry.get("public_key")
+            if pem is None and isinstance(entry.get("key_file"), str):
+                try:
+                    pem = Path(entry["key_file"]).read_text()
+                except OSError as e:
+                    raise ConfigError(f"{where} key_file {entry['key_file']}: {e.strerror}") \
+                        from None
+            if not isinstance(pem, str):
+                raise ConfigError(f"{where} needs public_key = \"PEM\" or key_file = \"PATH\"")
+            try:
+                out[name] = load_public_pem(pem, where)
+            except ImmError as e:
+                raise ConfigError(e.message) from None
+        return out
+
+    async def attest(self, actor: str, ref: str, predicate_type: str,
+                     predicate: Any) -> dict[str, Any]:
+        return await self.d.db.write(attest.attest, self.d.catalog, actor, ref, predicate_type,
+                                     predicate)
+
+    async def import_attestation(self, actor: str, env: Any) -> dict[str, Any]:
+        builders = await asyncio.to_thread(self.builders)
+        return await self.d.db.write(attest.import_envelope, self.d.catalog, actor, env,
+                                     builders)
+
+    async def attestations(self, ref: str) -> dict[str, Any]:
+        builders = await asyncio.to_thread(self.builders)
+        ring = self.d.keyring
+        own = {k: pub for k in ring.keyids() if (pub := ring.lookup(k)) is not None}
+        cat = self.d.catalog
+
+        def read(conn: Any) -> dict[str, Any]:
+            digest = cat.resolve(conn, ref)
+            rows = attest.listing(conn, digest)
+            for r in rows:
+                keys = {f"builder:{n}": k for n, k in builders.items()} if r["imported"] \
+                    else own
+                try:
+                    attest.open_envelope(r["envelope"], keys)
+                    r["verified"] = True
+                except ImmError as e:
+                    r["verified"], r["problem"] = False, e.message
+            return {"digest": digest, "attestations": rows}
+
+        return await self.d.db.read(read)
 
     # -- image lifecycle ------------------------------------------------------------------------
 

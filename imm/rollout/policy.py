@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from ..catalog import lifecycle
+from ..catalog import attest, lifecycle
 from ..catalog.keys import KeyRing
 from ..catalog.service import Catalog, query, query_one
 from ..catalog.verify import check_row
@@ -46,6 +46,20 @@ def check(conn: sqlite3.Connection, catalog: Catalog, keyring: KeyRing, service:
         raise refuse("not-expired", f"image {label} expired at {exp['at']} (set by "
                      f"{exp['actor']}{': ' + exp['reason'] if exp['reason'] else ''}); pick a "
                      "newer image", image=digest, expired_at=exp["at"])
+    required = service.settings.get("require_attestations") or []
+    if required:
+        if not isinstance(required, list) or not all(isinstance(t, str) for t in required):
+            raise refuse("required-attestations", f"service {service.name}'s "
+                         f"require_attestations {required!r} must be a list of predicate type "
+                         "URIs; fix the config", image=digest)
+        keys = {k: pub for k in keyring.keyids() if (pub := keyring.lookup(k)) is not None}
+        gaps = attest.missing(conn, digest, required, keys)
+        if gaps:
+            raise refuse("required-attestations",
+                         f"image {label} has no verified attestation of type "
+                         f"{', '.join(gaps)}, which service {service.name} requires; attach one "
+                         "with 'immctl image attest' or import the builder's with 'immctl image "
+                         "import-attestation'", image=digest, missing=gaps)
     artifacts: dict[str, str] = {}
     missing = []
     for t in service.targets:
