@@ -238,3 +238,28 @@ def test_protected_rollout_start_and_undo(tmp_path: Path, team: dict[str, Path])
     done = d.json("rollout", "watch", rid)
     assert done["state"] == "completed" and done["image_ref"] == "web@v1"
     assert f"via change {undo['id']}" in done["actor"]
+
+
+def test_approve_through_ssh_agent(protected: Immd, team: dict[str, Path], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's private key lives only in ssh-agent: immctl approve is given the .pub."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        subprocess.run(["ssh-add", "-q", str(team["sre-1"])], check=True, capture_output=True)
+        team["sre-1"].unlink()  # from now on only the agent holds it
+        ch = protected.json("channel", "set", "web/production", "web@v2")
+        r = protected.json("approve", ch["id"], "--key", f"{team['sre-1']}.pub")
+        assert r["state"] == "pending" and r["approved_by"] == ["sre-1"]
+        r = protected.json("approve", ch["id"], "--key", str(team["sre-2"]))
+        assert r["state"] == "applied" and r["approved_by"] == ["sre-1", "sre-2"]
+        assert protected.json("channel", "show", "web/production")["image"] == "web@v2"
+    finally:
+        agent.kill()
+        agent.wait()
