@@ -263,3 +263,35 @@ def test_approve_through_ssh_agent(protected: Immd, team: dict[str, Path], tmp_p
     finally:
         agent.kill()
         agent.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
+def test_an_approved_rollout_survives_a_kill_before_it_starts(tmp_path: Path,
+                                                              team: dict[str, Path]) -> None:
+    images = tmp_path / "images"
+    subprocess.run([sys.executable, str(REPO / "examples" / "bake.py"), str(images), "--all"],
+                   check=True, capture_output=True)
+    port = free_port()
+    cfg = ('[providers.local]\nkind = "local"\n\n[routers.haproxy]\nkind = "haproxy"\n'
+           'stop_on_close = false\n\n[services.web]\n'
+           'targets = [{ provider = "local", region = "local", count = 1 }]\n'
+           'router = "haproxy"\nhealth_timeout_s = 10\ndrain_timeout_s = 2\n'
+           f'route_settings = {{ bind = "127.0.0.1:{port}", health_path = "/healthz", '
+           'check_interval_ms = 200, rise = 1, fall = 1 }\n\n'
+           '[protect.web]\napprovals = 1\napprovers = ["sre-1"]\n')
+    d = Immd(tmp_path, cfg).start(extra_env={"IMM_TEST_KILL_AT": "change-approved:after"})
+    d.run("operator", "add", "sre-1", "--ssh-key", f"{team['sre-1']}.pub")
+    d.run("image", "add", str(images / "v1"), "--name", "web", "--version", "v1")
+    ch = d.json("rollout", "start", "web", "--image", "web@v1")
+    d.fails("approve", ch["id"], "--key", str(team["sre-1"]), code=69)  # killed mid-way
+    assert d.proc is not None and d.proc.wait(10) == -9
+    d.stop()
+    d.start()
+    deadline = time.monotonic() + 30
+    while (view := d.json("change", "show", ch["id"]))["state"] != "applied":
+        assert time.monotonic() < deadline, view
+        time.sleep(0.3)
+    done = d.json("rollout", "watch", view["result"]["rollout"])
+    assert done["state"] == "completed" and f"via change {ch['id']}" in done["actor"]
+    assert len(d.json("rollout", "list")) == 1

@@ -25,12 +25,14 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import __version__, config
+from ..catalog import approvals
 from ..errors import ConfigError, ImmError
 from ..rollout.services import load_services
 from . import systemd
 from .app import make_app
 from .auth import _admin_gid, make_peer
 from .core import Daemon
+from .trust import TRUST
 
 log = logging.getLogger("imm.daemon")
 
@@ -127,6 +129,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
              daemon.keyring.keyid[:16])
     await daemon.engine.startup()
+    await app[TRUST].resume()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,6 +140,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
             services = load_services(fresh.services, set(daemon.providers), set(daemon.routers))
+            approvals.parse_protect(fresh.raw.get("protect"), fresh.source)
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",
                       e.message)
@@ -145,6 +149,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             settings.owner_is_admin = fresh.owner_is_admin
             settings.audit = fresh.audit
             settings.services = fresh.services
+            # [protect] reloads (checked above); [trust] (keys, witnesses) needs a restart
+            settings.raw = {**settings.raw, "protect": fresh.raw.get("protect", {})}
             daemon.engine.services = services
             _admin_gid.cache_clear()
             settings.log_level = args.log_level or fresh.log_level

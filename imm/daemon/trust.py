@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -375,8 +376,26 @@ class Trust:
     async def approve(self, actor: str, cid: str, signature: str) -> dict[str, Any]:
         view = await self.d.db.write(approvals.approve, self.d.catalog, actor, cid, signature)
         if view["state"] == "approved" and view["action"] in ("rollout-start", "rollout-undo"):
+            if os.environ.get("IMM_TEST_KILL_AT") == "change-approved:after":
+                log.warning("IMM_TEST_KILL_AT=change-approved:after: killing immd")
+                os.kill(os.getpid(), signal.SIGKILL)
             view = await self.carry_out_rollout(cid)
         return view
+
+    async def resume(self) -> None:
+        """After a restart: carry out approved rollout changes a crash left undone (or record
+        the rollout that did start before the crash)."""
+        for row in await self.d.db.read(approvals.approved_rollouts):
+            cid = row["id"]
+            started = await self.d.db.read(lambda c, cid=cid: query_one(
+                c, "SELECT id FROM rollouts WHERE actor LIKE ? ORDER BY created_at LIMIT 1",
+                (f"% via change {cid} approved by %",)))
+            if started:
+                await self.d.db.write(approvals.mark, self.d.catalog, cid, "applied",
+                                      {"rollout": started["id"]})
+            else:
+                log.info("carrying out approved change %s after a restart", cid)
+                await self.carry_out_rollout(cid)
 
     async def carry_out_rollout(self, cid: str) -> dict[str, Any]:
         view = await self.d.db.read(approvals.show, cid)
