@@ -47,17 +47,17 @@ def bench_verify(n: int) -> None:
 
 def bench_heads(n: int) -> None:
     from imm.catalog import freshness
-    from imm.catalog.db import connect, migrate, transaction
     from imm.catalog.keys import KeyRing
+    from imm.catalog.schema import SCHEMA as CATALOG_SCHEMA
     from imm.catalog.service import Catalog
+    from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
+    from imm.store.sqlite import connect, migrate, transaction
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-heads-"))
     ring, _ = KeyRing.load_or_create(tmp / "keys")
     conn = connect(tmp / "imm.db")
-    import imm.catalog.schema  # noqa: F401
-    import imm.catalog.trust_schema  # noqa: F401
 
-    migrate(conn)
+    migrate(conn, (CATALOG_SCHEMA, TRUST_SCHEMA))
     cat = Catalog(ring, "bench.local/ledger")
     transaction(conn, cat.init_keys, "bench")
     transaction(conn, cat.add_image, "bench", name="web", version="1",

@@ -31,12 +31,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import BadRequest, ConfigError, Conflict, Forbidden, ImmError, NotFound, VerificationFailed
+from ..store import Connection
 from . import operators, sshsig
 from .canonical import canonical_json
 from .freshness import parse_duration
@@ -105,7 +105,7 @@ def parse_protect(raw: Any, source: str) -> dict[str, Protect]:
     return out
 
 
-def unknown_approvers(conn: sqlite3.Connection, p: Protect) -> list[str]:
+def unknown_approvers(conn: Connection, p: Protect) -> list[str]:
     known = {r["name"] for r in query(conn, "SELECT name FROM operators")}
     return [a for a in p.approvers if a not in known]
 
@@ -120,7 +120,7 @@ def _parse_time(s: str) -> datetime:
 
 # -- pending changes ----------------------------------------------------------------------------
 
-def request(conn: sqlite3.Connection, catalog: Catalog, actor: str, p: Protect, action: str,
+def request(conn: Connection, catalog: Catalog, actor: str, p: Protect, action: str,
             target: str, terms: dict[str, Any]) -> dict[str, Any]:
     """Record a pending change; return its view, statement included."""
     if action not in ACTIONS:
@@ -150,7 +150,7 @@ def request(conn: sqlite3.Connection, catalog: Catalog, actor: str, p: Protect, 
     return show(conn, cid)
 
 
-def _row(conn: sqlite3.Connection, cid: str) -> dict[str, Any]:
+def _row(conn: Connection, cid: str) -> dict[str, Any]:
     if not isinstance(cid, str) or not CHANGE_ID.match(cid):
         raise BadRequest(f"bad change id {cid!r}: expected c- and 8 hex digits, as "
                          "'immctl change list' shows")
@@ -166,12 +166,12 @@ def _state(row: dict[str, Any], at: datetime | None = None) -> str:
     return str(row["state"])
 
 
-def _approvals(conn: sqlite3.Connection, cid: str) -> list[dict[str, Any]]:
+def _approvals(conn: Connection, cid: str) -> list[dict[str, Any]]:
     return query(conn, "SELECT operator, fingerprint, actor, at, ledger_index FROM approvals "
                        "WHERE change_id=? ORDER BY ledger_index", (cid,))
 
 
-def counted(conn: sqlite3.Connection, row: dict[str, Any]) -> list[str]:
+def counted(conn: Connection, row: dict[str, Any]) -> list[str]:
     """The approvers whose approval counts now: listed, still registered with the same key,
     each operator and each key once."""
     allowed = set(json.loads(row["approvers"]))
@@ -188,7 +188,7 @@ def counted(conn: sqlite3.Connection, row: dict[str, Any]) -> list[str]:
     return sorted(seen_ops)
 
 
-def show(conn: sqlite3.Connection, cid: str) -> dict[str, Any]:
+def show(conn: Connection, cid: str) -> dict[str, Any]:
     row = _row(conn, cid)
     have = counted(conn, row)
     return {"id": row["id"], "action": row["action"], "target": row["target"],
@@ -201,13 +201,13 @@ def show(conn: sqlite3.Connection, cid: str) -> dict[str, Any]:
             "ledger_index": row["ledger_index"], "pending": _state(row) == "pending"}
 
 
-def listing(conn: sqlite3.Connection, everything: bool = False) -> list[dict[str, Any]]:
+def listing(conn: Connection, everything: bool = False) -> list[dict[str, Any]]:
     rows = query(conn, "SELECT id FROM changes ORDER BY created_at DESC, rowid DESC LIMIT 500")
     views = [show(conn, r["id"]) for r in rows]
     return views if everything else [v for v in views if v["state"] == "pending"]
 
 
-def _finish(conn: sqlite3.Connection, catalog: Catalog, cid: str, state: str, actor: str,
+def _finish(conn: Connection, catalog: Catalog, cid: str, state: str, actor: str,
             result: dict[str, Any]) -> None:
     body = {"type": "change", "action": state, "change": cid, "result": result, "actor": actor,
             "time": _time(datetime.now(UTC))}
@@ -216,7 +216,7 @@ def _finish(conn: sqlite3.Connection, catalog: Catalog, cid: str, state: str, ac
                  (state, json.dumps(result, sort_keys=True), cid))
 
 
-def cancel(conn: sqlite3.Connection, catalog: Catalog, actor: str, cid: str) -> dict[str, Any]:
+def cancel(conn: Connection, catalog: Catalog, actor: str, cid: str) -> dict[str, Any]:
     row = _row(conn, cid)
     state = _state(row)
     if state not in ("pending", "expired"):
@@ -226,7 +226,7 @@ def cancel(conn: sqlite3.Connection, catalog: Catalog, actor: str, cid: str) -> 
     return show(conn, cid)
 
 
-def approve(conn: sqlite3.Connection, catalog: Catalog, actor: str, cid: str,
+def approve(conn: Connection, catalog: Catalog, actor: str, cid: str,
             signature: str) -> dict[str, Any]:
     """Verify one operator's SSHSIG over the change's statement and record it as an approval.
 
@@ -286,7 +286,7 @@ def on_behalf(row: dict[str, Any], have: list[str]) -> str:
     return f"{row['requested_by']} via change {row['id']} approved by {', '.join(have)}"
 
 
-def carry_out_catalog(conn: sqlite3.Connection, catalog: Catalog, cid: str) -> None:
+def carry_out_catalog(conn: Connection, catalog: Catalog, cid: str) -> None:
     """Do an approved channel move or restore; a stale change fails, recorded, not raised."""
     row = _row(conn, cid)
     terms = json.loads(row["terms"])
@@ -315,7 +315,7 @@ def carry_out_catalog(conn: sqlite3.Connection, catalog: Catalog, cid: str) -> N
     _finish(conn, catalog, cid, "applied", who, result)
 
 
-def mark(conn: sqlite3.Connection, catalog: Catalog, cid: str, state: str,
+def mark(conn: Connection, catalog: Catalog, cid: str, state: str,
          result: dict[str, Any]) -> dict[str, Any]:
     """Record the outcome of an approved change the caller carried out (a rollout)."""
     row = _row(conn, cid)
@@ -324,7 +324,7 @@ def mark(conn: sqlite3.Connection, catalog: Catalog, cid: str, state: str,
     return show(conn, cid)
 
 
-def approved_rollouts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def approved_rollouts(conn: Connection) -> list[dict[str, Any]]:
     """Approved rollout changes not yet carried out (a crash came between)."""
     return query(conn, "SELECT id FROM changes WHERE state='approved' AND action IN "
                        "('rollout-start', 'rollout-undo')")

@@ -24,7 +24,6 @@ import binascii
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import BadRequest, NotFound, VerificationFailed
+from ..store import Connection
 from .canonical import canonical_json
 from .dsse import pae
 from .keys import keyid_of
@@ -123,7 +123,7 @@ def check_statement(stmt: Any) -> None:
         raise BadRequest("the Statement's predicate must be a JSON object")
 
 
-def _store(conn: sqlite3.Connection, catalog: Catalog, actor: str, digest: str,
+def _store(conn: Connection, catalog: Catalog, actor: str, digest: str,
            env: dict[str, Any], stmt: dict[str, Any], signer: str, imported: bool) -> dict[str, Any]:
     env_text = canonical_json(env).decode()
     env_hash = "sha256:" + hashlib.sha256(env_text.encode()).hexdigest()
@@ -142,7 +142,7 @@ def _store(conn: sqlite3.Connection, catalog: Catalog, actor: str, digest: str,
     return {**show(conn, env_hash), "created": True}
 
 
-def attest(conn: sqlite3.Connection, catalog: Catalog, actor: str, ref: str,
+def attest(conn: Connection, catalog: Catalog, actor: str, ref: str,
            predicate_type: str, predicate: Any) -> dict[str, Any]:
     digest = catalog.resolve(conn, ref)
     img = query_one(conn, "SELECT name, version FROM images WHERE digest=?", (digest,))
@@ -152,7 +152,7 @@ def attest(conn: sqlite3.Connection, catalog: Catalog, actor: str, ref: str,
     return _store(conn, catalog, actor, digest, env, stmt, "imm", False)
 
 
-def import_envelope(conn: sqlite3.Connection, catalog: Catalog, actor: str, env: Any,
+def import_envelope(conn: Connection, catalog: Catalog, actor: str, env: Any,
                     builders: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
     stmt, signer = open_envelope(env, builders)
     digest = None
@@ -174,7 +174,7 @@ def import_envelope(conn: sqlite3.Connection, catalog: Catalog, actor: str, env:
     return _store(conn, catalog, actor, digest, env, stmt, f"builder:{signer}", True)
 
 
-def show(conn: sqlite3.Connection, env_hash: str) -> dict[str, Any]:
+def show(conn: Connection, env_hash: str) -> dict[str, Any]:
     row = query_one(conn, "SELECT * FROM attestations WHERE envelope_digest=?", (env_hash,))
     if row is None:
         raise NotFound(f"no attestation {env_hash}")
@@ -188,12 +188,12 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
             "ledger_index": row["ledger_index"], "envelope": json.loads(row["envelope"])}
 
 
-def listing(conn: sqlite3.Connection, digest: str) -> list[dict[str, Any]]:
+def listing(conn: Connection, digest: str) -> list[dict[str, Any]]:
     return [_view(r) for r in query(conn, "SELECT * FROM attestations WHERE digest=? "
                                           "ORDER BY ledger_index", (digest,))]
 
 
-def missing(conn: sqlite3.Connection, digest: str, required: list[str],
+def missing(conn: Connection, digest: str, required: list[str],
             keys: Mapping[str, Ed25519PublicKey]) -> list[str]:
     """The required predicate types without a good attestation: imm's own are re-verified
     with ``keys`` (the daemon's keys); imported ones were verified against a builder key when

@@ -18,11 +18,11 @@ is signed says when. Two things here:
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConfigError, NotFound, VerificationFailed
+from ..store import Connection
 from . import dsse
 from .canonical import canonical_json
 from .service import Catalog, query, query_one
@@ -98,7 +98,7 @@ def check_age(issued: int | None, max_age_s: int, what: str, now: int | None = N
     return age
 
 
-def checkpoint_due(conn: sqlite3.Connection, catalog: Catalog, refresh_s: int,
+def checkpoint_due(conn: Connection, catalog: Catalog, refresh_s: int,
                    now: int) -> bool:
     note = query_one(conn, "SELECT value FROM meta WHERE key='checkpoint'")
     if note is None:
@@ -110,14 +110,14 @@ def checkpoint_due(conn: sqlite3.Connection, catalog: Catalog, refresh_s: int,
 
 # -- channel heads ------------------------------------------------------------------------------
 
-def _heads(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def _heads(conn: Connection) -> list[dict[str, Any]]:
     return query(conn, """
         SELECT h.name, h.seq, h.digest, h.ledger_index FROM channel_history h
         JOIN (SELECT name, max(seq) s FROM channel_history GROUP BY name) m
           ON h.name = m.name AND h.seq = m.s ORDER BY h.name""")
 
 
-def sign_head(conn: sqlite3.Connection, catalog: Catalog, head: dict[str, Any], ttl_s: int,
+def sign_head(conn: Connection, catalog: Catalog, head: dict[str, Any], ttl_s: int,
               now: int) -> dict[str, Any]:
     body = {"type": "channel-head", "origin": catalog.origin, "channel": head["name"],
             "seq": head["seq"], "digest": head["digest"], "ledger_index": head["ledger_index"],
@@ -129,7 +129,7 @@ def sign_head(conn: sqlite3.Connection, catalog: Catalog, head: dict[str, Any], 
     return env
 
 
-def refresh(conn: sqlite3.Connection, catalog: Catalog, ttl_s: int,
+def refresh(conn: Connection, catalog: Catalog, ttl_s: int,
             now: int | None = None) -> dict[str, int]:
     """Re-sign every head that moved, is missing, or has less than half its life left; and the
     checkpoint when its time is older than half a TTL. Returns what was re-signed."""
@@ -148,7 +148,7 @@ def refresh(conn: sqlite3.Connection, catalog: Catalog, ttl_s: int,
     return {"heads": signed, "checkpoint": resigned_checkpoint}
 
 
-def head(conn: sqlite3.Connection, catalog: Catalog, name: str, ttl_s: int) -> dict[str, Any]:
+def head(conn: Connection, catalog: Catalog, name: str, ttl_s: int) -> dict[str, Any]:
     """A channel's signed head statement, re-signed first if it is missing, moved or expiring."""
     catalog._check_channel(name)
     cur = query_one(conn, "SELECT h.name, h.seq, h.digest, h.ledger_index FROM channel_history h "

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadRequest, Conflict
+from ..store import Connection
 from .freshness import iso, parse_duration, unix_now
 from .service import Catalog, query, query_one
 
@@ -47,13 +47,13 @@ def parse_at(value: Any, now: int | None = None) -> int:
     return int(t.timestamp())
 
 
-def _current(conn: sqlite3.Connection, digest: str) -> dict[str, dict[str, Any]]:
+def _current(conn: Connection, digest: str) -> dict[str, dict[str, Any]]:
     rows = query(conn, "SELECT action, at, reason, actor, time, ledger_index, state FROM lifecycle "
                        "WHERE digest=? ORDER BY ledger_index", (digest,))
     return {r["action"]: r for r in rows}
 
 
-def status(conn: sqlite3.Connection, digest: str, now: int | None = None) -> dict[str, Any]:
+def status(conn: Connection, digest: str, now: int | None = None) -> dict[str, Any]:
     """What the image's lifecycle says now: deprecated, expires/expired, revoke scheduled; and
     the warnings to show beside it."""
     now = unix_now() if now is None else now
@@ -79,7 +79,7 @@ def status(conn: sqlite3.Connection, digest: str, now: int | None = None) -> dic
     return out
 
 
-def record(conn: sqlite3.Connection, catalog: Catalog, actor: str, ref: str, action: str, *,
+def record(conn: Connection, catalog: Catalog, actor: str, ref: str, action: str, *,
            at: int | None, reason: str, running: list[dict[str, Any]], force: bool,
            now: int | None = None) -> dict[str, Any]:
     """Deprecate, expire or schedule a revocation as a signed record."""
@@ -118,13 +118,13 @@ def record(conn: sqlite3.Connection, catalog: Catalog, actor: str, ref: str, act
             "lifecycle": status(conn, digest, now)}
 
 
-def due_revocations(conn: sqlite3.Connection, now: int | None = None) -> list[dict[str, Any]]:
+def due_revocations(conn: Connection, now: int | None = None) -> list[dict[str, Any]]:
     now = unix_now() if now is None else now
     return query(conn, "SELECT digest, reason, actor, ledger_index FROM lifecycle WHERE "
                        "action='revoke' AND state='scheduled' AND at <= ?", (now,))
 
 
-def carry_out_revocations(conn: sqlite3.Connection, catalog: Catalog,
+def carry_out_revocations(conn: Connection, catalog: Catalog,
                           now: int | None = None) -> list[str]:
     """Revoke every image whose scheduled time has come (a revocation record each)."""
     done = []
@@ -138,7 +138,7 @@ def carry_out_revocations(conn: sqlite3.Connection, catalog: Catalog,
     return done
 
 
-def expired(conn: sqlite3.Connection, digest: str, now: int | None = None) -> dict[str, Any] | None:
+def expired(conn: Connection, digest: str, now: int | None = None) -> dict[str, Any] | None:
     """The expiry in force for ``digest`` (for the rollout rule not-expired), or None."""
     now = unix_now() if now is None else now
     row = query_one(conn, "SELECT at, reason, actor, time, ledger_index FROM lifecycle WHERE "
@@ -149,7 +149,7 @@ def expired(conn: sqlite3.Connection, digest: str, now: int | None = None) -> di
     return None
 
 
-def revocation_due(conn: sqlite3.Connection, digest: str,
+def revocation_due(conn: Connection, digest: str,
                    now: int | None = None) -> dict[str, Any] | None:
     """A scheduled revocation of ``digest`` whose time has come but is not carried out yet."""
     now = unix_now() if now is None else now
@@ -159,7 +159,7 @@ def revocation_due(conn: sqlite3.Connection, digest: str,
     return {**row, "at": iso(row["at"])} if row else None
 
 
-def listing(conn: sqlite3.Connection, digest: str) -> list[dict[str, Any]]:
+def listing(conn: Connection, digest: str) -> list[dict[str, Any]]:
     rows = query(conn, "SELECT action, at, reason, actor, time, ledger_index, state, envelope "
                        "FROM lifecycle WHERE digest=? ORDER BY ledger_index", (digest,))
     for r in rows:

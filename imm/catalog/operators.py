@@ -10,10 +10,10 @@ because each approval record carries the key it was made with.
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 from ..errors import BadRequest, Conflict, NotFound
+from ..store import Connection
 from . import sshsig
 from .service import Catalog, now, query, query_one
 
@@ -36,7 +36,7 @@ def parse_key(text: Any, source: str) -> sshsig.SshKey:
         raise BadRequest(str(e)) from None
 
 
-def add(conn: sqlite3.Connection, catalog: Catalog, actor: str, name: str, public_key: str,
+def add(conn: Connection, catalog: Catalog, actor: str, name: str, public_key: str,
         source: str = "SSH public key") -> dict[str, Any]:
     check_name(name)
     key = parse_key(public_key, source)
@@ -60,7 +60,7 @@ def add(conn: sqlite3.Connection, catalog: Catalog, actor: str, name: str, publi
     return {**get(conn, name), "envelope": env}
 
 
-def remove(conn: sqlite3.Connection, catalog: Catalog, actor: str, name: str) -> dict[str, Any]:
+def remove(conn: Connection, catalog: Catalog, actor: str, name: str) -> dict[str, Any]:
     check_name(name)
     row = get(conn, name)
     body = {"type": "operator", "action": "remove", "name": name,
@@ -72,7 +72,7 @@ def remove(conn: sqlite3.Connection, catalog: Catalog, actor: str, name: str) ->
             "ledger_index": idx, "envelope": env}
 
 
-def get(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+def get(conn: Connection, name: str) -> dict[str, Any]:
     row = query_one(conn, "SELECT name, key_type, public_key, fingerprint, comment, actor, "
                           "added_at, ledger_index FROM operators WHERE name=?", (name,))
     if row is None:
@@ -82,11 +82,11 @@ def get(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return row
 
 
-def by_fingerprint(conn: sqlite3.Connection, fp: str) -> dict[str, Any] | None:
+def by_fingerprint(conn: Connection, fp: str) -> dict[str, Any] | None:
     return query_one(conn, "SELECT name, key_type, public_key, fingerprint FROM operators "
                            "WHERE fingerprint=?", (fp,))
 
 
-def listing(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def listing(conn: Connection) -> list[dict[str, Any]]:
     return query(conn, "SELECT name, key_type, fingerprint, comment, actor, added_at, "
                        "ledger_index FROM operators ORDER BY name")

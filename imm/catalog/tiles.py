@@ -16,10 +16,10 @@ it becomes, so any width the tree already covers is served.
 from __future__ import annotations
 
 import re
-import sqlite3
 import struct
 
 from ..errors import BadRequest, NotFound
+from ..store import Connection
 from .merkle import MerkleLog
 
 WIDTH = 256
@@ -78,7 +78,7 @@ def tile_path(level: int | None, index: int, width: int | None = None) -> str:
     return f"{head}/{encode_index(index)}" + (f".p/{width}" if width else "")
 
 
-def tile(conn: sqlite3.Connection, level: int, index: int, width: int | None) -> bytes:
+def tile(conn: Connection, level: int, index: int, width: int | None) -> bytes:
     """The hashes of tile (level, index), full (width None) or partial."""
     size = MerkleLog(conn).size()
     want = width or WIDTH
@@ -99,7 +99,7 @@ def tile(conn: sqlite3.Connection, level: int, index: int, width: int | None) ->
     return b"".join(bytes(r[0]) for r in rows)
 
 
-def entries(conn: sqlite3.Connection, index: int, width: int | None) -> bytes:
+def entries(conn: Connection, index: int, width: int | None) -> bytes:
     """The entry bundle: each leaf's data with a big-endian uint16 length prefix."""
     size = MerkleLog(conn).size()
     want = width or WIDTH

@@ -6,13 +6,13 @@ it was built from; the ledger, not these tables, is the history.
 
 from __future__ import annotations
 
-import sqlite3
+from ..store import Connection, Schema, execute_script
 
-from .db import execute_script, migration
+SCHEMA = Schema("trust")
 
 
-@migration("0010-trust-operators")
-def _operators(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0010-trust-operators")
+def _operators(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE operators (
             name TEXT PRIMARY KEY, key_type TEXT NOT NULL, public_key TEXT NOT NULL,
@@ -21,8 +21,8 @@ def _operators(conn: sqlite3.Connection) -> None:
     """)
 
 
-@migration("0011-trust-changes")
-def _changes(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0011-trust-changes")
+def _changes(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE changes (
             id TEXT PRIMARY KEY, action TEXT NOT NULL, target TEXT NOT NULL, terms TEXT NOT NULL,
@@ -39,16 +39,16 @@ def _changes(conn: sqlite3.Connection) -> None:
     """)
 
 
-@migration("0012-trust-channel-heads")
-def _channel_heads(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0012-trust-channel-heads")
+def _channel_heads(conn: Connection) -> None:
     conn.execute("""
         CREATE TABLE channel_heads (
             name TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
             issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, envelope TEXT NOT NULL)""")
 
 
-@migration("0013-trust-lifecycle")
-def _lifecycle(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0013-trust-lifecycle")
+def _lifecycle(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE lifecycle (
             digest TEXT NOT NULL REFERENCES images(digest), action TEXT NOT NULL,
@@ -59,8 +59,8 @@ def _lifecycle(conn: sqlite3.Connection) -> None:
     """)
 
 
-@migration("0014-trust-witness")
-def _witness(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0014-trust-witness")
+def _witness(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE witness_state (
             origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL,
@@ -71,8 +71,8 @@ def _witness(conn: sqlite3.Connection) -> None:
     """)
 
 
-@migration("0015-trust-attestations")
-def _attestations(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0015-trust-attestations")
+def _attestations(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE attestations (
             envelope_digest TEXT PRIMARY KEY, digest TEXT NOT NULL REFERENCES images(digest),

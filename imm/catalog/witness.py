@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import sqlite3
 import struct
 from typing import Any
 
@@ -27,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import BadRequest, Conflict, Forbidden, VerificationFailed
+from ..store import Connection
 from . import checkpoint
 from .freshness import unix_now
 from .keys import raw_public
@@ -111,7 +111,7 @@ def verify_cosignatures(note: str, name: str, pub: Ed25519PublicKey) -> list[int
 
 # -- the witness side -----------------------------------------------------------------------------
 
-def add_checkpoint(conn: sqlite3.Connection, logs: dict[str, tuple[str, Ed25519PublicKey]],
+def add_checkpoint(conn: Connection, logs: dict[str, tuple[str, Ed25519PublicKey]],
                    note: str, old_size: int, proof: list[bytes], name: str,
                    key: Ed25519PrivateKey, now: int | None = None) -> dict[str, Any]:
     """Check a log's checkpoint against the last one cosigned for its origin; cosign it.
@@ -152,13 +152,13 @@ def add_checkpoint(conn: sqlite3.Connection, logs: dict[str, tuple[str, Ed25519P
 
 # -- the log side ---------------------------------------------------------------------------------
 
-def record_cosignature(conn: sqlite3.Connection, body: str, witness: str, line: str,
+def record_cosignature(conn: Connection, body: str, witness: str, line: str,
                        size: int, timestamp: int) -> None:
     conn.execute("INSERT OR REPLACE INTO witness_cosignatures VALUES (?,?,?,?,?)",
                  (body, witness, line, size, timestamp))
 
 
-def witnessed(conn: sqlite3.Connection, note: str, required: int) -> dict[str, Any]:
+def witnessed(conn: Connection, note: str, required: int) -> dict[str, Any]:
     """The current checkpoint with every cosignature gathered for its text."""
     body = note[: note.rfind("\n\n") + 1]
     rows = conn.execute("SELECT witness, line FROM witness_cosignatures WHERE body=? "
@@ -168,7 +168,7 @@ def witnessed(conn: sqlite3.Connection, note: str, required: int) -> dict[str, A
             "cosigned_by": [r[0] for r in rows], "witnessed_checkpoint": full}
 
 
-def last_cosigned_size(conn: sqlite3.Connection, witness: str) -> int:
+def last_cosigned_size(conn: Connection, witness: str) -> int:
     row = query_one(conn, "SELECT max(size) AS s FROM witness_cosignatures WHERE witness=?",
                     (witness,))
     return int(row["s"]) if row and row["s"] is not None else 0

@@ -32,7 +32,6 @@ from . import systemd
 from .app import make_app
 from .auth import _admin_gid, make_peer
 from .core import Daemon
-from .trust import TRUST
 
 log = logging.getLogger("imm.daemon")
 
@@ -128,8 +127,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         where += f" and tcp {settings.tcp}"
     log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
              daemon.keyring.keyid[:16])
-    await daemon.engine.startup()
-    await app[TRUST].resume()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +136,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         systemd.reloading()
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
-            services = load_services(fresh.services, set(daemon.providers), set(daemon.routers))
+            services = load_services(fresh.services, set(daemon.context.providers),
+                                     set(daemon.context.routers))
             approvals.parse_protect(fresh.raw.get("protect"), fresh.source)
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",
@@ -167,8 +165,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
-    await daemon.engine.shutdown()
-    await runner.cleanup()
+    await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
     await asyncio.to_thread(daemon.close)
     if bound is not None:
         with contextlib.suppress(FileNotFoundError):

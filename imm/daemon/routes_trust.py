@@ -20,6 +20,7 @@ async def trust_context(app: web.Application) -> AsyncIterator[None]:
     """A bad [protect] or [trust] block fails start-up, naming it; heads and the checkpoint
     are kept fresh while the app runs."""
     await app[TRUST].check_config()
+    await app[TRUST].resume()  # the engine has started (Daemon.lifecycle runs before this)
     task = asyncio.create_task(app[TRUST].keep_fresh(), name="keep-fresh")
     yield
     task.cancel()

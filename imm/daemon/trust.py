@@ -403,7 +403,7 @@ class Trust:
         who = (f"{view['requested_by']} via change {cid} approved by "
                f"{', '.join(view['approved_by'])}")
         try:
-            r = await self.d.engine.start(who, view["target"], terms["image"],
+            r = await self.d.engine.verbs.start(who, view["target"], terms["image"],
                                           terms.get("strategy"), undo_of=terms.get("undo_of"))
         except ImmError as e:
             log.warning("approved change %s could not be carried out: %s", cid, e.message)

@@ -8,10 +8,12 @@ import pytest
 from sshkeys import make_key, needs_ssh_keygen, sign
 
 from imm.catalog import approvals, operators
-from imm.catalog.db import connect, migrate, transaction
 from imm.catalog.keys import KeyRing
+from imm.catalog.schema import SCHEMA as CATALOG_SCHEMA
 from imm.catalog.service import Catalog
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.errors import ConfigError, Conflict
+from imm.store.sqlite import connect, migrate, transaction
 
 
 def test_parse_protect_channel_and_service() -> None:
@@ -48,10 +50,8 @@ def test_durations(text: str | int, seconds: int) -> None:
 def test_a_removed_operator_no_longer_counts(tmp_path: Path) -> None:
     ring, _ = KeyRing.load_or_create(tmp_path / "keys")
     conn = connect(tmp_path / "imm.db")
-    import imm.catalog.schema  # noqa: F401 - registers the migrations
-    import imm.catalog.trust_schema  # noqa: F401
 
-    migrate(conn)
+    migrate(conn, (CATALOG_SCHEMA, TRUST_SCHEMA))
     cat = Catalog(ring, "test.local/ledger")
     transaction(conn, cat.init_keys, "test")
     k1, k2, k3 = (make_key(tmp_path, n) for n in ("sre-1", "sre-2", "sre-3"))

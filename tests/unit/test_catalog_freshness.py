@@ -8,10 +8,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imm.catalog import checkpoint, freshness
-from imm.catalog.db import connect, migrate, transaction
 from imm.catalog.keys import KeyRing, keyid_of
+from imm.catalog.schema import SCHEMA as CATALOG_SCHEMA
 from imm.catalog.service import Catalog
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.errors import VerificationFailed
+from imm.store.sqlite import connect, migrate, transaction
 
 
 def test_checkpoint_time_is_a_signed_extension_line() -> None:
@@ -45,10 +47,8 @@ def test_human(s: int, text: str) -> None:
 def test_refresh_resigns_what_moved_or_is_half_expired(tmp_path: Path) -> None:
     ring, _ = KeyRing.load_or_create(tmp_path / "keys")
     conn = connect(tmp_path / "imm.db")
-    import imm.catalog.schema  # noqa: F401 - registers the migrations
-    import imm.catalog.trust_schema  # noqa: F401
 
-    migrate(conn)
+    migrate(conn, (CATALOG_SCHEMA, TRUST_SCHEMA))
     cat = Catalog(ring, "test.local/ledger")
     transaction(conn, cat.init_keys, "t")
     img = transaction(conn, cat.add_image, "t", name="web", version="1",

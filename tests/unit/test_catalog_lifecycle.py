@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from imm.catalog import lifecycle
-from imm.catalog.db import connect, migrate, transaction
 from imm.catalog.keys import KeyRing
+from imm.catalog.schema import SCHEMA as CATALOG_SCHEMA
 from imm.catalog.service import Catalog
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.errors import BadRequest, Conflict
+from imm.store.sqlite import connect, migrate, transaction
 
 NOW = 1_900_000_000
 
@@ -30,10 +32,8 @@ def test_parse_at_names_the_bad_value(text: str) -> None:
 def test_expiry_schedule_and_forced_refusal(tmp_path: Path) -> None:
     ring, _ = KeyRing.load_or_create(tmp_path / "keys")
     conn = connect(tmp_path / "imm.db")
-    import imm.catalog.schema  # noqa: F401 - registers the migrations
-    import imm.catalog.trust_schema  # noqa: F401
 
-    migrate(conn)
+    migrate(conn, (CATALOG_SCHEMA, TRUST_SCHEMA))
     cat = Catalog(ring, "test.local/ledger")
     transaction(conn, cat.init_keys, "t")
     img = transaction(conn, cat.add_image, "t", name="web", version="1",

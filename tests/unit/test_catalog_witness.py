@@ -11,9 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imm.catalog import checkpoint, witness
-from imm.catalog.db import connect, migrate
 from imm.catalog.merkle import node_hash
+from imm.catalog.schema import SCHEMA as CATALOG_SCHEMA
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.errors import BadRequest, Conflict, Forbidden, VerificationFailed
+from imm.store.sqlite import connect, migrate
 
 
 def test_cosignature_v1_line_and_key_id() -> None:
@@ -36,11 +38,9 @@ def test_cosignature_v1_line_and_key_id() -> None:
 
 
 def test_witness_refuses_what_is_inconsistent(tmp_path: Path) -> None:
-    import imm.catalog.schema  # noqa: F401 - registers the migrations
-    import imm.catalog.trust_schema  # noqa: F401
 
     conn = connect(tmp_path / "w.db")
-    migrate(conn)
+    migrate(conn, (CATALOG_SCHEMA, TRUST_SCHEMA))
     log_key, wkey = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     logs = {"log.example/a": ("log.example/a", log_key.public_key())}
     leaves = [os.urandom(32) for _ in range(3)]
