@@ -83,6 +83,12 @@ class Trust:
         """At start: a bad [protect] or [trust] block stops immd; unknown approvers are logged
         (operators are registered through the running daemon, so they may come later)."""
         self.head_ttl()
+        blocks = self.protect()
+        for svc in self.d.engine.services.values():
+            if "approve" in svc.canary_steps and svc.name not in blocks:
+                raise ConfigError(f"{self.d.settings.source}: service {svc.name} has an "
+                                  f"\"approve\" canary step but no [protect.{svc.name}] block "
+                                  "naming who approves")
         await asyncio.to_thread(self.builders)
         self.witness_logs()
         self.witnesses()
