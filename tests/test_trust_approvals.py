@@ -252,6 +252,7 @@ def test_approve_through_ssh_agent(protected: Immd, team: dict[str, Path], tmp_p
             assert time.monotonic() < deadline, "ssh-agent did not start"
             time.sleep(0.05)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setitem(protected.base_env, "SSH_AUTH_SOCK", str(sock))  # immctl's env
         subprocess.run(["ssh-add", "-q", str(team["sre-1"])], check=True, capture_output=True)
         team["sre-1"].unlink()  # from now on only the agent holds it
         ch = protected.json("channel", "set", "web/production", "web@v2")
