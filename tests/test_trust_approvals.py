@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -150,6 +151,16 @@ def test_two_of_three_moves_the_channel_only_after_the_second_approval(
                          body["statement"].encode().replace(b"web/production", b"web/prod"))
         assert bad.returncode != 0
     assert d.run("ledger", "verify").returncode == 0
+    assert d.run("image", "verify", "--all").returncode == 0
+
+    # an approval row edited behind imm's back no longer matches its signed record
+    db = sqlite3.connect(d.state / "imm.db")
+    with db:
+        db.execute("UPDATE approvals SET operator='sre-3' WHERE change_id=? AND operator='sre-1'",
+                   (cid,))
+    db.close()
+    cp = d.fails("image", "verify", "--all", code=7)
+    assert f"approvals {cid}/sre-3" in cp.stderr and "column operator is 'sre-3'" in cp.stderr
 
 
 def test_expired_cancelled_and_misconfigured_changes(protected: Immd,
