@@ -104,3 +104,25 @@ def test_attestations_verify_independently_and_gate_rollouts(tmp_path: Path) -> 
     cp = d.fails("image", "import-attestation", str(envf), code=3)
     assert "no image in the catalog has the attestation's subject digest" in cp.stderr
     assert d.ledger_size() == size
+
+
+def test_packer_import_attaches_its_build_as_an_attestation(immd: Immd, tmp_path: Path) -> None:
+    run = "11111111-2222-3333-4444-555555555555"
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(json.dumps({"builds": [{
+        "name": "web", "builder_type": "amazon-ebs", "build_time": 1700000000, "files": None,
+        "artifact_id": "us-east-1:ami-0aaaaaaaaaaaaaaaa", "packer_run_uuid": run,
+        "custom_data": {"version": "1.4.2"}}], "last_run_uuid": run}))
+    out = immd.json("image", "import-packer", str(manifest), "--attest")
+    (img,) = out["images"]
+    assert img["attestation"]["created"]
+    (att,) = immd.json("image", "attestations", img["digest"])["attestations"]
+    assert att["verified"] and att["predicate_type"].endswith("/packer-build/v1")
+    pb = json_format.Parse(base64.b64decode(att["envelope"]["payload"]),
+                           statement_pb2.Statement())
+    Statement.copy_from_pb(pb).validate()
+    assert pb.predicate["packer"]["packer_run_uuid"] == run
+    size = immd.ledger_size()
+    again = immd.json("image", "import-packer", str(manifest), "--attest")
+    assert again["images"][0]["attestation"]["created"] is False
+    assert immd.ledger_size() == size

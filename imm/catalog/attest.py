@@ -39,6 +39,7 @@ from .service import Catalog, now, query, query_one
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+PACKER_BUILD = "https://imm.dev/attestation/packer-build/v1"  # predicate: the Packer build
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:[^\s]{1,2000}$")
 MAX_PREDICATE = 256 * 1024
 

@@ -133,14 +133,15 @@ def cmd_image_import_packer(c: Client, a: argparse.Namespace) -> int:
         raise Fail(f"Packer manifest {a.file} is not UTF-8 text", EXIT_USAGE) from None
     r = c.request("POST", "/v1/images/import-packer", {
         "manifest": text, "source": a.file, "name": a.name, "version": a.version,
-        "all_runs": a.all_runs})
+        "all_runs": a.all_runs, "attest": a.attest})
     if a.json:
         emit_json(r)
         return 0
     for img in r["images"]:
         arts = ", ".join(f"{x['provider']}/{x['region']}/{x['image_id']}" for x in img["artifacts"])
         print(("registered " if img["created"] else "already registered ")
-              + f"{img['name']}@{img['version']} {img['digest']}  [{arts}]")
+              + f"{img['name']}@{img['version']} {img['digest']}  [{arts}]"
+              + (" (attested)" if img.get("attestation") else ""))
     return 0
 
 
@@ -412,6 +413,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--name", help="image name (default: each build's name)")
     sp.add_argument("--version", help="version (default: custom_data.version or build_time)")
+    sp.add_argument("--attest", action="store_true",
+                    help="attach each build's metadata as an in-toto attestation")
     sp.add_argument("--all-runs", action="store_true",
                     help="import every run, not only last_run_uuid's")
     sp = add(img, "list", cmd_image_list, "list images")

@@ -140,6 +140,9 @@ async def images_import_packer(request: web.Request) -> web.Response:
     images = await d(request).import_packer(
         actor(request), text, source, field(data, "name", str), field(data, "version", str),
         field(data, "all_runs", bool, default=False))
+    if field(data, "attest", bool, default=False):
+        for img in images:  # idempotent: the same build gives the same signed statement
+            img["attestation"] = await request.app[TRUST].attest_packer(actor(request), img)
     created = any(i["created"] for i in images)
     return json_response({"images": images}, status=201 if created else 200)
 
@@ -310,7 +313,7 @@ ROUTES: list[Route] = [
           "Import the builds of a Packer manifest post-processor file",
           body={"type": "object", "required": ["manifest"], "properties": {
               "manifest": STR, "source": STR, "name": STR, "version": STR,
-              "all_runs": {"type": "boolean"}}}),
+              "all_runs": {"type": "boolean"}, "attest": {"type": "boolean"}}}),
     Route("GET", "/v1/images", images_list, "List images (paged by 'next')",
           query={"name": {"schema": STR}, "status": {"schema": {"enum": ["active", "revoked"]}},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 10000}},

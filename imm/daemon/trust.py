@@ -334,6 +334,13 @@ class Trust:
         return await self.d.db.write(attest.attest, self.d.catalog, actor, ref, predicate_type,
                                      predicate)
 
+    async def attest_packer(self, actor: str, img: dict[str, Any]) -> dict[str, Any]:
+        """The Packer build's metadata (the manifest's provenance) as an attestation."""
+        r = await self.attest(actor, img["digest"], attest.PACKER_BUILD,
+                              img["manifest"].get("provenance") or {})
+        return {k: r[k] for k in ("envelope_digest", "predicate_type", "ledger_index",
+                                  "created")}
+
     async def import_attestation(self, actor: str, env: Any) -> dict[str, Any]:
         builders = await asyncio.to_thread(self.builders)
         return await self.d.db.write(attest.import_envelope, self.d.catalog, actor, env,
