@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -104,6 +105,15 @@ def test_attestations_verify_independently_and_gate_rollouts(tmp_path: Path) -> 
     cp = d.fails("image", "import-attestation", str(envf), code=3)
     assert "no image in the catalog has the attestation's subject digest" in cp.stderr
     assert d.ledger_size() == size
+
+    # a row edited behind imm's back is caught by image verify
+    db = sqlite3.connect(d.state / "imm.db")
+    with db:
+        db.execute("UPDATE attestations SET predicate_type='https://slsa.dev/provenance/v0.2' "
+                   "WHERE signer='imm'")
+    db.close()
+    cp = d.fails("image", "verify", "--all", code=7)
+    assert "attestations sha256:" in cp.stderr and "predicate_type differs" in cp.stderr
 
 
 def test_packer_import_attaches_its_build_as_an_attestation(immd: Immd, tmp_path: Path) -> None:

@@ -210,3 +210,37 @@ def missing(conn: Connection, digest: str, required: list[str],
             continue
         have.add(stmt["predicateType"])
     return [t for t in required if t not in have]
+
+
+def check_rows(conn: Connection, lookup: Any, digest: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """``image verify``: each attestation row against its imm-signed ledger record (the
+    record's envelope and digest are the row's) — the in-toto envelope itself is checked by
+    ``image attestations`` with the keys that signed it. Returns (rows checked, problems)."""
+    from . import dsse
+
+    where, params = ("WHERE digest=?", (digest,)) if digest else ("", ())
+    rows = query(conn, f"SELECT * FROM attestations {where} ORDER BY ledger_index", params)  # noqa: S608
+    problems = []
+    for r in rows:
+        at = {"table": "attestations", "key": r["envelope_digest"],
+              "ledger_index": r["ledger_index"]}
+        leaf = conn.execute("SELECT data FROM ledger_leaves WHERE idx=?",
+                            (r["ledger_index"],)).fetchone()
+        try:
+            kind, body, _ = dsse.verify(json.loads(bytes(leaf[0])), lookup)
+        except (TypeError, ValueError) as e:
+            problems.append({**at, "problem": f"ledger record does not verify: {e}"})
+            continue
+        expected = {"kind": "attestation", "envelope_digest": r["envelope_digest"],
+                    "digest": r["digest"], "predicate_type": r["predicate_type"],
+                    "signer": r["signer"], "envelope": json.loads(r["envelope"])}
+        got = {"kind": kind, **{k: body.get(k) for k in expected if k != "kind"}}
+        for k in expected:
+            if got[k] != expected[k]:
+                problems.append({**at, "problem": f"{k} differs from the signed ledger record"})
+                break
+        else:
+            text = canonical_json(expected["envelope"])
+            if "sha256:" + hashlib.sha256(text).hexdigest() != r["envelope_digest"]:
+                problems.append({**at, "problem": "the envelope does not hash to its digest"})
+    return len(rows), problems
