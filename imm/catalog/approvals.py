@@ -324,6 +324,19 @@ def mark(conn: Connection, catalog: Catalog, cid: str, state: str,
     return show(conn, cid)
 
 
+def channels_at(conn: Connection, digest: str) -> list[str]:
+    """The channels whose head is ``digest`` (what an image restore would put back live)."""
+    return [r["name"] for r in query(
+        conn, "SELECT h.name FROM channel_history h JOIN (SELECT name, max(seq) s FROM "
+              "channel_history GROUP BY name) m ON h.name=m.name AND h.seq=m.s "
+              "WHERE h.digest=? ORDER BY h.name", (digest,))]
+
+
+def is_revoked(conn: Connection, digest: str) -> bool:
+    return query_one(conn, "SELECT 1 AS x FROM revocations WHERE digest=? OR root=?",
+                     (digest, digest)) is not None
+
+
 def approved_rollouts(conn: Connection) -> list[dict[str, Any]]:
     """Approved rollout changes not yet carried out (a crash came between)."""
     return query(conn, "SELECT id FROM changes WHERE state='approved' AND action IN "

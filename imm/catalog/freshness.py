@@ -17,6 +17,7 @@ is signed says when. Two things here:
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -161,8 +162,6 @@ def head(conn: Connection, catalog: Catalog, name: str, ttl_s: int) -> dict[str,
     if row is None or row["seq"] != cur["seq"] or row["expires_at"] - now < ttl_s // 2:
         env = sign_head(conn, catalog, cur, ttl_s, now)
     else:
-        import json
-
         env = json.loads(row["envelope"])
     return {"channel": name, "statement": env, "body": dsse.body_of(env)}
 

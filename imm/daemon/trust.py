@@ -17,12 +17,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..audit import queries as audit_queries
 from ..catalog import approvals, attest, checkpoint, freshness, lifecycle, witness
 from ..catalog.approvals import Protect
 from ..catalog.keys import load_public_pem
 from ..catalog.merkle import MerkleLog
-from ..catalog.service import query, query_one
 from ..errors import BadRequest, ConfigError, Conflict, ImmError
+from ..rollout import approve as approve_step
 from ..rollout import policy
 from ..rollout.services import STRATEGIES
 
@@ -144,9 +145,7 @@ class Trust:
         if p is None:
             return None
         svc = self.d.engine.service(service)
-        last = await self.d.db.read(lambda c: query_one(
-            c, "SELECT id, previous_digest FROM rollouts WHERE service=? AND state='completed' "
-               "ORDER BY created_at DESC, rowid DESC LIMIT 1", (svc.name,)))
+        last = await self.d.engine.verbs.journal.last_completed(svc.name)
         if last is None or not last["previous_digest"]:
             raise Conflict(f"service {svc.name} has no completed rollout with a previous image "
                            "to go back to")
@@ -164,15 +163,11 @@ class Trust:
 
         def req(conn: Any) -> dict[str, Any] | None:
             digest = cat.resolve(conn, ref)
-            heads = [r["name"] for r in query(
-                conn, "SELECT h.name FROM channel_history h JOIN (SELECT name, max(seq) s FROM "
-                      "channel_history GROUP BY name) m ON h.name=m.name AND h.seq=m.s "
-                      "WHERE h.digest=? ORDER BY h.name", (digest,))]
+            heads = approvals.channels_at(conn, digest)
             hit = [blocks[h] for h in heads if h in blocks]
             if not hit:
                 return None
-            if not query_one(conn, "SELECT 1 FROM revocations WHERE digest=? OR root=?",
-                             (digest, digest)):
+            if not approvals.is_revoked(conn, digest):
                 raise Conflict(f"image {digest} is not revoked; nothing to restore")
             p = max(hit, key=lambda b: (b.approvals, b.name))
             return approvals.request(conn, cat, actor, p, "image-restore", digest,
@@ -376,9 +371,7 @@ class Trust:
 
         def write(conn: Any) -> dict[str, Any]:
             digest = cat.resolve(conn, ref)
-            running = query(conn, "SELECT provider, region, instance_id, service FROM "
-                                  "observations WHERE digest=? AND closed_at IS NULL "
-                                  "ORDER BY provider, region, instance_id", (digest,))
+            running = audit_queries.running(conn, digest)
             return lifecycle.record(conn, cat, actor, digest, action, at=when, reason=reason,
                                     running=running, force=force)
 
@@ -400,9 +393,7 @@ class Trust:
         the rollout that did start before the crash)."""
         for row in await self.d.db.read(approvals.approved_rollouts):
             cid = row["id"]
-            started = await self.d.db.read(lambda c, cid=cid: query_one(
-                c, "SELECT id FROM rollouts WHERE actor LIKE ? ORDER BY created_at LIMIT 1",
-                (f"% via change {cid} approved by %",)))
+            started = await self.d.db.read(approve_step.rollout_of_change, cid)
             if started:
                 await self.d.db.write(approvals.mark, self.d.catalog, cid, "applied",
                                       {"rollout": started["id"]})

@@ -90,3 +90,9 @@ async def wait(ctx: Context, journal: Journal, r: Rollout, step: Step,
             raise StepFailed(f"approval {cid} at {step['name']} was {state}: "
                              f"{json.dumps(view['result'])}")
         await asyncio.sleep(ctx.timings.poll_s)
+
+
+def rollout_of_change(conn: Connection, cid: str) -> dict[str, Any] | None:
+    """The rollout an approved change started, found by its actor (``… via change ID …``)."""
+    return query_one(conn, "SELECT id FROM rollouts WHERE actor LIKE ? ORDER BY created_at "
+                           "LIMIT 1", (f"% via change {cid} approved by %",))
