@@ -37,11 +37,11 @@ def service(name: str, port: int, timeout_s: int) -> str:
 def step_change(d: Immd, rid: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        for c in d.json("change", "list"):
+        for c in d.json("change", "list", "--all"):  # --all: it may expire before we look
             if c["action"] == "rollout-step" and c["terms"]["rollout"] == rid:
                 return c
         st = d.json("rollout", "status", rid)
-        assert st["state"] == "running", st
+        assert st["state"] in ("running", "rolling-back"), st
         assert time.monotonic() < deadline, st
         time.sleep(0.3)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import Immd
 
-TTL = '[trust]\nhead_ttl = "4s"\n'
+TTL = '[trust]\nhead_ttl = "16s"\n'
 
 
 def checkpoint_time(note: str) -> int:
@@ -56,7 +56,7 @@ def test_stale_checkpoints_and_expired_heads_are_refused(tmp_path: Path) -> None
     d.run("audit", "verify", str(export_csv), "--key", str(pub), "--max-age", "1h")
     d.stop()
 
-    time.sleep(4.5)  # past the head's 4 s life, with no daemon to re-sign anything
+    time.sleep(16.5)  # past the head's 16 s life, with no daemon to re-sign anything
     cp_ = d.fails("channel", "resolve", "web/production", "--statement", str(saved), "--key",
                   str(pub), code=7)
     assert "the head of channel web/production expired at" in cp_.stderr
@@ -81,12 +81,12 @@ def test_stale_checkpoints_and_expired_heads_are_refused(tmp_path: Path) -> None
 
     # after a restart the daemon re-signs what went stale, and keeps doing it
     d.start()
-    time.sleep(5)  # longer than a head lives
-    assert d.run("channel", "resolve", "web/production", "--max-age", "4s").stdout.strip() \
+    time.sleep(17)  # longer than a head lives
+    assert d.run("channel", "resolve", "web/production", "--max-age", "16s").stdout.strip() \
         == digest
     fresh = d.json("ledger", "head")
     assert fresh["size"] == head["size"]  # re-signing adds nothing to the log
     assert checkpoint_time(fresh["checkpoint"]) > t
     cp.write_text(fresh["checkpoint"])
-    d.run("ledger", "verify", "--checkpoint", str(cp), "--key", str(pub), "--max-age", "4s")
+    d.run("ledger", "verify", "--checkpoint", str(cp), "--key", str(pub), "--max-age", "16s")
     assert d.run("ledger", "verify").returncode == 0
