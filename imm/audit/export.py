@@ -101,7 +101,7 @@ class BundleWriter:
         log = MerkleLog(conn)
         self.size = log.size()
         note = checkpoint.sign(self.origin, self.size, log.root(self.size), self.origin,
-                               self.key)
+                               self.key, int(datetime.now(UTC).timestamp()))
         out: list[bytes] = []
         if self.fmt == "csv":
             buf = io.StringIO()

@@ -78,3 +78,11 @@ def list_instances(conn: Connection, *, verdict: str | None, service: str | None
     rows = rows[:limit]
     return {"instances": rows, "next": rows[-1]["cursor"] if more and rows else None,
             "as_of": as_of(conn)}
+
+
+def running(conn: Connection, digest: str) -> list[dict[str, Any]]:
+    """Instances the latest sweeps saw running ``digest`` (open observations): what expiring or
+    revoking the image on a schedule must not silently hit."""
+    return query(conn, "SELECT provider, region, instance_id, service FROM observations "
+                       "WHERE digest=? AND closed_at IS NULL ORDER BY provider, region, "
+                       "instance_id", (digest,))

@@ -87,9 +87,18 @@ def sign_note(text: str, name: str, key: Ed25519PrivateKey) -> str:
     return f"{text}\n{SIG_PREFIX}{name} {_b64(key_hash(name, key.public_key()) + sig)}\n"
 
 
-def sign(origin: str, size: int, root: bytes, name: str, key: Ed25519PrivateKey) -> str:
-    """A signed checkpoint: :func:`body` + blank line + ``— <name> base64(keyhash || sig)``."""
-    return sign_note(body(origin, size, root), name, key)
+def sign(origin: str, size: int, root: bytes, name: str, key: Ed25519PrivateKey,
+         when: int | None = None) -> str:
+    """A signed checkpoint: :func:`body` + blank line + ``— <name> base64(keyhash || sig)``.
+
+    With ``when``, the text carries one extension line ``time <POSIX seconds>`` (see
+    freshness.py) so verifiers can refuse a stale view."""
+    text = body(origin, size, root)
+    if when is not None:
+        if isinstance(when, bool) or not isinstance(when, int) or not 0 <= when < 1 << 63:
+            raise ValueError(f"checkpoint time must be POSIX seconds, not {when!r}")
+        text += f"time {when}\n"
+    return sign_note(text, name, key)
 
 
 def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:

@@ -20,7 +20,8 @@ from .canonical import canonical_json
 PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
     "image", "artifact", "channel", "revocation", "rollout", "approval", "audit-bundle", "key",
-    "audit-finding", "audit-batch", "fleet",
+    "audit-finding", "audit-batch", "fleet", "operator", "change", "channel-head",
+    "lifecycle", "attestation",
 )
 
 

@@ -52,10 +52,12 @@ class Catalog:
         idx = MerkleLog(conn).append(text.encode("utf-8"), int(datetime.now(UTC).timestamp()))
         return env, idx, text
 
-    def checkpoint(self, conn: Connection) -> str:
+    def checkpoint(self, conn: Connection, when: int | None = None) -> str:
+        """Sign the current head; its text carries the time (see freshness.py)."""
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin,
-                               self.keyring.private)
+                               self.keyring.private,
+                               int(datetime.now(UTC).timestamp()) if when is None else when)
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
         return note
 
@@ -112,7 +114,8 @@ class Catalog:
                      (new_id, body["public_key"], "rotate", old, body["time"], actor, idx, text))
         # The checkpoint is signed with the new key once it is in force; sign this one with it.
         log = MerkleLog(conn)
-        note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin, new)
+        note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin, new,
+                               int(datetime.now(UTC).timestamp()))
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
         return {"previous": old, "keyid": new_id, "ledger_index": idx, "envelope": env}
 

@@ -50,6 +50,20 @@ CHECKS: dict[str, tuple[tuple[str, ...], str, dict[str, str | _Extract]]] = {
     "keys": (("keyid",), "key", {
         "keyid": "keyid", "public_pem": "public_key", "action": "action", "previous": "previous",
         "actor": "actor", "created_at": "time"}),
+    # trust (trust_schema.py): operators, pending changes, approvals, image lifecycle
+    "operators": (("name",), "operator", {
+        "name": "name", "key_type": "key_type", "public_key": "public_key",
+        "fingerprint": "fingerprint", "comment": "comment", "actor": "actor",
+        "added_at": "time"}),
+    "changes": (("id",), "change", {
+        "id": "change", "statement": "statement", "requested_by": "actor",
+        "created_at": "time"}),
+    "approvals": (("change_id", "operator"), "approval", {
+        "change_id": "change", "operator": "operator", "fingerprint": "fingerprint",
+        "signature": "signature", "actor": "actor", "at": "time"}),
+    "lifecycle": (("ledger_index",), "lifecycle", {
+        "digest": "digest", "action": "action", "reason": "reason", "actor": "actor",
+        "time": "time"}),
 }
 
 
@@ -117,7 +131,7 @@ def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
     for table in CHECKS:
         if digest is None:
             rows = _rows(conn, table)
-        elif table in ("images", "artifacts", "revocations", "channel_history"):
+        elif table in ("images", "artifacts", "revocations", "channel_history", "lifecycle"):
             rows = _rows(conn, table, "WHERE digest = ?", (digest,))
         else:
             continue
@@ -130,6 +144,11 @@ def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
         except DatabaseError as e:
             problems.append({"table": table, "key": "(unreadable)", "ledger_index": None,
                              "problem": CORRUPT_PAGE.format(e)})
+    from .attest import check_rows  # attestation rows hold in-toto envelopes: their own check
+
+    n, more = check_rows(conn, keyring.lookup, digest)
+    checked[0] += n
+    problems.extend(more)
 
 
 def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:

@@ -290,6 +290,12 @@ def cmd_verify(c: Client, a: argparse.Namespace) -> int:
         raise _fail(f"cannot read bundle {a.file}: {e.strerror}", EXIT_USAGE) from None
     except Refused as e:
         raise _fail(f"{a.file}: {e}", EXIT_USAGE) from None
+    if result.ok and a.max_age:
+        from . import trust_cmds
+
+        rc = trust_cmds.guard(lambda _c, a: trust_cmds.check_bundle_age(a.file, a.max_age))(c, a)
+        if rc:
+            return int(rc)
     if a.json:
         emit_json(result.to_dict())
     elif result.ok:
@@ -334,3 +340,6 @@ def register(sub: Any, add: Any, group: Any) -> None:
              "immctl audit verify q4.jsonl --key imm.pub.pem")
     sp.add_argument("file", help="a bundle written by 'immctl audit export'")
     sp.add_argument("--key", required=True, help="the public key PEM ('immctl keys export')")
+    sp.add_argument("--max-age", metavar="DURATION",
+                    help="refuse a bundle whose checkpoint was signed longer ago (e.g. 1h)")
+

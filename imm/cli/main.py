@@ -21,7 +21,7 @@ from ..errors import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
-from . import audit_cmds, rollout_cmds, token_cmds
+from . import audit_cmds, rollout_cmds, token_cmds, trust_cmds
 from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
 from .render import block, emit_json, emit_list, short, table
 
@@ -97,7 +97,7 @@ def show_image(img: dict[str, Any]) -> None:
         ("channels", img.get("channels", [])),
         ("created", f"{img['created_at']} by {img['actor']}"),
         ("signed by", img["keyid"]), ("ledger leaf", img["ledger_index"]),
-    ])
+    ] + [("warning", w) for w in (img.get("lifecycle") or {}).get("warnings", [])])
     arts = img.get("artifacts") or []
     if arts:
         print("artifacts:")
@@ -158,14 +158,15 @@ def cmd_image_import_packer(c: Client, a: argparse.Namespace) -> int:
         raise Fail(f"Packer manifest {a.file} is not UTF-8 text", EXIT_USAGE) from None
     r = c.request("POST", "/v1/images/import-packer", {
         "manifest": text, "source": a.file, "name": a.name, "version": a.version,
-        "all_runs": a.all_runs, "provider": a.provider})
+        "all_runs": a.all_runs, "provider": a.provider, "attest": a.attest})
     if a.json:
         emit_json(r)
         return 0
     for img in r["images"]:
         arts = ", ".join(f"{x['provider']}/{x['region']}/{x['image_id']}" for x in img["artifacts"])
         print(("registered " if img["created"] else "already registered ")
-              + f"{img['name']}@{img['version']} {img['digest']}  [{arts}]")
+              + f"{img['name']}@{img['version']} {img['digest']}  [{arts}]"
+              + (" (attested)" if img.get("attestation") else ""))
     return 0
 
 
@@ -231,6 +232,8 @@ def cmd_artifact_add(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
+    if a.at:
+        return int(trust_cmds.guard(trust_cmds.cmd_image_lifecycle)(c, a))
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/revoke",
                   {"reason": a.reason, "cascade": a.cascade})
     if a.json:
@@ -244,6 +247,8 @@ def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/restore", {})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.json:
         emit_json(r)
     else:
@@ -257,6 +262,8 @@ def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_channel_set(c: Client, a: argparse.Namespace) -> int:
     r = c.request("PUT", f"/v1/channels/{seg(a.name)}", {"ref": a.ref})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.json:
         emit_json(r)
     else:
@@ -308,8 +315,12 @@ def cmd_ledger_head(c: Client, a: argparse.Namespace) -> int:
         emit_json(r)
     else:
         block([("size", r["size"]), ("root", r["root"])])
+        if r.get("required"):
+            block([("witnessed", f"{'yes' if r['witnessed'] else 'no'} "
+                                 f"({len(r['cosigned_by'])} of {r['required']} required: "
+                                 f"{', '.join(r['cosigned_by']) or 'none yet'})")])
         print("checkpoint:")
-        sys.stdout.write(r["checkpoint"] or "(none)\n")
+        sys.stdout.write((r.get("witnessed_checkpoint") or r["checkpoint"]) or "(none)\n")
     return 0
 
 
@@ -339,7 +350,14 @@ def cmd_ledger_consistency(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_leaf(c: Client, a: argparse.Namespace) -> int:
+    emit_json(c.request("GET", f"/v1/ledger/leaves/{a.index}"))
+    return 0
+
+
 def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
+    if a.checkpoint:
+        return int(trust_cmds.guard(lambda _c, a: trust_cmds.verify_checkpoint_offline(a))(c, a))
     r = c.request("GET", "/v1/ledger/verify")
     if a.json:
         emit_json(r)
@@ -361,8 +379,25 @@ def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
 # -- channel resolve, help, completion --------------------------------------------------------
 
 def cmd_channel_resolve(c: Client, a: argparse.Namespace) -> int:
+    """With --provider: the provider's image id of the channel's image (Terraform's question);
+    without: the image digest from the channel's signed head. --max-age (or --statement) checks
+    the signed head's freshness first in both cases."""
+    if a.provider is None:
+        return int(trust_cmds.guard(trust_cmds.cmd_channel_resolve)(c, a))
+    head: dict[str, Any] | None = None
+    if a.max_age or a.statement:
+        def check(c: Client, a: argparse.Namespace) -> int:
+            nonlocal head
+            head, _ = trust_cmds.verified_head(c, a)
+            return 0
+        rc = trust_cmds.guard(check)(c, a)
+        if rc:
+            return int(rc)
     r = c.request("GET", f"/v1/channels/{seg(a.name)}/resolve",
                   query={"provider": a.provider, "region": a.region})
+    if head is not None and head["digest"] != r["digest"]:
+        raise Fail(f"channel {a.name} moved while it was resolved (signed head "
+                   f"{head['digest'][:19]}, now {r['digest'][:19]}); run it again", EXIT_ERROR)
     if a.json:
         emit_json(r)
     else:
@@ -488,6 +523,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("file", help="the manifest Packer's manifest post-processor wrote")
     sp.add_argument("--name", help="image name (default: each build's name)")
     sp.add_argument("--version", help="version (default: custom_data.version or build_time)")
+    sp.add_argument("--attest", action="store_true",
+                    help="attach each build's metadata as an in-toto attestation")
     sp.add_argument("--all-runs", action="store_true",
                     help="import every run, not only last_run_uuid's")
     sp.add_argument("--provider", metavar="NAME",
@@ -521,6 +558,45 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
     sp.add_argument("--reason", required=True, help="why, kept in the ledger")
     sp.add_argument("--cascade", action="store_true", help="revoke its descendants too")
+    sp.add_argument("--at", metavar="TIME", help="schedule it: RFC 3339 UTC, now, or +DURATION")
+    sp.add_argument("--force", action="store_true",
+                    help="with --at: even if the last audit sweep saw it running")
+    sp.set_defaults(action="revoke")
+    sp = add(img, "deprecate", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+             "mark an image deprecated: rollouts still allowed, with a warning",
+             "immctl image deprecate web@v1 --reason 'superseded by v2'")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp.add_argument("--reason", default="", help="why, kept in the ledger")
+    sp.set_defaults(action="deprecate", at=None, force=False)
+    sp = add(img, "expire", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+             "from --at on, rollouts to the image are refused (rule not-expired)",
+             "immctl image expire web@v1 --at +30d --reason 'end of support'")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp.add_argument("--at", required=True, metavar="TIME",
+                    help="RFC 3339 UTC (2026-12-31T00:00:00Z), now, or +DURATION (+7d)")
+    sp.add_argument("--reason", default="", help="why, kept in the ledger")
+    sp.add_argument("--force", action="store_true",
+                    help="even if the last audit sweep saw it running")
+    sp.set_defaults(action="expire")
+    sp = add(img, "attest", trust_cmds.guard(trust_cmds.cmd_image_attest),
+             "attach an in-toto Statement v1 (signed by the daemon) to an image",
+             "immctl image attest web@v2 --predicate-type https://slsa.dev/provenance/v1 "
+             "--predicate provenance.json")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp.add_argument("--predicate-type", required=True, metavar="URI",
+                    help="the predicate's type URI, e.g. https://slsa.dev/provenance/v1")
+    sp.add_argument("--predicate", required=True, metavar="FILE", help="a JSON object")
+    sp = add(img, "attestations", trust_cmds.cmd_image_attestations,
+             "an image's attestations, each re-verified", "immctl image attestations web@v2")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
+    sp = add(img, "import-attestation", trust_cmds.guard(trust_cmds.cmd_image_import_attestation),
+             "import an in-toto DSSE envelope signed by a [trust.builders] key",
+             "immctl image import-attestation build-42.intoto.json")
+    sp.add_argument("file", help="a DSSE envelope holding an in-toto Statement v1")
+    sp = add(img, "lifecycle", trust_cmds.cmd_image_lifecycle_show,
+             "an image's deprecation, expiry and scheduled revocation records",
+             "immctl image lifecycle web@v1")
+    sp.add_argument("ref", help="the image: digest, prefix or name@version")
     sp = add(img, "restore", cmd_image_restore, "lift a revocation", "immctl image restore web@v1")
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
 
@@ -533,11 +609,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
              "immctl channel show web/production")
     sp.add_argument("name", help="SERVICE/STAGE")
     sp = add(ch, "resolve", cmd_channel_resolve,
-             "the provider image id of a channel's image (prints the id alone)",
+             "the image a channel points at, from its signed, expiring head; with --provider "
+             "the provider's image id of it (prints the id alone)",
              "immctl channel resolve web/production --provider aws-prod --region us-east-1")
     sp.add_argument("name", help="SERVICE/STAGE")
-    sp.add_argument("--provider", required=True, help="a configured provider name")
+    sp.add_argument("--provider", help="a configured provider name: print its image id")
     sp.add_argument("--region", help="the region (optional when the image has one there)")
+    sp.add_argument("--max-age", metavar="DURATION",
+                    help="refuse a head signed longer ago (e.g. 10m, 1h)")
+    sp.add_argument("--key", metavar="PUB.pem", help="the daemon's public key (default: ask it)")
+    sp.add_argument("--statement", metavar="FILE",
+                    help="check a saved head statement offline (needs --key)")
     sp = add(ch, "history", cmd_channel_history, "every move of a channel",
              "immctl channel history web/production")
     sp.add_argument("name", help="SERVICE/STAGE")
@@ -551,14 +633,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--size", type=ascii_int, help="tree size to prove against (default: current)")
     sp = add(led, "consistency", cmd_ledger_consistency, "consistency proof between two sizes",
              "immctl ledger consistency --from 10 --to 20")
-    sp.add_argument("--from", dest="from_", type=ascii_int, required=True, help="the older tree size")
+    sp.add_argument("--from", dest="from_", type=ascii_int, required=True,
+                    help="the older tree size")
     sp.add_argument("--to", type=ascii_int, help="the newer tree size (default: current)")
-    add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature",
-        "immctl ledger verify")
+    sp = add(led, "leaf", cmd_ledger_leaf, "one leaf: its hash and the signed record (JSON)",
+             "immctl ledger leaf 1")
+    sp.add_argument("index", type=ascii_int, help="the leaf, from 0")
+    sp = add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature; "
+             "with --checkpoint, check an exported checkpoint offline", "immctl ledger verify")
+    sp.add_argument("--checkpoint", metavar="FILE", help="a saved checkpoint (offline)")
+    sp.add_argument("--key", metavar="PUB.pem", help="the log's public key (offline)")
+    sp.add_argument("--origin", help="the log's origin (default: the checkpoint's first line)")
+    sp.add_argument("--max-age", metavar="DURATION",
+                    help="refuse a checkpoint signed longer ago (e.g. 10m, 1h)")
 
     rollout_cmds.register(sub, add, group)
     audit_cmds.register(sub, add, group)
     token_cmds.register(sub, add, group)
+    trust_cmds.register(sub, add, group)
     return p
 
 

@@ -24,6 +24,7 @@ from ..rollout.states import (
     TERMINAL,
     WAITS,
 )
+from . import trust_cmds
 from .client import Client, Fail, ascii_int, image_names, seg
 from .render import block, emit_json, emit_list, short, table
 
@@ -151,6 +152,10 @@ def show(r: dict[str, Any], names: dict[str, str]) -> None:
 def cmd_start(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", "/v1/rollouts", {"service": a.service, "image": a.image,
                                            "strategy": a.strategy})
+    if trust_cmds.pending(r, a):
+        return 0
+    for w in r.get("warnings") or []:
+        print(f"warning: image {r['image_ref']} is {w}", file=sys.stderr)
     if a.wait:
         if not a.json:
             print(f"rollout {r['id']} started ({r['strategy']}, {len(r['plan'])} steps)")
@@ -204,6 +209,8 @@ def verb(name: str) -> Any:
 
 def cmd_undo(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", f"/v1/services/{seg(a.service)}/undo", {})
+    if trust_cmds.pending(r, a):
+        return 0
     if a.wait:
         if not a.json:
             print(f"rollout {r['id']} started: {a.service} back to {r['image_ref']} "

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import routes, routes_audit, routes_fleet, routes_rollout, routes_tokens
+from . import routes, routes_audit, routes_fleet, routes_rollout, routes_tokens, routes_trust
 from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
+from .routes_trust import add_tile_routes, trust_context
+from .trust import TRUST, Trust
 
 # the whole API, which the OpenAPI document describes
 ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_fleet.ROUTES, *routes_audit.ROUTES,
-          *routes_tokens.ROUTES]
+          *routes_tokens.ROUTES, *routes_trust.ROUTES]
 
 
 def make_app(daemon: Daemon) -> web.Application:
@@ -27,10 +29,13 @@ def make_app(daemon: Daemon) -> web.Application:
                                      state_dir=lambda: daemon.settings.state_dir),
     )
     app[DAEMON] = daemon
+    app[TRUST] = Trust(daemon)
     app.cleanup_ctx.append(daemon.lifecycle)
+    app.cleanup_ctx.append(trust_context)  # after the engine started: it may start rollouts
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document(ROUTES)
+    add_tile_routes(app, spec)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(spec)

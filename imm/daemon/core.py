@@ -27,6 +27,7 @@ from ..catalog.digest import Reader, content_digest_fd, open_under_roots
 from ..catalog.keys import KeyRing
 from ..catalog.schema import SCHEMA as CATALOG_SCHEMA
 from ..catalog.service import Catalog
+from ..catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from ..catalog.verify import check_ledger_head, verify_ledger, verify_rows
 from ..config import Settings
 from ..context import Context, Timings
@@ -42,7 +43,7 @@ from .tokens import TokenStore
 
 log = logging.getLogger("imm.daemon")
 
-SCHEMAS = (CATALOG_SCHEMA, ROLLOUT_SCHEMA, AUDIT_SCHEMA)
+SCHEMAS = (CATALOG_SCHEMA, TRUST_SCHEMA, ROLLOUT_SCHEMA, AUDIT_SCHEMA)
 
 
 class Daemon:

@@ -29,6 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import __version__, config
+from ..catalog import approvals
 from ..errors import ConfigError, ImmError
 from ..rollout.services import load_services
 from . import systemd
@@ -335,6 +336,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
             services = load_services(fresh.services, set(daemon.context.providers),
                                      set(daemon.context.routers))
+            approvals.parse_protect(fresh.raw.get("protect"), fresh.source)
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",
                       e.message)
@@ -343,6 +345,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             settings.owner_is_admin = fresh.owner_is_admin
             settings.audit = fresh.audit
             settings.services = fresh.services
+            # [protect] reloads (checked above); [trust] (keys, witnesses) needs a restart
+            settings.raw = {**settings.raw, "protect": fresh.raw.get("protect", {})}
             daemon.engine.services = services
             _admin_gid.cache_clear()
             settings.log_level = args.log_level or fresh.log_level

@@ -69,9 +69,12 @@ def document(routes: list[Route]) -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         }
-        if r.method in ("POST", "PUT"):
+        if r.method in ("POST", "PUT", "DELETE"):
             op["responses"]["201"] = {"description": "Created", "content": {
                 "application/json": {"schema": {"type": "object"}}}}
+            op["responses"]["202"] = {"description": "Protected: a pending change to approve",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object"}}}}
             op["responses"]["403"] = {"description": "The peer is not an admin", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         links = LINKS.get((r.method, r.path))

@@ -10,12 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
+from ..catalog import lifecycle
 from ..catalog.digest import Reader
 from ..catalog.manifest import parse_label, parse_layer
 from ..catalog.resolve import resolve_artifact
 from ..errors import BadRequest
 from .core import Daemon
 from .http import FD_HEADER, body, field, json_response, path_int, query_int, receive_fd
+from .trust import TRUST
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 H = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -163,6 +165,9 @@ async def images_import_packer(request: web.Request) -> web.Response:
     except RecursionError:
         raise BadRequest(f"{source}: the Packer manifest nests too deeply to be one; give the "
                          "manifest post-processor's file") from None
+    if field(data, "attest", bool, default=False):
+        for img in images:  # idempotent: the same build gives the same signed statement
+            img["attestation"] = await request.app[TRUST].attest_packer(actor(request), img)
     created = any(i["created"] for i in images)
     return json_response({"images": images}, status=201 if created else 200)
 
@@ -183,7 +188,9 @@ async def images_list(request: web.Request) -> web.Response:
 
 async def images_show(request: web.Request) -> web.Response:
     dm = d(request)
-    return json_response(await dm.db.read(dm.catalog.show, ref_of(request)))
+    result = await dm.db.read(dm.catalog.show, ref_of(request))
+    result["lifecycle"] = await dm.db.read(lifecycle.status, result["digest"])
+    return json_response(result)
 
 
 async def images_verify(request: web.Request) -> web.Response:
@@ -217,6 +224,9 @@ async def images_revoke(request: web.Request) -> web.Response:
 async def images_restore(request: web.Request) -> web.Response:
     dm = d(request)
     await body(request)
+    pending = await request.app[TRUST].guard_restore(actor(request), ref_of(request))
+    if pending is not None:
+        return json_response(pending, status=202)
     result = await dm.db.write(dm.catalog.restore, actor(request), ref_of(request))
     return json_response(result, status=201)
 
@@ -254,8 +264,11 @@ async def channels_resolve(request: web.Request) -> web.Response:
 async def channels_set(request: web.Request) -> web.Response:
     dm = d(request)
     data = await body(request)
-    result = await dm.db.write(dm.catalog.set_channel, actor(request), request.match_info["name"],
-                               field(data, "ref", str, required=True))
+    name, ref = request.match_info["name"], field(data, "ref", str, required=True)
+    pending = await request.app[TRUST].guard_channel(actor(request), name, ref)
+    if pending is not None:
+        return json_response(pending, status=202)
+    result = await dm.db.write(dm.catalog.set_channel, actor(request), name, ref)
     return json_response(result, status=200)
 
 
@@ -263,7 +276,9 @@ async def channels_set(request: web.Request) -> web.Response:
 
 async def ledger_head(request: web.Request) -> web.Response:
     dm = d(request)
-    return json_response(await dm.db.read(dm.catalog.head))
+    head = await dm.db.read(dm.catalog.head)
+    head.update(await request.app[TRUST].witnessed(head["checkpoint"]))
+    return json_response(head)
 
 
 async def ledger_proof(request: web.Request) -> web.Response:
@@ -332,7 +347,7 @@ ROUTES: list[Route] = [
           "Import the builds of a Packer manifest post-processor file",
           body={"type": "object", "required": ["manifest"], "properties": {
               "manifest": STR, "source": STR, "name": STR, "version": STR,
-              "all_runs": {"type": "boolean"}, "provider": STR}}),
+              "all_runs": {"type": "boolean"}, "provider": STR, "attest": {"type": "boolean"}}}),
     Route("GET", "/v1/images", images_list, "List images (paged by 'next')",
           query={"name": {"schema": STR}, "status": {"schema": {"enum": ["active", "revoked"]}},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 10000}},

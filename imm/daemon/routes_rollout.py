@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..catalog import lifecycle
 from ..errors import BadRequest
 from ..rollout.states import STRATEGIES, VERBS
 from .http import body, field, json_response, query_int
 from .routes import Route, actor, d
+from .trust import TRUST
 
 STR = {"type": "string"}
 
 
 async def rollouts_start(request: web.Request) -> web.Response:
     data = await body(request)
-    result = await d(request).engine.start(
-        actor(request), field(data, "service", str, required=True),
-        field(data, "image", str, required=True), field(data, "strategy", str))
+    service, image = field(data, "service", str, required=True), field(data, "image", str,
+                                                                       required=True)
+    strategy = field(data, "strategy", str)
+    pending = await request.app[TRUST].guard_rollout(actor(request), service, image, strategy)
+    if pending is not None:
+        return json_response(pending, status=202)
+    result = await d(request).engine.start(actor(request), service, image, strategy)
+    result["warnings"] = (await d(request).db.read(lifecycle.status, result["image"]))["warnings"]
     return json_response(result, status=201)
 
 
@@ -42,6 +49,9 @@ async def rollouts_verb(request: web.Request) -> web.Response:
 
 async def services_undo(request: web.Request) -> web.Response:
     await body(request)
+    pending = await request.app[TRUST].guard_undo(actor(request), request.match_info["name"])
+    if pending is not None:
+        return json_response(pending, status=202)
     return json_response(await d(request).engine.undo(actor(request),
                                                       request.match_info["name"]), status=201)
 

@@ -8,6 +8,7 @@ Steps (each idempotent, each journalled before and after it runs):
               weight as the old ones, for rolling batches)
 - ``pause``   wait, then gate (router health + ``imm_health_gate`` plugins); promote skips it
 - ``bake``    blue-green: keep the old set for instant rollback; promote skips it
+- ``approve`` canary manual judgment: wait for k approvals of a pending change (approve.py)
 - ``retire``  drain, remove from the route and terminate old instances (``count`` or all)
 """
 
@@ -40,6 +41,9 @@ def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
                   {"op": "attach", "batch": 0}]
         if strategy == CANARY:
             for pct in service.canary_steps:
+                if pct == "approve":  # manual judgment at the current split (approve.py)
+                    steps.append({"op": "approve", "seconds": service.approve_timeout_s})
+                    continue
                 steps += [{"op": "shift", "pct": pct},
                           {"op": "pause", "seconds": service.canary_pause_s}]
             steps.append({"op": "shift", "pct": 100})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..catalog import attest, lifecycle
 from ..catalog.keys import KeyRing
 from ..catalog.resolve import other_provider_hint
 from ..catalog.service import Catalog
@@ -36,6 +37,30 @@ def check(conn: Connection, catalog: Catalog, keyring: KeyRing, service: Service
     if rev:
         raise refuse("not-revoked", f"image {label} is revoked (reason: {rev['reason']}, by "
                      f"{rev['actor']} at {rev['at']}); pick another or restore it", image=digest)
+    due = lifecycle.revocation_due(conn, digest)
+    if due:
+        raise refuse("not-revoked", f"image {label} was scheduled to be revoked at {due['at']} "
+                     f"(by {due['actor']}: {due['reason'] or 'no reason given'}); pick another",
+                     image=digest)
+    exp = lifecycle.expired(conn, digest)
+    if exp:
+        raise refuse("not-expired", f"image {label} expired at {exp['at']} (set by "
+                     f"{exp['actor']}{': ' + exp['reason'] if exp['reason'] else ''}); pick a "
+                     "newer image", image=digest, expired_at=exp["at"])
+    required = service.settings.get("require_attestations") or []
+    if required:
+        if not isinstance(required, list) or not all(isinstance(t, str) for t in required):
+            raise refuse("required-attestations", f"service {service.name}'s "
+                         f"require_attestations {required!r} must be a list of predicate type "
+                         "URIs; fix the config", image=digest)
+        keys = {k: pub for k in keyring.keyids() if (pub := keyring.lookup(k)) is not None}
+        gaps = attest.missing(conn, digest, required, keys)
+        if gaps:
+            raise refuse("required-attestations",
+                         f"image {label} has no verified attestation of type "
+                         f"{', '.join(gaps)}, which service {service.name} requires; attach one "
+                         "with 'immctl image attest' or import the builder's with 'immctl image "
+                         "import-attestation'", image=digest, missing=gaps)
     artifacts: dict[str, str] = {}
     missing = []
     for t in service.targets:

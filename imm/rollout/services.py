@@ -11,7 +11,9 @@
     drain_timeout_s = 30            # how long old instances' sessions may take to finish
     bake_time_s = 0                 # blue-green: keep blue this long after the switch
     batch = "50%"                   # rolling: instances per batch, a count or a percentage
-    canary_steps = [10, 50]         # canary: traffic percentages before 100
+    canary_steps = [10, 50]         # canary: traffic percentages before 100; "approve" holds
+                                    #   the split until k approvers sign ([protect.NAME])
+    approve_timeout_s = 3600        # canary: how long an "approve" step waits, then rolls back
     canary_pause_s = 5              # canary: pause (and gate) after each step
     min_ladder_step = 0             # refuse images below this ladder step
     channel = "web/production"      # only images published on this channel may roll out
@@ -50,8 +52,9 @@ class Service:
     drain_timeout_s: float = 30.0
     bake_time_s: float = 0.0
     batch: str = "1"
-    canary_steps: list[int] = field(default_factory=lambda: [10, 50])
+    canary_steps: list[int | str] = field(default_factory=lambda: [10, 50])
     canary_pause_s: float = 5.0
+    approve_timeout_s: float = 3600.0  # an "approve" canary step waits this long, then rolls back
     min_ladder_step: int = 0
     channel: str | None = None
     max_instance_age_s: int = 0
@@ -105,9 +108,11 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
     if strategy not in STRATEGIES:
         raise ConfigError(f"{where}: strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     steps = raw.get("canary_steps", [10, 50])
-    if not isinstance(steps, list) or not all(isinstance(s, int) and 0 < s < 100 for s in steps) \
-            or steps != sorted(steps):
-        raise ConfigError(f"{where}: canary_steps must be increasing percentages between 1 and 99")
+    pcts = [s for s in steps if s != "approve"] if isinstance(steps, list) else None
+    if pcts is None or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 100
+                               for s in pcts) or pcts != sorted(pcts):
+        raise ConfigError(f"{where}: canary_steps must be increasing percentages between 1 and 99"
+                          ", with \"approve\" where a manual judgment holds the split")
     ladder = raw.get("min_ladder_step", 0)
     if not isinstance(ladder, int) or not 0 <= ladder <= 4:
         raise ConfigError(f"{where}: min_ladder_step must be 0..4")
@@ -123,6 +128,8 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
         bake_time_s=_num(f"{where} bake_time_s", raw.get("bake_time_s", 0), 0),
         batch=batch, canary_steps=list(steps),
         canary_pause_s=_num(f"{where} canary_pause_s", raw.get("canary_pause_s", 5), 0),
+        approve_timeout_s=_num(f"{where} approve_timeout_s", raw.get("approve_timeout_s", 3600),
+                               1),
         min_ladder_step=ladder, channel=raw.get("channel") or None,
         max_instance_age_s=int(raw.get("max_instance_age_s", 0)), settings=dict(raw),
     )

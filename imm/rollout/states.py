@@ -38,6 +38,7 @@ OP_SHIFT: Final = "shift"
 OP_PAUSE: Final = "pause"
 OP_BAKE: Final = "bake"
 OP_RETIRE: Final = "retire"
+OP_APPROVE: Final = "approve"  # manual judgment: wait for k approvals (never skipped by promote)
 WAITS: Final = (OP_PAUSE, OP_BAKE)  # steps that wait, and that promote skips
 
 # -- journal actions --------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from typing import Any
 from ..context import Context, RouterHandle
 from ..errors import ImmError
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
+from . import approve
 from .fleet import Fleet
 from .journal import Journal
 from .plan import weights
 from .services import Service
 from .states import (
+    OP_APPROVE,
     OP_ATTACH,
     OP_LAUNCH,
     OP_PAUSE,
@@ -54,6 +56,8 @@ class Steps:
             old.sort(key=lambda i: (i.launched_at, i.id))
             n = len(old) if step["count"] == "all" else min(int(step["count"]), len(old))
             return {"retire": [{"id": i.id, "provider": i.provider} for i in old[:n]]}
+        if step["op"] == OP_APPROVE:
+            return await approve.open_change(self.ctx, svc, r, step)
         if step["op"] == OP_LAUNCH:
             return {"tokens": [f"{r['id']}-{slot_of(step)}-{t.provider}-{t.region}"
                                for t in svc.targets]}
@@ -72,6 +76,8 @@ class Steps:
             return await self.wait(svc, r, step)
         if op == OP_RETIRE:
             return await self.retire(svc, decision["retire"])
+        if op == OP_APPROVE:
+            return await approve.wait(self.ctx, self.journal, r, step, decision)
         raise StepFailed(f"unknown step {op!r}")
 
     async def _interrupted(self, rid: str) -> dict[str, Any] | None:
