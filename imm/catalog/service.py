@@ -56,7 +56,8 @@ class Catalog:
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin,
                                self.keyring.private)
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
+        conn.execute("INSERT INTO meta(key, value) VALUES ('checkpoint', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (note,))
         return note
 
     # -- keys ---------------------------------------------------------------------------------
@@ -113,7 +114,8 @@ class Catalog:
         # The checkpoint is signed with the new key once it is in force; sign this one with it.
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin, new)
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
+        conn.execute("INSERT INTO meta(key, value) VALUES ('checkpoint', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (note,))
         return {"previous": old, "keyid": new_id, "ledger_index": idx, "envelope": env}
 
     # -- refs ---------------------------------------------------------------------------------

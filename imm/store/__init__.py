@@ -7,16 +7,18 @@ it every package's schema); another backend goes beside it without a change to t
 """
 
 from .base import (
+    Backend,
     Connection,
     Cursor,
     IntegrityError,
     Migration,
     Schema,
+    dialect,
     execute_script,
     now,
     query,
     query_one,
 )
 
-__all__ = ["Connection", "Cursor", "IntegrityError", "Migration", "Schema", "execute_script",
-           "now", "query", "query_one"]
+__all__ = ["Backend", "Connection", "Cursor", "IntegrityError", "Migration", "Schema", "dialect",
+           "execute_script", "now", "query", "query_one"]

@@ -1,0 +1,37 @@
+"""The store tests run on both backends: every test of tests/unit/test_store_*.py,
+test_rollout_*.py and test_audit_*.py runs once on SQLite and once on a fresh database of the
+session's PostgreSQL cluster (tests/pgcluster.py)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pgcluster  # noqa: E402
+
+BOTH = re.compile(r"test_(store|rollout|audit)_\w+$")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames and BOTH.match(metafunc.module.__name__.rsplit(".", 1)[-1]):
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    backend = getattr(request, "param", "sqlite")
+    before = (pgcluster.BACKEND, pgcluster.DSN)
+    pgcluster.BACKEND = backend
+    if backend == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        pgcluster.DSN = cluster.dsn(cluster.new_database())
+    try:
+        yield backend
+    finally:
+        pgcluster.BACKEND, pgcluster.DSN = before
