@@ -75,14 +75,12 @@ _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|%")
 
 
 def placeholders(sql: str) -> str:
-    """``?`` → ``%s`` and ``%`` → ``%%`` outside string literals and quoted names."""
+    """``?`` → ``%s`` outside string literals and quoted names; every ``%`` → ``%%``."""
     def sub(m: re.Match[str]) -> str:
         t = m.group(0)
         if t == "?":
             return "%s"
-        if t == "%":
-            return "%%"
-        return t
+        return t.replace("%", "%%")  # psycopg reads % inside literals too
     return _TOKENS.sub(sub, sql)
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pgcluster  # noqa: E402
 
-BOTH = re.compile(r"test_(store|rollout|audit)_\w+$")
+BOTH = re.compile(r"test_(store_(?!postgres)|rollout_|audit_)\w+$")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
