@@ -67,5 +67,7 @@ def open_state(url: str, schemas: Sequence[Schema], *, state_dir: Path,
 
         return SqliteDatabase(sqlite_path(url, state_dir), schemas)
     from .postgres import Database as PgDatabase
+    from .postgres import check_url
 
+    check_url(url)  # a password inside the URL is refused before anything else
     return PgDatabase(url, schemas, password=password(password_env, password_file))
