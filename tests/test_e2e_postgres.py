@@ -155,3 +155,33 @@ def test_two_immd_on_one_postgresql_lose_no_update(pg_cluster: Any, tmp_path: Pa
 def _mk(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def test_immd_state_migrate_moves_a_served_sqlite_state_to_postgresql(
+        pg_cluster: Any, tmp_path: Path) -> None:
+    d = Immd(_mk(tmp_path / "a")).start()
+    for v in ("1", "2", "3"):
+        add(d, tmp_path, "web", v)
+    d.run("channel", "set", "web/prod", "web@3")
+    head = d.json("ledger", "head")
+    d.stop()
+    db = pg_cluster.new_database()
+    url = pg_cluster.tcp_url(db)
+    cp = subprocess.run([IMMD, "state", "migrate", "--to", url, "--password-env",
+                         "IMM_PG_PASSWORD", "--state-dir", str(d.state)], capture_output=True,
+                        text=True, timeout=120, env={**os.environ, **PW_ENV})
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert (out["ledger_size"], out["root"]) == (head["size"], head["root"])
+    # again into the same database: refused (exit 4), naming the target, nothing changed
+    again = subprocess.run([IMMD, "state", "migrate", "--to", url, "--password-env",
+                            "IMM_PG_PASSWORD", "--state-dir", str(d.state)], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, **PW_ENV})
+    assert again.returncode == 4 and "not empty" in again.stderr and url in again.stderr
+    # the same state dir (its key) served from PostgreSQL now
+    d.config_path = tmp_path / "a" / "immd.toml"
+    d.config_path.write_text(config(url))
+    d.start(extra_env=PW_ENV)
+    assert d.json("ledger", "head") == head
+    assert d.json("image", "show", "channel:web/prod")["version"] == "3"
+    assert d.run("image", "verify", "--all").returncode == 0
