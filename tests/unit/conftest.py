@@ -1,6 +1,8 @@
-"""The store tests run on both backends: every test of tests/unit/test_store_*.py,
-test_rollout_*.py and test_audit_*.py runs once on SQLite and once on a fresh database of the
-session's PostgreSQL cluster (tests/pgcluster.py)."""
+"""The domain's store tests run on both backends: every test of tests/unit/test_rollout_*.py and
+test_audit_*.py (their worlds open their store through ``pgcluster.open_database``) runs once on
+SQLite and once on a fresh database of the session's PostgreSQL cluster (tests/pgcluster.py).
+test_store_sqlite.py and test_store_base.py are SQLite's own; test_store_postgres.py and
+test_daemon_state_cmd.py are PostgreSQL's."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pgcluster  # noqa: E402
 
-BOTH = re.compile(r"test_(store_(?!postgres)|rollout_|audit_)\w+$")
+BOTH = re.compile(r"test_(rollout|audit)_\w+$")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_backend" in metafunc.fixturenames and BOTH.match(metafunc.module.__name__.rsplit(".", 1)[-1]):
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store_backend" in metafunc.fixturenames and BOTH.match(module):
         metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
 
 
