@@ -49,6 +49,7 @@ def free_port() -> int:
 class Cluster:
     directory: Path
     port: int
+    _template: str = ""
 
     @property
     def socket_dir(self) -> str:
@@ -69,10 +70,33 @@ class Cluster:
             cur = c.execute(statement)  # type: ignore[call-overload]
             return cur.fetchall() if cur.description else []
 
-    def new_database(self, prefix: str = "t") -> str:
+    def new_database(self, prefix: str = "t", template: str = "") -> str:
         name = f"{prefix}{next(_counter)}"
-        self.sql(f"CREATE DATABASE {name} OWNER imm")
+        self.sql(f"CREATE DATABASE {name} OWNER imm" + (f" TEMPLATE {template}" if template else ""))
         return name
+
+    def emptied(self) -> str:
+        """The database the parametrised tests share, every table emptied and every identity
+        restarted: a test starts on a fresh, migrated store (CREATE DATABASE costs 1-1.7 s here;
+        TRUNCATE a few ms). Tests run one at a time, so none sees another's rows."""
+        name = self.migrated_template()
+        tables = [r[0] for r in self.sql("SELECT tablename FROM pg_tables WHERE schemaname = "
+                                         "'public' AND tablename != '_migrations'", name)]
+        self.sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE", name)
+        return name
+
+    def migrated_template(self) -> str:
+        """A database with every schema of immd applied, made once."""
+        if not self._template:
+            from imm.daemon.core import SCHEMAS
+            from imm.store.postgres import Database
+
+            name = self.new_database("imm_template_")
+            db = Database(self.dsn(name), SCHEMAS)
+            db.open()
+            db.close()
+            self._template = name
+        return self._template
 
     def stop(self) -> None:
         _as_postgres(str(BIN / "pg_ctl"), "-D", f"{self.directory}/data", "-m", "immediate", "-w",

@@ -1,6 +1,7 @@
 """The domain's store tests run on both backends: every test of tests/unit/test_rollout_*.py and
 test_audit_*.py (their worlds open their store through ``pgcluster.open_database``) runs once on
-SQLite and once on a fresh database of the session's PostgreSQL cluster (tests/pgcluster.py).
+SQLite and once on an emptied, migrated database of the session's PostgreSQL cluster
+(tests/pgcluster.py).
 test_store_sqlite.py and test_store_base.py are SQLite's own; test_store_postgres.py and
 test_daemon_state_cmd.py are PostgreSQL's."""
 
@@ -33,7 +34,7 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     pgcluster.BACKEND = backend
     if backend == "postgresql":
         cluster = request.getfixturevalue("pg_cluster")
-        pgcluster.DSN = cluster.dsn(cluster.new_database())
+        pgcluster.DSN = cluster.dsn(cluster.emptied())
     try:
         yield backend
     finally:
