@@ -17,12 +17,13 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
-SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins", "packer",
-            "protect", "trust"}
+SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
+            "packer", "protect", "trust"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
 }
+STATE_KEYS = {"url", "password_env", "password_file"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class Settings:
     image_roots: list[Path] = field(default_factory=list)
     log_level: str = "info"
     ledger_origin: str = "imm.local/ledger"
+    # sqlite:///PATH or postgresql://... ("" = sqlite under state_dir); the password is never here
+    state_url: str = ""
+    state_password_env: str = ""
+    state_password_file: str = ""
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -67,6 +72,11 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.state_dir / "imm.db"
+
+    @property
+    def state_location(self) -> str:
+        """The state URL in force: ``[state] url`` or SQLite under the state dir."""
+        return self.state_url or f"sqlite:///{self.db_path}"
 
     @property
     def keys_dir(self) -> Path:
@@ -135,6 +145,21 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"daemon.image_roots {roots!r} must be a list of absolute directory "
                            "paths")
     image_roots = [Path(os.path.realpath(r)) for r in roots]
+    st = data.get("state", {})
+    if not isinstance(st, dict):
+        raise _err(source, "[state] must be a table")
+    bad = set(st) - STATE_KEYS
+    if bad:
+        raise _err(source, f"unknown [state] key(s) {sorted(bad)}; known: {sorted(STATE_KEYS)}")
+    for key in STATE_KEYS:
+        if not isinstance(st.get(key, ""), str):
+            raise _err(source, f"state.{key} must be a string")
+    state_url = str(st.get("url", ""))
+    if state_url and not state_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        shown = state_url.rsplit("@", 1)[-1]
+        raise _err(source, f"state.url {shown!r} must be sqlite:///PATH or postgresql://...")
+    if state_url.startswith("sqlite:///"):
+        state_url = state_url.replace("{state_dir}", str(state))
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
@@ -170,7 +195,9 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
-        raw=data,
+        raw=data, state_url=state_url,
+        state_password_env=str(st.get("password_env", "")),
+        state_password_file=str(st.get("password_file", "")),
     )
 
 

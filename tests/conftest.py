@@ -85,6 +85,20 @@ def make_immd(tmp_path: Path) -> Iterator[Any]:
         d.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL 15 cluster for the whole run (tests/pgcluster.py)."""
+    import pgcluster
+
+    if not pgcluster.available():
+        pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql)")
+    cluster = pgcluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
 

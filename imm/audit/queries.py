@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..store import Connection, query
+from ..store import Connection, dialect, query
 
 MAX_CURSOR = (1 << 63) - 1  # 'after' cursors are SQLite integers
 
@@ -61,6 +61,15 @@ def instance_rows(conn: Connection, where: str, params: list[Any]) -> list[dict[
     return rows
 
 
+# an observation whose JSON array of verdicts holds one named ?
+_HAS_VERDICT = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(o.verdicts) j "
+              "WHERE json_extract(j.value, '$.verdict') = ?)",
+    "postgresql": "EXISTS (SELECT 1 FROM jsonb_array_elements(o.verdicts::jsonb) j "
+                  "WHERE j ->> 'verdict' = ?)",
+}
+
+
 def list_instances(conn: Connection, *, verdict: str | None, service: str | None,
                    after: int, limit: int) -> dict[str, Any]:
     where: list[str] = ["o.closed_at IS NULL", "o.rowid > ?"]
@@ -69,8 +78,7 @@ def list_instances(conn: Connection, *, verdict: str | None, service: str | None
         where.append("o.service = ?")
         params.append(service)
     if verdict:
-        where.append("EXISTS (SELECT 1 FROM json_each(o.verdicts) j "
-                     "WHERE json_extract(j.value, '$.verdict') = ?)")
+        where.append(_HAS_VERDICT[dialect(conn)])
         params.append(verdict)
     rows = instance_rows(conn, " AND ".join(where) + " ORDER BY o.rowid LIMIT ?",
                           [*params, limit + 1])

@@ -269,10 +269,9 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
 
 def new_sweep(conn: Connection, actor: str) -> int:
     at, _ = _now()
-    cur = conn.execute("INSERT INTO sweeps (started_at, state, actor) VALUES (?, 'running', ?)",
-                       (at, actor))
-    assert cur.lastrowid is not None
-    return int(cur.lastrowid)
+    rows = conn.execute("INSERT INTO sweeps (started_at, state, actor) VALUES (?, 'running', ?) "
+                        "RETURNING id", (at, actor)).fetchall()  # all: the statement completes
+    return int(rows[0][0])
 
 
 def finish_sweep(conn: Connection, sweep: int, state: str, error: str | None) -> None:

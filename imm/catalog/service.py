@@ -58,7 +58,8 @@ class Catalog:
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin,
                                self.keyring.private,
                                int(datetime.now(UTC).timestamp()) if when is None else when)
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
+        conn.execute("INSERT INTO meta(key, value) VALUES ('checkpoint', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (note,))
         return note
 
     # -- keys ---------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ class Catalog:
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin, new,
                                int(datetime.now(UTC).timestamp()))
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (note,))
+        conn.execute("INSERT INTO meta(key, value) VALUES ('checkpoint', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (note,))
         return {"previous": old, "keyid": new_id, "ledger_index": idx, "envelope": env}
 
     # -- refs ---------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from ..plugins.manager import Plugins
 from ..rollout import journal
 from ..rollout.engine import Engine
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
-from ..store.sqlite import Database
+from ..store import Backend
+from ..store.url import open_state
 from .metrics import Metrics
 from .tokens import TokenStore
 
@@ -54,7 +55,7 @@ class Daemon:
         self.metrics = Metrics()
         self.extra_plugins = extra_plugins or []
         self.timings = timings or Timings()
-        self.db: Database
+        self.db: Backend
         self.keyring: KeyRing
         self.catalog: Catalog
         self.plugins: Plugins
@@ -73,7 +74,9 @@ class Daemon:
         self.keyring, created = KeyRing.load_or_create(s.keys_dir)
         if created:
             log.info("created signing key %s", self.keyring.keyid)
-        self.db = Database(s.db_path, SCHEMAS)
+        self.db = open_state(s.state_location, SCHEMAS, state_dir=s.state_dir,
+                             password_env=s.state_password_env,
+                             password_file=s.state_password_file)
         applied = self.db.open()
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))

@@ -1,6 +1,7 @@
 """``immd``: the imm daemon.
 
     immd [--config FILE] [--state-dir DIR] [--socket PATH]
+    immd state migrate --to postgresql://USER@HOST/DB [--password-env VAR] [--state-dir DIR]
 
 With no ``--config`` it runs on the embedded default (local provider, SQLite state under
 ``~/.local/state/imm``). Under systemd it takes the socket it is handed (``LISTEN_FDS``) and
@@ -399,6 +400,12 @@ def stop_fleet(daemon: Daemon) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["state"]:  # immd state migrate --to postgresql://...
+        from . import state_cmd
+
+        setup_logging("info")
+        return state_cmd.main(argv[1:])
     args = parse_args(argv)
     if args.print_default_config:
         sys.stdout.write(config.default_config_text())

@@ -33,6 +33,7 @@ def load(conn: Connection, rid: str) -> dict[str, Any]:
     row = query_one(conn, "SELECT * FROM rollouts WHERE id=?", (rid,))
     if row is None:
         raise NotFound(f"no rollout {rid!r}; 'immctl rollout list' shows them")
+    row.pop("rowid", None)  # PostgreSQL's stand-in for SQLite's rowid (imm/store/postgres.py)
     row["params"] = json.loads(row["params"])
     row["journal"] = query(conn, "SELECT seq, step, action, detail, actor, at, ledger_index "
                                  "FROM rollout_journal WHERE rollout=? ORDER BY seq", (rid,))

@@ -7,17 +7,19 @@ it every package's schema); another backend goes beside it without a change to t
 """
 
 from .base import (
+    Backend,
     Connection,
     Cursor,
     DatabaseError,
     IntegrityError,
     Migration,
     Schema,
+    dialect,
     execute_script,
     now,
     query,
     query_one,
 )
 
-__all__ = ["Connection", "Cursor", "DatabaseError", "IntegrityError", "Migration", "Schema", "execute_script",
-           "now", "query", "query_one"]
+__all__ = ["Backend", "Connection", "Cursor", "DatabaseError", "IntegrityError", "Migration",
+           "Schema", "dialect", "execute_script", "now", "query", "query_one"]

@@ -12,7 +12,9 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 # A unique or foreign-key constraint refused a write. Backends raise this class (or a
 # subclass): the SQLite driver's own; a PostgreSQL wrapper re-raises psycopg's as it.
@@ -47,6 +49,28 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+def dialect(conn: Connection) -> str:
+    """``"sqlite"`` or ``"postgresql"``: for the rare query the two cannot share (a filter inside a
+    JSON array). A backend's connection wrapper names its dialect; sqlite3's has none."""
+    return str(getattr(conn, "dialect", "sqlite"))
+
+
+class Backend(Protocol):
+    """What the composition root holds: a database that runs domain functions off the loop."""
+
+    def open(self) -> list[str]: ...
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
+    def write_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
+    def read_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
+    def close(self) -> None: ...
 
 
 def now() -> str:

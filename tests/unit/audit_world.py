@@ -38,7 +38,8 @@ from imm.plugins.base import (
 from imm.plugins.hookspecs import hookimpl
 from imm.plugins.manager import Plugins
 from imm.store import query
-from imm.store.sqlite import Database
+
+from pgcluster import open_database
 
 T = TypeVar("T")
 
@@ -135,7 +136,7 @@ class World:
         self.settings = Settings(source="test.toml", state_dir=tmp, socket=tmp / "sock",
                                  services=services or {}, audit=audit or {})
         self.keyring, _ = KeyRing.load_or_create(tmp / "keys")
-        self.db = Database(tmp / "imm.db", [CATALOG_SCHEMA, AUDIT_SCHEMA])
+        self.db = open_database(tmp, [CATALOG_SCHEMA, AUDIT_SCHEMA])
         self.db.open()
         self.catalog = Catalog(self.keyring, "imm.test/ledger")
         self.db.write_sync(self.catalog.init_keys, "test")

@@ -34,7 +34,8 @@ from imm.plugins.hookspecs import hookimpl
 from imm.plugins.manager import Plugins
 from imm.rollout.engine import Engine
 from imm.rollout.states import TERMINAL
-from imm.store.sqlite import Database
+
+from pgcluster import open_database
 
 T = TypeVar("T")
 FAST = Timings(poll_s=0.002, view_ttl_s=0.0, retry_min_s=0.005, retry_max_s=0.02)
@@ -202,7 +203,7 @@ class World:
                                  services=services if services is not None
                                  else {"web": dict(SERVICE)})
         self.keyring, _ = KeyRing.load_or_create(tmp / "keys")
-        self.db = Database(tmp / "imm.db", SCHEMAS)
+        self.db = open_database(tmp, SCHEMAS)
         self.db.open()
         self.catalog = Catalog(self.keyring, "imm.test/ledger")
         self.db.write_sync(self.catalog.init_keys, "test")
