@@ -21,7 +21,8 @@ from test_e2e_rollout import BASE, images, instances, register, service  # noqa:
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 
 BLUE_GREEN = ["0-launch", "1-attach", "2-shift", "3-retire"]
-CANARY = ["0-launch", "1-attach", "2-shift", "3-pause", "4-shift", "5-retire"]
+# a canary of 2 at 50 % with a surge of 1: both new ones beside one old one
+CANARY = ["0-launch", "1-attach", "2-retire", "3-shift", "4-pause", "5-shift", "6-retire"]
 
 
 def wait_dead(d: Immd, timeout: float = 60) -> None:

@@ -13,6 +13,7 @@
     batch = "50%"                   # rolling: instances per batch, a count or a percentage
     canary_steps = [10, 50]         # canary: traffic percentages before 100
     canary_pause_s = 5              # canary: pause (and gate) after each step
+    canary_surge = 1                # canary: new instances beyond ceil(weight × count)
     min_ladder_step = 0             # refuse images below this ladder step
     channel = "web/production"      # only images published on this channel may roll out
     max_instance_age_s = 0          # audit: instances older than this are 'too-old' (0 = off)
@@ -52,6 +53,7 @@ class Service:
     batch: str = "1"
     canary_steps: list[int] = field(default_factory=lambda: [10, 50])
     canary_pause_s: float = 5.0
+    canary_surge: int = 1
     min_ladder_step: int = 0
     channel: str | None = None
     max_instance_age_s: int = 0
@@ -108,6 +110,9 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
     if not isinstance(steps, list) or not all(isinstance(s, int) and 0 < s < 100 for s in steps) \
             or steps != sorted(steps):
         raise ConfigError(f"{where}: canary_steps must be increasing percentages between 1 and 99")
+    surge = raw.get("canary_surge", 1)
+    if isinstance(surge, bool) or not isinstance(surge, int) or surge < 0:
+        raise ConfigError(f"{where}: canary_surge must be an integer ≥ 0, got {surge!r}")
     ladder = raw.get("min_ladder_step", 0)
     if not isinstance(ladder, int) or not 0 <= ladder <= 4:
         raise ConfigError(f"{where}: min_ladder_step must be 0..4")
@@ -123,6 +128,7 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
         bake_time_s=_num(f"{where} bake_time_s", raw.get("bake_time_s", 0), 0),
         batch=batch, canary_steps=list(steps),
         canary_pause_s=_num(f"{where} canary_pause_s", raw.get("canary_pause_s", 5), 0),
+        canary_surge=surge,
         min_ladder_step=ladder, channel=raw.get("channel") or None,
         max_instance_age_s=int(raw.get("max_instance_age_s", 0)), settings=dict(raw),
     )
