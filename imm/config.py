@@ -17,7 +17,8 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
-SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
+SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins",
+            "analysis"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level",
@@ -52,6 +53,7 @@ class Settings:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)  # [analysis]: prometheus_url, ...
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,7 +148,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         max_body_bytes=max_body, tcp=tcp,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
-        plugins=dict(data.get("plugins", {})), raw=data,
+        plugins=dict(data.get("plugins", {})), analysis=dict(data.get("analysis", {})),
+        raw=data,
     )
 
 

@@ -57,6 +57,10 @@ def show(r: dict[str, Any]) -> None:
            ("elapsed", f"{r['elapsed_s']}s"), ("error", r["error"])])
     print("plan:")
     table(r["plan"], [("name", "  STEP"), ("status", "STATUS")])
+    if r.get("analysis"):
+        a = r["analysis"]
+        print(f"analysis (latest): {a['name']} at {a['step']}: {a['verdict']}"
+              + (" (dry run)" if a.get("dry_run") else "") + f" — {a['reason']}")
     if r["instances"]:
         print("instances:")
         table(r["instances"], [("id", "  ID"), ("new", "NEW"), ("weight", "WEIGHT"),
@@ -83,6 +87,25 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
         emit_json(r)
     else:
         show(r)
+    return 0
+
+
+def cmd_analysis(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/rollouts/{seg(a.id)}/analysis")
+    if a.json:
+        emit_json(r["analysis"])
+        return 0
+    rows = []
+    for x in r["analysis"]:
+        last = x["measurements"][-1] if x["measurements"] else {"values": {}}
+        rows.append({"step": x["step"], "name": x["name"], "kind": x["kind"],
+                     "verdict": x["verdict"] + (" (dry run)" if x["dry_run"] else ""),
+                     "n": len(x["measurements"]),
+                     "last": ", ".join(f"{k}={v}" for k, v in last["values"].items()) or "-",
+                     "ledger": x["ledger_index"]})
+    table(rows, [("step", "STEP"), ("name", "ANALYSIS"), ("kind", "KIND"),
+                 ("verdict", "VERDICT"), ("n", "MEASUREMENTS"), ("last", "LAST VALUE"),
+                 ("ledger", "LEDGER")], empty="no analysis has run for this rollout")
     return 0
 
 
@@ -177,7 +200,9 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("--strategy", choices=STRATEGIES)
     sp.add_argument("--wait", action="store_true", help="follow progress until it ends")
     for name, fn, text in (("status", cmd_status, "one rollout: plan, steps, instances"),
-                           ("watch", cmd_watch, "follow a rollout until it ends")):
+                           ("watch", cmd_watch, "follow a rollout until it ends"),
+                           ("analysis", cmd_analysis,
+                            "every analysis run of a rollout and its measurements")):
         sp = add(ro, name, fn, text)
         sp.add_argument("id")
     sp = add(ro, "list", cmd_list, "recent rollouts")

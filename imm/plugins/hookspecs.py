@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .analysis_base import AnalysisRegistry
     from .registry import ProviderRegistry, RouterRegistry
 
 PROJECT = "imm"
@@ -33,6 +34,15 @@ def imm_register_routers(registry: RouterRegistry) -> None:
     """Register router classes: ``registry.add(RouterClass)``.
 
     :param registry: keyed by ``RouterClass.kind``.
+    """
+
+
+@hookspec
+def imm_register_analysis_kinds(registry: AnalysisRegistry) -> None:
+    """Register analysis kinds: ``registry.add(AnalysisKindClass)``.
+
+    :param registry: keyed by ``AnalysisKindClass.kind`` (built in: ``prometheus``, ``http``,
+        ``compare``); a subclass of :class:`imm.plugins.analysis.AnalysisKind`.
     """
 
 

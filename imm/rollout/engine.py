@@ -40,6 +40,8 @@ from .states import (
     COMPLETED,
     DONE,
     FAIL,
+    OP_LAUNCH,
+    OP_RETIRE,
     OP_SHIFT,
     PAUSED,
     ROLLING_BACK,
@@ -106,6 +108,9 @@ class Engine:
     async def status(self, rid: str) -> dict[str, Any]:
         return await self.verbs.status(rid)
 
+    async def analyses(self, rid: str) -> list[dict[str, Any]]:
+        return await self.verbs.analyses(rid)
+
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.verbs.list(service, limit)
 
@@ -122,6 +127,7 @@ class Engine:
                     await router.ensure_route(route, svc.route_settings)
                 except ImmError as e:
                     log.error("service %s: route %s not ready: %s", svc.name, route, e.message)
+        await self.steps.analysis.write_targets()
         for r in await self.journal.active():
             log.info("resuming rollout %s of %s after a restart", r["id"], r["service"])
             self.spawn(r["id"])
@@ -174,6 +180,7 @@ class Engine:
                 if state == ROLLING_BACK:
                     try:
                         await self.rollback.run(r)
+                        await self.steps.analysis.write_targets()
                         backoff = timings.retry_min_s
                     except ImmError as e:
                         # a cloud or router outage: the rollback is idempotent, so try again
@@ -194,6 +201,7 @@ class Engine:
                     continue
                 if finished:
                     await self.journal.record(rid, "complete", "complete", {}, state=COMPLETED)
+                    await self.steps.analysis.write_targets()
                     return
         except asyncio.CancelledError:
             log.info("rollout %s parked at shutdown; it resumes when immd starts", rid)
@@ -248,4 +256,6 @@ class Engine:
                 return False  # paused or aborted while waiting: not done, resume or roll back
             _test_kill(name, "after")
             await self.journal.record(rid, name, DONE, result)
+            if step["op"] in (OP_LAUNCH, OP_RETIRE):
+                await self.steps.analysis.write_targets()  # Prometheus sees the new fleet
         return True

@@ -15,6 +15,7 @@ from typing import Any
 from ..context import Context, RouterHandle
 from ..errors import ImmError
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
+from .analysis import Analysis
 from .fleet import Fleet
 from .journal import Journal
 from .plan import weights
@@ -45,6 +46,7 @@ class Steps:
         self.ctx = ctx
         self.journal = journal
         self.fleet = fleet
+        self.analysis = Analysis(ctx, journal, fleet)
 
     async def decide(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
         """The concrete decision of a step, journalled before it is acted on."""
@@ -130,6 +132,10 @@ class Steps:
                 return stop
             await asyncio.sleep(self.ctx.timings.poll_s)
         await self.gate(svc, r, step, new)
+        if step["batch"] == 0:
+            stop = await self.analysis.run(svc, r, step["name"], "before-traffic")
+            if stop:
+                return stop
         return {"instances": sorted(ids), "healthy": True}
 
     async def gate(self, svc: Service, r: Rollout, step: Step, instances: list[Instance]) -> None:
@@ -178,7 +184,8 @@ class Steps:
                     raise StepFailed(f"new instance(s) unhealthy after {step['name']}: "
                                      + ", ".join(sick))
             await self.gate(svc, r, step, mine)
-        return {}
+        stop = await self.analysis.run(svc, r, step["name"], "each-step")
+        return stop or {}
 
     async def terminate(self, items: list[dict[str, str]]) -> None:
         by_provider: dict[str, list[str]] = {}
