@@ -1,10 +1,12 @@
-"""Bake the sample app into local directory images: ``OUT_DIR/v1``, ``v2``, ``v3``.
+"""Bake the sample app into local directory images: ``OUT_DIR/v1``, ``v2``, ``v3``, ``v4``.
 
-    python examples/bake.py OUT_DIR [--version v1|v2|v3 | --all]
+    python examples/bake.py OUT_DIR [--version v1|v2|v3|v4 | --all]
 
 An image is a directory holding the app, a ``VERSION`` file and ``imm-image.json`` (the command
 the local provider runs, the health path, the declared data volumes). v3 also holds ``BROKEN``:
-its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back.
+its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back. v4 holds
+``ERROR_RATE`` (``0.1``): it passes its health check but answers 10 % of ``GET /`` with 500,
+which only a metric analysis (its ``/metrics``, ``app_requests_total`` by status) catches.
 
 The bake is deterministic: fixed contents and modes, no timestamps, so baking again gives the
 same content digest. When ``imm`` is importable the digest of each image is printed.
@@ -21,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-VERSIONS = ("v1", "v2", "v3")
+VERSIONS = ("v1", "v2", "v3", "v4")
 BROKEN_VERSIONS = frozenset({"v3"})
+ERROR_RATES = {"v4": "0.1"}  # share of GET / answered 500
 IMAGE_SPEC = {"command": ["python3", "app.py"], "health_path": "/healthz", "volumes": ["data"]}
 
 
@@ -34,6 +37,8 @@ def image_files(version: str) -> dict[str, bytes]:
     }
     if version in BROKEN_VERSIONS:
         files["BROKEN"] = b"this image's /healthz answers 500 on purpose\n"
+    if version in ERROR_RATES:
+        files["ERROR_RATE"] = f"{ERROR_RATES[version]}\n".encode()
     return files
 
 
@@ -67,7 +72,7 @@ def content_digest(path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Bake the sample app into local images.")
-    parser.add_argument("out_dir", type=Path, help="directory to write v1/, v2/, v3/ into")
+    parser.add_argument("out_dir", type=Path, help="directory to write v1/ ... v4/ into")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", choices=VERSIONS, help="bake only this version")
     which.add_argument("--all", action="store_true", help="bake every version (the default)")
