@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins",
-            "analysis"}
+            "analysis", "notifications"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level",
@@ -54,6 +54,7 @@ class Settings:
     audit: dict[str, Any] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)  # [analysis]: prometheus_url, ...
+    notifications: dict[str, Any] = field(default_factory=dict)  # [notifications.NAME]
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,6 +150,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), analysis=dict(data.get("analysis", {})),
+        notifications=dict(data.get("notifications", {})),
         raw=data,
     )
 

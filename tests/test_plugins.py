@@ -218,3 +218,32 @@ def test_docs_give_every_hook_with_its_exact_signature() -> None:
             sig = str(inspect.signature(fn)).replace("'", "")
             assert f"### `{name}{sig}`" in docs, f"docs/plugins.md lacks {name}{sig}"
             assert (inspect.getdoc(fn) or "").split("\n")[0] in docs
+
+
+def test_analysis_kinds_and_notifiers_register_like_any_plugin() -> None:
+    from imm.plugins.analysis import AnalysisKind, AnalysisTarget, Measured
+    from imm.plugins.hookspecs import hookimpl
+    from imm.plugins.manager import Plugins
+    from imm.plugins.notify_base import Notifier
+
+    class Constant(AnalysisKind):
+        kind = "constant"
+
+        def measure(self, target: AnalysisTarget) -> Measured:
+            return Measured({"result": 1.0}, "1")
+
+    class Console(Notifier):
+        kind = "console"
+
+    class Plug:
+        @hookimpl
+        def imm_register_analysis_kinds(self, registry: Any) -> None:
+            registry.add(Constant)
+
+        @hookimpl
+        def imm_register_notifiers(self, registry: Any) -> None:
+            registry.add(Console)
+
+    p = Plugins(extra=[Plug()])
+    assert p.analysis.kinds() == ["compare", "constant", "http", "prometheus"]
+    assert p.notifiers.kinds() == ["console", "webhook"]
