@@ -85,6 +85,16 @@ def analysis_config(prom_url: str, sd_file: Path, port: int) -> str:
               # without data count as inconclusive meanwhile
               "initial_delay_s = 5\ninterval_s = 1\ncount = 4\ninconclusive_limit = 8\n"
             + "\n[[services.web.analysis]]\n"
+              'name = "vs-stable"\nkind = "compare"\n'
+              f"query = '{RATIO}'\n"
+              'failure_condition = "canary > stable * 1.1 + 0.02"\ncount = 1\n'
+            + "\n[[services.web.analysis]]\n"
+              'name = "api-ratio"\nkind = "http"\n'
+              # Prometheus' own HTTP API as the web peer: how many of the service's targets are up
+              f'url = "{prom_url}/api/v1/query?query=count(up%7Bimm_service%3D%22${{service}}%22%7D)"\n'
+              'json_path = "$.data.result[0].value[1]"\n'
+              'success_condition = "result >= 2"\ncount = 1\n'
+            + "\n[[services.web.analysis]]\n"
               'name = "rate-trial"\nkind = "prometheus"\ndry_run = true\n'
               f"query = '{RATE}'\n"
               'failure_condition = "result > 1"\ncount = 1\n')
@@ -147,13 +157,18 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
     assert stats.failed == 0 and stats.ok > 100, stats
     runs = d.json("rollout", "analysis", r["id"])
     assert [(a["name"], a["verdict"], a["dry_run"]) for a in runs] == [
-        ("error-ratio", "successful", False), ("rate-trial", "failed", True)]
+        ("error-ratio", "successful", False), ("vs-stable", "successful", False),
+        ("api-ratio", "successful", False), ("rate-trial", "failed", True)]
+    vs = runs[1]["measurements"][0]["values"]
+    assert set(vs) == {"canary", "stable"} and float(vs["canary"]) < 0.05, vs
+    assert f'stable: sum(rate(app_requests_total{{imm_digest="{r["previous"]}"' in runs[1]["query"]
+    assert float(runs[2]["measurements"][0]["values"]["result"]) >= 2
     ok = [x for x in runs[0]["measurements"] if x["phase"] == "successful"]
     assert ok and all(float(x["values"]["result"]) < 0.05 for x in ok)
-    trial = runs[1]["measurements"][0]
+    trial = runs[3]["measurements"][0]
     assert float(trial["values"]["result"]) > 1, trial
-    assert runs[1]["reason"].startswith("analysis rate-trial (prometheus) failed: result = ")
-    assert ledger_body(d, runs[1]["ledger_index"])["detail"]["dry_run"] is True
+    assert runs[3]["reason"].startswith("analysis rate-trial (prometheus) failed: result = ")
+    assert ledger_body(d, runs[3]["ledger_index"])["detail"]["dry_run"] is True
     groups = json.loads(sd_file.read_text())
     assert {g["labels"]["imm_digest"] for g in groups} == {r["image"]}
     listing = d.run("rollout", "analysis", r["id"]).stdout
