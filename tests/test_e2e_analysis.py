@@ -11,14 +11,18 @@ recorded as failed and changes nothing.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -72,8 +76,48 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
-def analysis_config(prom_url: str, sd_file: Path, port: int) -> str:
+SECRET = "e2e-hook-secret"
+
+
+class Hooks(ThreadingHTTPServer):
+    """A webhook receiver checking every body's HMAC-SHA256 signature."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.bad = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                want = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                if hmac.compare_digest(self.headers.get("X-Imm-Signature", ""), want):
+                    outer.events.append(json.loads(body))
+                    self.send_response(204)
+                else:
+                    outer.bad += 1
+                    self.send_response(401)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def analysis_config(prom_url: str, sd_file: Path, port: int, hook_url: str) -> str:
     return (BASE
+            + f'[notifications.hook]\nkind = "webhook"\nurl = "{hook_url}"\n'
+              'secret_env = "IMM_E2E_HOOK_SECRET"\nservices = ["web"]\n'
+              'events = ["rollout.started", "rollout.completed", "rollout.rolled-back", '
+              '"analysis.failed"]\n\n'
             + f'[analysis]\nprometheus_url = "{prom_url}"\nprometheus_sd_file = "{sd_file}"\n\n'
             + service("web", port, count=2, strategy="canary", canary_steps=[50],
                       canary_pause_s=0)
@@ -113,7 +157,9 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
         tmp_path: Path, images: Path, prometheus: tuple[str, Path]) -> None:  # noqa: F811
     prom_url, sd_file = prometheus
     port = free_port()
-    d = Immd(tmp_path, analysis_config(prom_url, sd_file, port)).start()
+    hooks = Hooks()
+    d = Immd(tmp_path, analysis_config(prom_url, sd_file, port, hooks.url)).start(
+        extra_env={"IMM_E2E_HOOK_SECRET": SECRET})
     register(d, images, "v1", "v2", "v4")
     d.run("rollout", "start", "web", "--image", "web@v1", "--strategy", "blue-green", "--wait")
     v1 = {i["id"] for i in instances(d, "web")}
@@ -173,3 +219,17 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
     assert {g["labels"]["imm_digest"] for g in groups} == {r["image"]}
     listing = d.run("rollout", "analysis", r["id"]).stdout
     assert "rate-trial" in listing and "failed (dry run)" in listing
+
+    # the webhook heard it all, signed: the v4 analysis failure and rollback, v2's dry run
+    deadline = time.monotonic() + 15
+    while len(hooks.events) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    hooks.shutdown()
+    assert hooks.bad == 0
+    got = [(e["event"], e["rollout"], e.get("dry_run")) for e in hooks.events]
+    v1 = got[0][1]
+    assert got == [("rollout.started", v1, None), ("rollout.completed", v1, None),
+                   ("rollout.started", rid, None), ("analysis.failed", rid, False),
+                   ("rollout.rolled-back", rid, None), ("rollout.started", r["id"], None),
+                   ("analysis.failed", r["id"], True), ("rollout.completed", r["id"], None)]
+    assert "result = " in hooks.events[4]["reason"]
