@@ -18,7 +18,9 @@ query in the reason) unless the analysis is ``dry_run``. Each run is one journal
 (action ``analysis``), so one signed ledger record with its measurements.
 
 ``when``: ``before-traffic`` runs after the first batch passes its health check, before any
-traffic reaches it; ``each-step`` after every canary pause and blue-green bake.
+traffic reaches it; ``each-step`` after every canary pause and blue-green bake; ``background``
+runs again and again from the first traffic shift until the rollout ends (each run a record;
+a failing run fails the rollout at its next step or while it pauses).
 
 With ``[analysis] prometheus_sd_file`` set, imm writes the fleet as a Prometheus file-based
 service discovery file (one target per instance address, labels ``imm_service``,
@@ -80,6 +82,57 @@ class Analysis:
         self.ctx = ctx
         self.journal = journal
         self.fleet = fleet
+        self._background: dict[str, asyncio.Task[None]] = {}
+        self._failed: dict[str, str] = {}
+
+    # -- background analyses -------------------------------------------------------------------
+
+    def ensure_background(self, svc: Service, r: dict[str, Any]) -> None:
+        """Start the rollout's background analyses unless they run (or already failed)."""
+        specs = [a for a in svc.analysis if a.when == "background"]
+        rid = r["id"]
+        if not specs or rid in self._failed:
+            return
+        task = self._background.get(rid)
+        if task is None or task.done():
+            self._background[rid] = asyncio.create_task(self._loop(svc, r, specs),
+                                                        name=f"background analysis {rid}")
+
+    def check_background(self, rid: str) -> None:
+        """Raise StepFailed if a background analysis of the rollout failed."""
+        if rid in self._failed:
+            raise StepFailed(self._failed[rid])
+
+    async def stop_background(self, rid: str) -> None:
+        task = self._background.pop(rid, None)
+        self._failed.pop(rid, None)
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping
+                pass
+
+    async def stop_all_background(self) -> None:
+        for rid in list(self._background):
+            await self.stop_background(rid)
+
+    async def _loop(self, svc: Service, r: dict[str, Any], specs: list[AnalysisSpec]) -> None:
+        try:
+            while True:
+                for spec in specs:
+                    outcome = await self.measure(spec, svc, r)
+                    if "interrupted" in outcome:
+                        return  # paused or aborted: the engine starts it again on resume
+                    await self.journal.record(r["id"], "background", ANALYSIS, outcome)
+                    if outcome["verdict"] != SUCCESSFUL and not spec.dry_run:
+                        self._failed[r["id"]] = outcome["reason"]
+                        return
+                await asyncio.sleep(max(self.ctx.timings.poll_s, 0.05))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a background failure fails the rollout, named
+            self._failed[r["id"]] = f"background analysis: {type(e).__name__}: {e}"
 
     async def run(self, svc: Service, r: dict[str, Any], step: str,
                   when: str) -> dict[str, Any] | None:

@@ -139,6 +139,7 @@ class Engine:
         self._retries.clear()
         for t in self.tasks.values():
             t.cancel()
+        await self.steps.analysis.stop_all_background()
         for t in list(self.tasks.values()):
             try:
                 await t
@@ -179,6 +180,7 @@ class Engine:
                     continue
                 if state == ROLLING_BACK:
                     try:
+                        await self.steps.analysis.stop_background(rid)
                         await self.rollback.run(r)
                         await self.steps.analysis.write_targets()
                         backoff = timings.retry_min_s
@@ -194,12 +196,14 @@ class Engine:
                 except (StepFailed, ImmError) as e:
                     reason = e.message if isinstance(e, ImmError) else str(e)
                     log.warning("rollout %s failed: %s; rolling back", rid, reason)
+                    await self.steps.analysis.stop_background(rid)
                     at = (await self.journal.load(rid))["step"]  # the step begun last
                     await self.journal.record(rid, at or "start", FAIL,
                                               {"reason": reason}, state=ROLLING_BACK,
                                               error=reason)
                     continue
                 if finished:
+                    await self.steps.analysis.stop_background(rid)
                     await self.journal.record(rid, "complete", "complete", {}, state=COMPLETED)
                     await self.steps.analysis.write_targets()
                     return
@@ -240,6 +244,9 @@ class Engine:
             cur = await self.journal.load(rid)
             if cur["state"] != RUNNING:
                 return False
+            if any(s["op"] == OP_SHIFT and s["name"] in done for s in r["params"]["plan"]):
+                self.steps.analysis.ensure_background(svc, r)  # traffic has reached the new set
+                self.steps.analysis.check_background(rid)
             if cur["params"].get("promote") and (
                     step["op"] in WAITS or (step["op"] == OP_SHIFT
                                             and step["pct"] not in (100, "even"))):
@@ -256,6 +263,7 @@ class Engine:
                 return False  # paused or aborted while waiting: not done, resume or roll back
             _test_kill(name, "after")
             await self.journal.record(rid, name, DONE, result)
+            done.add(name)
             if step["op"] in (OP_LAUNCH, OP_RETIRE):
                 await self.steps.analysis.write_targets()  # Prometheus sees the new fleet
         return True

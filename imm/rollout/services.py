@@ -21,7 +21,7 @@
     [[services.web.analysis]]       # any number; see imm/rollout/analysis.py
     name = "error-ratio"
     kind = "prometheus"             # prometheus | http | compare | a plugin's kind
-    when = "each-step"              # before-traffic | each-step
+    when = "each-step"              # before-traffic | each-step | background
     query = '...'                   # the kind's own keys
     failure_condition = "result >= 0.05"
 """
@@ -38,7 +38,7 @@ from ..plugins.analysis import AnalysisKind, AnalysisRegistry, Condition
 from ..plugins.analysis_base import option
 from .states import BLUE_GREEN, STRATEGIES
 
-WHEN = ("before-traffic", "each-step")
+WHEN = ("before-traffic", "each-step", "background")
 _COMMON = frozenset({"name", "kind", "when", "dry_run", "interval_s", "count", "initial_delay_s",
                      "failure_limit", "inconclusive_limit", "consecutive_error_limit",
                      "success_condition", "failure_condition"})

@@ -173,6 +173,7 @@ class Steps:
                 return {"interrupted": cur["state"]}  # paused or aborted: the wait is not done
             if cur["params"].get("promote"):
                 break
+            self.analysis.check_background(r["id"])
             await asyncio.sleep(self.ctx.timings.poll_s)
         if step["op"] == OP_PAUSE:
             mine = await self.fleet.instances(svc, r["id"])

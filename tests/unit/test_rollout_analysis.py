@@ -249,3 +249,31 @@ def test_bad_analysis_config_is_a_clear_error_naming_the_value(
         assert e.value.message.startswith("[[services.web.analysis]] a")
     finally:
         w.close()
+
+
+def test_background_analysis_fails_the_rollout_while_it_pauses(tmp_path: Path) -> None:
+    bg = {**RATIO, "name": "bg", "when": "background", "count": 1}
+    w = _world(tmp_path, bg, script=[0.0, 0.0, 0.3])
+    w.settings.services["web"]["canary_pause_s"] = 30
+    w.engine.fleet.reload()
+    w.old_fleet(w.image("1"))
+    w.image("2")
+    st = _roll(w)
+    assert st["state"] == ROLLED_BACK, "failed during the 30 s pause, not after it"
+    assert st["error"].startswith("analysis bg (scripted) failed: result = 0.3")
+    assert [(a["step"], a["verdict"]) for a in st["analyses"]] == [
+        ("background", "successful"), ("background", "successful"), ("background", "failed")]
+    first_shift = next(j["seq"] for j in st["journal"]
+                       if j["step"] == "3-shift" and j["action"] == "done")
+    assert st["analyses"][0]["seq"] > first_shift, "starts once traffic reaches the new set"
+
+
+def test_passing_background_analysis_stops_with_the_rollout(tmp_path: Path) -> None:
+    bg = {**RATIO, "name": "bg", "when": "background", "count": 1, "interval_s": 0}
+    w = _world(tmp_path, bg, script=[0.0] * 1000)
+    w.old_fleet(w.image("1"))
+    w.image("2")
+    st = _roll(w)
+    assert st["state"] == COMPLETED, st["error"]
+    assert all(a["verdict"] == "successful" for a in st["analyses"])
+    assert w.engine.steps.analysis._background == {}
