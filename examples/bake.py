@@ -4,8 +4,10 @@
 
 An image is a directory holding the app, a ``VERSION`` file and ``imm-image.json`` (the command
 the local provider runs, the health path, the declared data volumes). v3 also holds ``BROKEN``:
-its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back; v4 holds
-``HANG``: its ``/healthz`` accepts the connection and never answers (a check that hangs).
+its ``/healthz`` answers 500, to show a failed health gate rolling a rollout back. v4 holds
+``ERROR_RATE`` (``0.1``): it passes its health check but answers 10 % of ``GET /`` with 500,
+which only a metric analysis (its ``/metrics``, ``app_requests_total`` by status) catches. v5
+holds ``HANG``: its ``/healthz`` accepts the connection and never answers (a check that hangs).
 
 The bake is deterministic: fixed contents and modes, no timestamps, so baking again gives the
 same content digest. When ``imm`` is importable the digest of each image is printed.
@@ -22,9 +24,10 @@ import tempfile
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-VERSIONS = ("v1", "v2", "v3", "v4")
+VERSIONS = ("v1", "v2", "v3", "v4", "v5")
 BROKEN_VERSIONS = frozenset({"v3"})
-HANGING_VERSIONS = frozenset({"v4"})
+HANGING_VERSIONS = frozenset({"v5"})
+ERROR_RATES = {"v4": "0.1"}  # share of GET / answered 500
 IMAGE_SPEC = {"command": ["python3", "app.py"], "health_path": "/healthz", "volumes": ["data"]}
 
 
@@ -38,6 +41,8 @@ def image_files(version: str) -> dict[str, bytes]:
         files["BROKEN"] = b"this image's /healthz answers 500 on purpose\n"
     if version in HANGING_VERSIONS:
         files["HANG"] = b"this image's /healthz never answers, on purpose\n"
+    if version in ERROR_RATES:
+        files["ERROR_RATE"] = f"{ERROR_RATES[version]}\n".encode()
     return files
 
 

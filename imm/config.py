@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
-            "packer", "protect", "trust"}
+            "packer", "protect", "trust", "analysis", "notifications"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
@@ -63,6 +63,8 @@ class Settings:
     plugins: dict[str, Any] = field(default_factory=dict)
     # [packer] providers: builder type or cloud (aws, gcp, azure, openstack) -> provider name
     packer_providers: dict[str, str] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)  # [analysis]: prometheus_url, ...
+    notifications: dict[str, Any] = field(default_factory=dict)  # [notifications.NAME]
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,6 +197,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
+        analysis=dict(data.get("analysis", {})),
+        notifications=dict(data.get("notifications", {})),
         raw=data, state_url=state_url,
         state_password_env=str(st.get("password_env", "")),
         state_password_file=str(st.get("password_file", "")),

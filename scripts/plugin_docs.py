@@ -52,6 +52,14 @@ in worker threads with a per-provider concurrency limit. Each receives a `Plugin
 driver caching, retries with backoff, error naming) is in `imm.plugins.cloud`; state files are
 written with `imm.plugins.statefile`.
 
+Analysis kinds subclass `imm.plugins.analysis.AnalysisKind` and are registered from
+`imm_register_analysis_kinds`, like the built-in `prometheus`, `http` and `compare`
+(`imm/plugins/analysis/`). The constructor validates the `[[services.NAME.analysis]]` entry
+(raise `ConfigError` naming the value; declare the kind's own keys in `keys`); `measure(target)`
+is synchronous, runs in a worker thread, returns `Measured({"result": value or None}, query)`
+(None: no data) and raises `MeasureError` when it cannot measure. The rollout judges: the
+conditions, limits and dry run are the same for every kind.
+
 ## Optional operations
 
 A provider lists the optional operations it implements in `features` (a frozenset of

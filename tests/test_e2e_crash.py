@@ -21,7 +21,8 @@ from test_e2e_rollout import BASE, images, instances, register, service  # noqa:
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 
 BLUE_GREEN = ["0-launch", "1-attach", "2-shift", "3-retire"]
-CANARY = ["0-launch", "1-attach", "2-shift", "3-pause", "4-shift", "5-retire"]
+# a canary of 2 at 50 % with a surge of 1: both new ones beside one old one
+CANARY = ["0-launch", "1-attach", "2-retire", "3-shift", "4-pause", "5-shift", "6-retire"]
 
 
 def wait_dead(d: Immd, timeout: float = 60) -> None:
@@ -44,6 +45,7 @@ def crash_and_resume(d: Immd, image: str) -> dict:
     return d.json("rollout", "watch", rid, check=False)
 
 
+@pytest.mark.timeout(900)  # 2 kills at each of up to 7 steps, each followed by a restart
 @pytest.mark.parametrize("strategy,steps", [("blue-green", BLUE_GREEN), ("canary", CANARY)])
 def test_kill9_at_every_step(tmp_path: Path, images: Path, strategy: str,  # noqa: F811
                              steps: list[str]) -> None:
@@ -94,7 +96,7 @@ def test_sigterm_parks_a_rollout_and_the_next_immd_finishes_it(tmp_path: Path,
     with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.005) as load:
         r = d.json("rollout", "start", "web", "--image", "web@v2")
         deadline = time.monotonic() + 30
-        while d.json("rollout", "status", r["id"])["step"] != "3-pause":
+        while d.json("rollout", "status", r["id"])["step"] != "4-pause":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert d.stop() == 0  # graceful: the pause is parked, not finished
@@ -105,5 +107,5 @@ def test_sigterm_parks_a_rollout_and_the_next_immd_finishes_it(tmp_path: Path,
     assert end["state"] == "completed"
     assert stats.failed == 0, stats
     steps = [j["step"] for j in end["journal"] if j["action"] == "done"]
-    assert steps.count("3-pause") == 1
+    assert steps.count("4-pause") == 1
     assert {i["tags"]["imm:rollout"] for i in instances(d, "web")} == {r["id"]}

@@ -37,7 +37,7 @@ def test_a_health_check_that_hangs_fails_and_the_rollout_rolls_back(
     cfg = BASE + service("web", port, count=2, health_timeout_s=15).replace(
         "fall = 1 }", "fall = 1, check_timeout_ms = 500 }")
     d = Immd(tmp_path, cfg).start()
-    register(d, images, "v1", "v4")
+    register(d, images, "v1", "v5")
     d.run("rollout", "start", "web", "--image", "web@v1", "--wait")
     admin = tmp_path / "state" / "haproxy" / "haproxy" / "admin.sock"
     statuses: set[str] = set()
@@ -55,7 +55,7 @@ def test_a_health_check_that_hangs_fails_and_the_rollout_rolls_back(
     watcher.start()
     with LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.005) as load:
         started = time.monotonic()
-        cp = d.run("rollout", "start", "web", "--image", "web@v4", "--wait", check=False,
+        cp = d.run("rollout", "start", "web", "--image", "web@v5", "--wait", check=False,
                    timeout=120)
         took = time.monotonic() - started
         stats = load.stop()

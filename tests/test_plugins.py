@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,3 +234,32 @@ def test_docs_name_every_builtin_and_every_base_class_method() -> None:
             if inspect.isfunction(member) or isinstance(member, property):
                 assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
                 assert f"#### `{cls.__name__}.{name}" in docs, f"{cls.__name__}.{name}"
+
+
+def test_analysis_kinds_and_notifiers_register_like_any_plugin() -> None:
+    from imm.plugins.analysis import AnalysisKind, AnalysisTarget, Measured
+    from imm.plugins.hookspecs import hookimpl
+    from imm.plugins.manager import Plugins
+    from imm.plugins.notify_base import Notifier
+
+    class Constant(AnalysisKind):
+        kind = "constant"
+
+        def measure(self, target: AnalysisTarget) -> Measured:
+            return Measured({"result": 1.0}, "1")
+
+    class Console(Notifier):
+        kind = "console"
+
+    class Plug:
+        @hookimpl
+        def imm_register_analysis_kinds(self, registry: Any) -> None:
+            registry.add(Constant)
+
+        @hookimpl
+        def imm_register_notifiers(self, registry: Any) -> None:
+            registry.add(Console)
+
+    p = Plugins(extra=[Plug()])
+    assert p.analysis.kinds() == ["compare", "constant", "http", "prometheus"]
+    assert p.notifiers.kinds() == ["console", "webhook"]

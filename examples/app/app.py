@@ -1,11 +1,16 @@
-"""imm's sample app: a tiny stdlib-only HTTP/1.1 server baked into local images v1, v2, v3.
+"""imm's sample app: a tiny stdlib-only HTTP/1.1 server baked into local images v1 to v4.
 
 It listens on 127.0.0.1:$PORT (keep-alive, threaded, a deep accept backlog so a load balancer's
 bursts are not dropped) and answers:
 
 - ``GET /``        -> ``{"version": <VERSION file>, "instance": $IMM_INSTANCE_ID}``
 - ``GET /healthz`` -> 200 ``ok``; 500 ``broken`` when the image holds a ``BROKEN`` file (v3);
-  no answer at all (the connection is accepted and left hanging) when it holds ``HANG`` (v4)
+  no answer at all (the connection is accepted and left hanging) when it holds ``HANG`` (v5)
+- ``GET /metrics`` -> Prometheus text: ``app_requests_total{path="/",status="200"}``, the
+  requests to ``/`` by status (health checks and scrapes are not counted)
+
+An image holding an ``ERROR_RATE`` file (v4: ``0.1``) passes its health check but answers that
+share of ``GET /`` with 500, spread evenly: only a metric analysis notices it.
 
 Two settings slow it down, to test what happens in the middle of starting and stopping (give
 them to instances with the service's ``launch = { env = { ... } }``):
@@ -34,6 +39,37 @@ VERSION = (HERE / "VERSION").read_text(encoding="utf-8").strip()
 BROKEN = (HERE / "BROKEN").exists()
 HANG = (HERE / "HANG").exists()
 INSTANCE = os.environ.get("IMM_INSTANCE_ID", "")
+_RATE_FILE = HERE / "ERROR_RATE"
+ERROR_RATE = float(_RATE_FILE.read_text(encoding="utf-8")) if _RATE_FILE.exists() else 0.0
+
+
+class Counters:
+    """Requests to / by status, and the error injection of ERROR_RATE."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen = 0
+        self.by_status: dict[int, int] = {200: 0, 500: 0}
+
+    def next_status(self) -> int:
+        with self.lock:
+            self.seen += 1
+            n = self.seen
+            failing = int(n * ERROR_RATE) != int((n - 1) * ERROR_RATE)
+            status = 500 if failing else 200
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+        return status
+
+    def text(self) -> bytes:
+        with self.lock:
+            items = sorted(self.by_status.items())
+        lines = ["# HELP app_requests_total Requests to / by status.",
+                 "# TYPE app_requests_total counter"]
+        lines += [f'app_requests_total{{path="/",status="{s}"}} {n}' for s, n in items]
+        return ("\n".join(lines) + "\n").encode()
+
+
+COUNTERS = Counters()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,8 +87,12 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/":
-            status, ctype = 200, "application/json"
-            body = json.dumps({"version": VERSION, "instance": INSTANCE}).encode() + b"\n"
+            status, ctype = COUNTERS.next_status(), "application/json"
+            body = json.dumps({"version": VERSION, "instance": INSTANCE,
+                               **({"error": "injected"} if status == 500 else {})}).encode() + b"\n"
+        elif path == "/metrics":
+            status, ctype = 200, "text/plain; version=0.0.4"
+            body = COUNTERS.text()
         elif path == "/healthz" and HANG:
             # never answers; the thread ends when the checker gives up and hangs up
             try:

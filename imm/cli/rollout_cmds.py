@@ -143,6 +143,10 @@ def show(r: dict[str, Any], names: dict[str, str]) -> None:
            ("error", r["error"])])
     print("plan:")
     table(r["plan"], [("name", "  STEP"), ("status", "STATUS")])
+    if r.get("analysis"):
+        a = r["analysis"]
+        print(f"analysis (latest): {a['name']} at {a['step']}: {a['verdict']}"
+              + (" (dry run)" if a.get("dry_run") else "") + f" — {a['reason']}")
     if r["instances"]:
         print("instances:")
         table(r["instances"], [("id", "  ID"), ("new", "NEW"), ("weight", "WEIGHT"),
@@ -173,6 +177,25 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
         emit_json(r)
     else:
         show(r, image_names(c, [r["previous"]]))
+    return 0
+
+
+def cmd_analysis(c: Client, a: argparse.Namespace) -> int:
+    r = c.request("GET", f"/v1/rollouts/{seg(a.id)}/analysis")
+    if a.json:
+        emit_json(r["analysis"])
+        return 0
+    rows = []
+    for x in r["analysis"]:
+        last = x["measurements"][-1] if x["measurements"] else {"values": {}}
+        rows.append({"step": x["step"], "name": x["name"], "kind": x["kind"],
+                     "verdict": x["verdict"] + (" (dry run)" if x["dry_run"] else ""),
+                     "n": len(x["measurements"]),
+                     "last": ", ".join(f"{k}={v}" for k, v in last["values"].items()) or "-",
+                     "ledger": x["ledger_index"]})
+    table(rows, [("step", "STEP"), ("name", "ANALYSIS"), ("kind", "KIND"),
+                 ("verdict", "VERDICT"), ("n", "MEASUREMENTS"), ("last", "LAST VALUE"),
+                 ("ledger", "LEDGER")], empty="no analysis has run for this rollout")
     return 0
 
 
@@ -309,7 +332,9 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("--wait", action="store_true",
                     help="follow progress until it ends (Ctrl-C detaches; the rollout goes on)")
     for name, fn, text in (("status", cmd_status, "one rollout: plan, steps, instances"),
-                           ("watch", cmd_watch, "follow a rollout until it ends")):
+                           ("watch", cmd_watch, "follow a rollout until it ends"),
+                           ("analysis", cmd_analysis,
+                            "every analysis run of a rollout and its measurements")):
         sp = add(ro, name, fn, text, f"immctl rollout {name} web")
         sp.add_argument("id", metavar="ROLLOUT",
                         help="a rollout id, or a service: its active rollout, else its latest")

@@ -34,6 +34,7 @@ from ..context import Context, Timings
 from ..errors import BadRequest, ConfigError
 from ..plugins.base import Feature
 from ..plugins.manager import Plugins
+from ..plugins.notify import Dispatcher
 from ..rollout import journal
 from ..rollout.engine import Engine
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
@@ -61,6 +62,7 @@ class Daemon:
         self.plugins: Plugins
         self.context: Context
         self.engine: Engine
+        self.notifications: Dispatcher
         self.auditor: Auditor
         self.tokens: TokenStore | None = None
 
@@ -88,6 +90,9 @@ class Daemon:
         if not isinstance(block, list):
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
         self.plugins = Plugins(block=block, extra=self.extra_plugins)
+        self.notifications = Dispatcher(s.notifications, self.plugins.notifiers,
+                                        s.state_dir / "notifications.jsonl")
+        self.plugins.register(self.notifications, name="notifications")
         self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
                                      self.timings)
         self.engine = Engine(self.context)
@@ -110,6 +115,7 @@ class Daemon:
             await self.auditor.stop()
         finally:
             await self.engine.shutdown()
+            await self.notifications.close()
 
     def close(self) -> None:
         """Blocking: close the providers, routers and the store (after the app stopped)."""

@@ -336,7 +336,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
             services = load_services(fresh.services, set(daemon.context.providers),
-                                     set(daemon.context.routers))
+                                     set(daemon.context.routers), daemon.context.plugins.analysis,
+                                     fresh.analysis)
             approvals.parse_protect(fresh.raw.get("protect"), fresh.source)
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",

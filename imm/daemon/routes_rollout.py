@@ -37,6 +37,10 @@ async def rollouts_show(request: web.Request) -> web.Response:
     return json_response(await d(request).engine.status(request.match_info["id"]))
 
 
+async def rollouts_analysis(request: web.Request) -> web.Response:
+    return json_response({"analysis": await d(request).engine.analyses(request.match_info["id"])})
+
+
 async def rollouts_verb(request: web.Request) -> web.Response:
     await body(request)
     verb = request.match_info["verb"]
@@ -89,6 +93,9 @@ ROUTES = [
           query={"service": {"schema": STR},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
     Route("GET", "/v1/rollouts/{id}", rollouts_show, "A rollout: plan, steps, live instances",
+          tag="rollouts", query={"id": {"in": "path"}}),
+    Route("GET", "/v1/rollouts/{id}/analysis", rollouts_analysis,
+          "Every analysis run of a rollout, with its measurements and ledger index",
           tag="rollouts", query={"id": {"in": "path"}}),
     Route("POST", "/v1/rollouts/{id}/{verb}", rollouts_verb,
           "pause, resume, promote or abort a rollout", tag="rollouts",

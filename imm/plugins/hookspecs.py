@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .analysis_base import AnalysisRegistry
+    from .notify_base import NotifierRegistry
     from .registry import ProviderRegistry, RouterRegistry
 
 PROJECT = "imm"
@@ -33,6 +35,24 @@ def imm_register_routers(registry: RouterRegistry) -> None:
     """Register router classes: ``registry.add(RouterClass)``.
 
     :param registry: keyed by ``RouterClass.kind``.
+    """
+
+
+@hookspec
+def imm_register_analysis_kinds(registry: AnalysisRegistry) -> None:
+    """Register analysis kinds: ``registry.add(AnalysisKindClass)``.
+
+    :param registry: keyed by ``AnalysisKindClass.kind`` (built in: ``prometheus``, ``http``,
+        ``compare``); a subclass of :class:`imm.plugins.analysis.AnalysisKind`.
+    """
+
+
+@hookspec
+def imm_register_notifiers(registry: NotifierRegistry) -> None:
+    """Register notifier kinds: ``registry.add(NotifierClass)`` (built in: ``webhook``).
+
+    :param registry: keyed by ``NotifierClass.kind``; a subclass of
+        :class:`imm.plugins.notify_base.Notifier` configured by ``[notifications.NAME]``.
     """
 
 

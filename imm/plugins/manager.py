@@ -21,6 +21,8 @@ import pluggy
 
 from ..errors import PluginError
 from . import hookspecs
+from .analysis_base import AnalysisRegistry
+from .notify_base import NotifierRegistry
 from .registry import ProviderRegistry, RouterRegistry
 
 log = logging.getLogger("imm.plugins")
@@ -58,6 +60,10 @@ class Plugins:
         self.routers = RouterRegistry()
         self.pm.hook.imm_register_providers(registry=self.providers)
         self.pm.hook.imm_register_routers(registry=self.routers)
+        self.analysis = AnalysisRegistry()
+        self.pm.hook.imm_register_analysis_kinds(registry=self.analysis)
+        self.notifiers = NotifierRegistry()
+        self.pm.hook.imm_register_notifiers(registry=self.notifiers)
 
     def _load_entry_points(self) -> None:
         """Load the ``imm`` entry-point group, naming the plugin that fails."""

@@ -40,6 +40,8 @@ from .states import (
     COMPLETED,
     DONE,
     FAIL,
+    OP_LAUNCH,
+    OP_RETIRE,
     OP_SHIFT,
     PAUSED,
     ROLLING_BACK,
@@ -106,6 +108,9 @@ class Engine:
     async def status(self, rid: str) -> dict[str, Any]:
         return await self.verbs.status(rid)
 
+    async def analyses(self, rid: str) -> list[dict[str, Any]]:
+        return await self.verbs.analyses(rid)
+
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.verbs.list(service, limit)
 
@@ -122,6 +127,7 @@ class Engine:
                     await router.ensure_route(route, svc.route_settings)
                 except ImmError as e:
                     log.error("service %s: route %s not ready: %s", svc.name, route, e.message)
+        await self.steps.analysis.write_targets()
         for r in await self.journal.active():
             log.info("resuming rollout %s of %s after a restart", r["id"], r["service"])
             self.spawn(r["id"])
@@ -133,6 +139,7 @@ class Engine:
         self._retries.clear()
         for t in self.tasks.values():
             t.cancel()
+        await self.steps.analysis.stop_all_background()
         for t in list(self.tasks.values()):
             try:
                 await t
@@ -173,7 +180,9 @@ class Engine:
                     continue
                 if state == ROLLING_BACK:
                     try:
+                        await self.steps.analysis.stop_background(rid)
                         await self.rollback.run(r)
+                        await self.steps.analysis.write_targets()
                         backoff = timings.retry_min_s
                     except ImmError as e:
                         # a cloud or router outage: the rollback is idempotent, so try again
@@ -187,15 +196,18 @@ class Engine:
                 except (StepFailed, ImmError) as e:
                     reason = e.message if isinstance(e, ImmError) else str(e)
                     log.warning("rollout %s failed: %s; rolling back", rid, reason)
+                    await self.steps.analysis.stop_background(rid)
                     at = (await self.journal.load(rid))["step"]  # the step begun last
                     await self.journal.record(rid, at or "start", FAIL,
                                               {"reason": reason}, state=ROLLING_BACK,
                                               error=reason)
                     continue
                 if finished:
+                    await self.steps.analysis.stop_background(rid)
                     await self.journal.record(rid, "complete", "complete", {}, state=COMPLETED)
                     log.info("rollout %s of %s completed: it runs %s", rid, r["service"],
                              r["params"].get("image"))
+                    await self.steps.analysis.write_targets()
                     return
         except asyncio.CancelledError:
             log.info("rollout %s parked at shutdown; it resumes when immd starts", rid)
@@ -234,6 +246,9 @@ class Engine:
             cur = await self.journal.load(rid)
             if cur["state"] != RUNNING:
                 return False
+            if any(s["op"] == OP_SHIFT and s["name"] in done for s in r["params"]["plan"]):
+                self.steps.analysis.ensure_background(svc, r)  # traffic has reached the new set
+                self.steps.analysis.check_background(rid)
             if cur["params"].get("promote") and (
                     step["op"] in WAITS or (step["op"] == OP_SHIFT
                                             and step["pct"] not in (100, "even"))):
@@ -250,4 +265,7 @@ class Engine:
                 return False  # paused or aborted while waiting: not done, resume or roll back
             _test_kill(name, "after")
             await self.journal.record(rid, name, DONE, result)
+            done.add(name)
+            if step["op"] in (OP_LAUNCH, OP_RETIRE):
+                await self.steps.analysis.write_targets()  # Prometheus sees the new fleet
         return True

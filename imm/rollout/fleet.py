@@ -32,7 +32,8 @@ class Fleet:
     def reload(self) -> None:
         """Read the services from the context's settings (raises ConfigError, changes nothing)."""
         self.services = load_services(self.ctx.settings.services, set(self.ctx.providers),
-                                      set(self.ctx.routers))
+                                      set(self.ctx.routers), self.ctx.plugins.analysis,
+                                      self.ctx.settings.analysis)
 
     def service(self, name: str) -> Service:
         try:

@@ -10,10 +10,23 @@ Steps (each idempotent, each journalled before and after it runs):
 - ``bake``    blue-green: keep the old set for instant rollback; promote skips it
 - ``approve`` canary manual judgment: wait for k approvals of a pending change (approve.py)
 - ``retire``  drain, remove from the route and terminate old instances (``count`` or all)
+
+A canary is a small new set beside a shrinking old one, not a second fleet. For a service of
+``N`` instances, at each canary weight ``w`` % the new set has ``ceil(w × N / 100)`` instances
+plus ``canary_surge`` (default 1), capped at ``N``; the old set keeps ``N + surge`` minus that,
+never fewer than one before 100 %. So the service runs at most ``N + surge`` instances and the
+full new set exists only at the 100 % step. At each weight the plan launches and attaches the
+instances the new set lacks, retires the oldest old instances it no longer needs (the new ones
+are healthy by then, at their previous weight: while a step's new batch passes its health
+check it runs beside the old set it replaces), then shifts ``w`` % of the traffic to the new
+set and pauses. A router that can only put a backend in or out of the route (DNS) ignores the
+weights' values; there the traffic share is carried by these instance counts.
+Blue-green launches its full second set; rolling replaces batch by batch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .services import Service, parse_batch
@@ -36,24 +49,54 @@ def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
             ]
             first += n
         steps[-1] = {"op": "retire", "count": "all"}
+    elif strategy == CANARY:
+        steps = canary_steps(total, service.canary_steps, service.canary_surge,
+                             service.canary_pause_s, service.approve_timeout_s)
     else:
         steps += [{"op": "launch", "batch": 0, "slots": list(range(total))},
-                  {"op": "attach", "batch": 0}]
-        if strategy == CANARY:
-            for pct in service.canary_steps:
-                if pct == "approve":  # manual judgment at the current split (approve.py)
-                    steps.append({"op": "approve", "seconds": service.approve_timeout_s})
-                    continue
-                steps += [{"op": "shift", "pct": pct},
-                          {"op": "pause", "seconds": service.canary_pause_s}]
-            steps.append({"op": "shift", "pct": 100})
-        else:
-            steps.append({"op": "shift", "pct": 100})
-            if service.bake_time_s:
-                steps.append({"op": "bake", "seconds": service.bake_time_s})
+                  {"op": "attach", "batch": 0},
+                  {"op": "shift", "pct": 100}]
+        if service.bake_time_s:
+            steps.append({"op": "bake", "seconds": service.bake_time_s})
         steps.append({"op": "retire", "count": "all"})
     for i, s in enumerate(steps):
         s["name"] = f"{i}-{s['op']}"
+    return steps
+
+
+def canary_sizes(total: int, pct: int, surge: int) -> tuple[int, int]:
+    """(new, old) instance counts of a canary of ``total`` instances at ``pct`` % (< 100)."""
+    new = min(total, math.ceil(pct * total / 100) + surge)
+    old = max(1, min(total, total + surge - new))
+    return new, old
+
+
+def canary_steps(total: int, pcts: list[int | str], surge: int, pause_s: float,
+                 approve_s: float = 3600.0) -> list[dict[str, Any]]:
+    """A canary's steps: per weight, grow the new set, shrink the old one, shift, pause; an
+    ``"approve"`` entry holds the current split until k approvals (approve.py)."""
+    steps: list[dict[str, Any]] = []
+    have_new, have_old, batch = 0, total, 0
+
+    def grow(to: int) -> None:
+        nonlocal have_new, batch
+        if to > have_new:
+            steps.extend([{"op": "launch", "batch": batch, "slots": list(range(have_new, to))},
+                          {"op": "attach", "batch": batch}])
+            have_new, batch = to, batch + 1
+
+    for pct in pcts:
+        if not isinstance(pct, int):  # "approve": manual judgment at the current split
+            steps.append({"op": "approve", "seconds": approve_s})
+            continue
+        new, old = canary_sizes(total, pct, surge)
+        grow(new)
+        if old < have_old:
+            steps.append({"op": "retire", "count": have_old - old})
+            have_old = old
+        steps += [{"op": "shift", "pct": pct}, {"op": "pause", "seconds": pause_s}]
+    grow(total)
+    steps += [{"op": "shift", "pct": 100}, {"op": "retire", "count": "all"}]
     return steps
 
 

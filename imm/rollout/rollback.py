@@ -61,9 +61,12 @@ class Rollback:
                     await router.add(route, i.id, i.address)
             if old:
                 deadline = time.monotonic() + svc.health_timeout_s
+                # every old instance (a relaunched one too) gets its weight back once healthy:
+                # one left at weight 0 would be the only serving backend the next rollout
+                # could not retire (a canary retires old instances before its first shift)
                 while router.checks_health and time.monotonic() < deadline:
                     health = await router.health(route)
-                    if any(health.get(i.id) for i in old):
+                    if all(health.get(i.id) for i in old):
                         break
                     await asyncio.sleep(self.ctx.timings.poll_s)
                 health = await router.health(route)

@@ -15,19 +15,101 @@
                                     #   the split until k approvers sign ([protect.NAME])
     approve_timeout_s = 3600        # canary: how long an "approve" step waits, then rolls back
     canary_pause_s = 5              # canary: pause (and gate) after each step
+    canary_surge = 1                # canary: new instances beyond ceil(weight × count)
     min_ladder_step = 0             # refuse images below this ladder step
     channel = "web/production"      # only images published on this channel may roll out
     max_instance_age_s = 0          # audit: instances older than this are 'too-old' (0 = off)
+
+    [[services.web.analysis]]       # any number; see imm/rollout/analysis.py
+    name = "error-ratio"
+    kind = "prometheus"             # prometheus | http | compare | a plugin's kind
+    when = "each-step"              # before-traffic | each-step | background
+    query = '...'                   # the kind's own keys
+    failure_condition = "result >= 0.05"
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import BadRequest, ConfigError
+from ..plugins.analysis import AnalysisKind, AnalysisRegistry, Condition
+from ..plugins.analysis_base import option
 from .states import BLUE_GREEN, STRATEGIES
+
+WHEN = ("before-traffic", "each-step", "background")
+_COMMON = frozenset({"name", "kind", "when", "dry_run", "interval_s", "count", "initial_delay_s",
+                     "failure_limit", "inconclusive_limit", "consecutive_error_limit",
+                     "success_condition", "failure_condition"})
+
+
+@dataclass
+class AnalysisSpec:
+    """One ``[[services.NAME.analysis]]`` entry, validated, with its kind built."""
+
+    name: str
+    kind: str
+    when: str
+    measure: AnalysisKind
+    success: Condition | None
+    failure: Condition | None
+    dry_run: bool = False
+    interval_s: float = 1.0
+    count: int = 1
+    initial_delay_s: float = 0.0
+    failure_limit: int = 0
+    inconclusive_limit: int = 0
+    consecutive_error_limit: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "when": self.when, "dry_run": self.dry_run,
+                "count": self.count, "interval_s": self.interval_s,
+                "success_condition": self.success.text if self.success else None,
+                "failure_condition": self.failure.text if self.failure else None}
+
+
+def parse_analysis(service: str, i: int, raw: Any, kinds: AnalysisRegistry | None,
+                   defaults: Mapping[str, Any]) -> AnalysisSpec:
+    where = f"[[services.{service}.analysis]] #{i + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    name = raw.get("name", f"analysis-{i + 1}")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(f"{where}: name {name!r} must be lowercase letters, digits and '-'")
+    where = f"[[services.{service}.analysis]] {name}"
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}: kind must be a string, e.g. \"prometheus\", got {kind!r}")
+    if kinds is None:
+        raise ConfigError(f"{where}: no analysis kinds are registered here")
+    cls = kinds.get(kind, where)
+    unknown = sorted(set(raw) - _COMMON - cls.keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for kind {kind!r}; "
+                          f"known: {', '.join(sorted(_COMMON | cls.keys))}")
+    when = raw.get("when", "each-step")
+    if when not in WHEN:
+        raise ConfigError(f"{where}: when {when!r}; use one of {', '.join(WHEN)}")
+    measure = cls(where, raw, defaults)
+    success = (Condition(f"{where} success_condition", raw["success_condition"], cls.variables)
+               if "success_condition" in raw else None)
+    failure = (Condition(f"{where} failure_condition", raw["failure_condition"], cls.variables)
+               if "failure_condition" in raw else None)
+    if success is None and failure is None:
+        raise ConfigError(f"{where}: give a success_condition or a failure_condition (or both) "
+                          f"over {', '.join(cls.variables)}")
+    return AnalysisSpec(
+        name=name, kind=kind, when=when, measure=measure, success=success, failure=failure,
+        dry_run=option(raw, where, "dry_run", False, bool),
+        interval_s=option(raw, where, "interval_s", 1.0, float, 0),
+        count=option(raw, where, "count", 1, int, 1),
+        initial_delay_s=option(raw, where, "initial_delay_s", 0.0, float, 0),
+        failure_limit=option(raw, where, "failure_limit", 0, int, 0),
+        inconclusive_limit=option(raw, where, "inconclusive_limit", 0, int, 0),
+        consecutive_error_limit=option(raw, where, "consecutive_error_limit", 4, int, 0))
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -55,18 +137,21 @@ class Service:
     canary_steps: list[int | str] = field(default_factory=lambda: [10, 50])
     canary_pause_s: float = 5.0
     approve_timeout_s: float = 3600.0  # an "approve" canary step waits this long, then rolls back
+    canary_surge: int = 1
     min_ladder_step: int = 0
     channel: str | None = None
     max_instance_age_s: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    analysis: list[AnalysisSpec] = field(default_factory=list)
 
     @property
     def count(self) -> int:
         return sum(t.count for t in self.targets)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, settings={}, analysis=[]))
         d.pop("settings")
+        d["analysis"] = [a.to_dict() for a in self.analysis]
         return d
 
 
@@ -77,7 +162,8 @@ def _num(where: str, value: Any, lo: float) -> float:
 
 
 def parse_service(name: str, raw: dict[str, Any], providers: set[str],
-                  routers: set[str]) -> Service:
+                  routers: set[str], kinds: AnalysisRegistry | None = None,
+                  defaults: Mapping[str, Any] | None = None) -> Service:
     where = f"[services.{name}]"
     if not NAME.match(name):
         raise ConfigError(f"{where}: service names are lowercase letters, digits and '-'")
@@ -113,11 +199,22 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
                                for s in pcts) or pcts != sorted(pcts):
         raise ConfigError(f"{where}: canary_steps must be increasing percentages between 1 and 99"
                           ", with \"approve\" where a manual judgment holds the split")
+    surge = raw.get("canary_surge", 1)
+    if isinstance(surge, bool) or not isinstance(surge, int) or surge < 0:
+        raise ConfigError(f"{where}: canary_surge must be an integer ≥ 0, got {surge!r}")
     ladder = raw.get("min_ladder_step", 0)
     if not isinstance(ladder, int) or not 0 <= ladder <= 4:
         raise ConfigError(f"{where}: min_ladder_step must be 0..4")
     batch = str(raw.get("batch", "1"))
     parse_batch(batch, 1, where)
+    entries = raw.get("analysis", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: analysis must be an array of tables "
+                          f"([[services.{name}.analysis]])")
+    analysis = [parse_analysis(name, i, a, kinds, defaults or {}) for i, a in enumerate(entries)]
+    names = [a.name for a in analysis]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: analysis names must differ, got {names}")
     return Service(
         name=name, targets=targets, router=router,
         route=str(raw.get("route", name)) if router else None,
@@ -130,8 +227,10 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
         canary_pause_s=_num(f"{where} canary_pause_s", raw.get("canary_pause_s", 5), 0),
         approve_timeout_s=_num(f"{where} approve_timeout_s", raw.get("approve_timeout_s", 3600),
                                1),
+        canary_surge=surge,
         min_ladder_step=ladder, channel=raw.get("channel") or None,
         max_instance_age_s=int(raw.get("max_instance_age_s", 0)), settings=dict(raw),
+        analysis=analysis,
     )
 
 
@@ -152,6 +251,8 @@ def parse_batch(batch: str, total: int, where: str = "batch") -> int:
         raise BadRequest(f"{where} {batch!r} must be a count ≥ 1 or a percentage like 25%") from None
 
 
-def load_services(raw: dict[str, dict[str, Any]], providers: set[str],
-                  routers: set[str]) -> dict[str, Service]:
-    return {name: parse_service(name, entry, providers, routers) for name, entry in raw.items()}
+def load_services(raw: dict[str, dict[str, Any]], providers: set[str], routers: set[str],
+                  kinds: AnalysisRegistry | None = None,
+                  defaults: Mapping[str, Any] | None = None) -> dict[str, Service]:
+    return {name: parse_service(name, entry, providers, routers, kinds, defaults)
+            for name, entry in raw.items()}

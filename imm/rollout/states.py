@@ -45,6 +45,7 @@ WAITS: Final = (OP_PAUSE, OP_BAKE)  # steps that wait, and that promote skips
 BEGIN: Final = "begin"  # a step's decision, recorded before it is acted on
 DONE: Final = "done"  # a step carried out
 FAIL: Final = "fail"  # a step failed: the rollout rolls back
+ANALYSIS: Final = "analysis"  # one analysis run and its measurements (analysis.py)
 
 # the slot tag of instances relaunched from the previous image during a rollback
 ROLLBACK_SLOT: Final = "rollback"

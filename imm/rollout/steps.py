@@ -16,6 +16,7 @@ from ..context import Context, RouterHandle
 from ..errors import ImmError
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from . import approve
+from .analysis import Analysis
 from .fleet import Fleet
 from .journal import Journal
 from .plan import weights
@@ -47,6 +48,7 @@ class Steps:
         self.ctx = ctx
         self.journal = journal
         self.fleet = fleet
+        self.analysis = Analysis(ctx, journal, fleet)
 
     async def decide(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
         """The concrete decision of a step, journalled before it is acted on."""
@@ -136,6 +138,10 @@ class Steps:
                 return stop
             await asyncio.sleep(self.ctx.timings.poll_s)
         await self.gate(svc, r, step, new)
+        if step["batch"] == 0:
+            stop = await self.analysis.run(svc, r, step["name"], "before-traffic")
+            if stop:
+                return stop
         return {"instances": sorted(ids), "healthy": True}
 
     async def gate(self, svc: Service, r: Rollout, step: Step, instances: list[Instance]) -> None:
@@ -180,6 +186,7 @@ class Steps:
                 return {"interrupted": cur["state"]}  # paused or aborted: the wait is not done
             if cur["params"].get("promote"):
                 break
+            self.analysis.check_background(r["id"])
             await asyncio.sleep(self.ctx.timings.poll_s)
         if step["op"] == OP_PAUSE:
             mine = await self.fleet.instances(svc, r["id"])
@@ -191,7 +198,8 @@ class Steps:
                     raise StepFailed(f"new instance(s) unhealthy after {step['name']}: "
                                      + ", ".join(sick))
             await self.gate(svc, r, step, mine)
-        return {}
+        stop = await self.analysis.run(svc, r, step["name"], "each-step")
+        return stop or {}
 
     async def terminate(self, items: list[dict[str, str]]) -> None:
         by_provider: dict[str, list[str]] = {}

@@ -21,6 +21,7 @@ from .journal import Journal
 from .plan import make_plan
 from .states import (
     ABORT,
+    ANALYSIS,
     BEGIN,
     DONE,
     PAUSE,
@@ -140,7 +141,9 @@ class Verbs:
         created = datetime.strptime(r["created_at"], _STAMP).replace(tzinfo=UTC)
         end = (datetime.strptime(r["finished_at"], _STAMP).replace(tzinfo=UTC)
                if r["finished_at"] else datetime.now(UTC))
+        runs = [j for j in r["journal"] if j["action"] == ANALYSIS]
         return {
+            "analysis": _analysis_row(runs[-1]) if runs else None,
             "id": rid, "service": r["service"], "strategy": r["strategy"], "state": r["state"],
             "image": r["digest"], "image_ref": r["params"].get("image"),
             "previous": r["previous_digest"], "step": r["step"], "error": r["error"],
@@ -149,5 +152,16 @@ class Verbs:
             "instances": instances, "instances_error": instances_error, "journal": r["journal"],
         }
 
+    async def analyses(self, rid: str) -> list[dict[str, Any]]:
+        """Every analysis run of the rollout, oldest first, with its measurements."""
+        r = await self.journal.load(rid)
+        return [_analysis_row(j) for j in r["journal"] if j["action"] == ANALYSIS]
+
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.journal.list(service, limit)
+
+
+def _analysis_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """An ``analysis`` journal entry as status shows it: where it ran and its ledger index."""
+    return {**entry["detail"], "step": entry["step"], "seq": entry["seq"], "at": entry["at"],
+            "ledger_index": entry["ledger_index"]}

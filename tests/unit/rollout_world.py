@@ -190,9 +190,12 @@ class Events:
         self.seen.append(event)
 
 
+# a canary of 2 with a surge of 2 keeps both old instances until 100 %: the step names the
+# engine tests use (0-launch, 1-attach, 2-shift, 3-pause, ...); test_rollout_plan_canary.py
+# tests the shrinking old set
 SERVICE = {"targets": [{"provider": "mem", "region": "r1", "count": 2}], "router": "lb",
            "route": "web", "strategy": "blue-green", "canary_steps": [10, 50],
-           "canary_pause_s": 0, "health_timeout_s": 1, "batch": "1"}
+           "canary_pause_s": 0, "canary_surge": 2, "health_timeout_s": 1, "batch": "1"}
 
 
 class World:

@@ -42,7 +42,7 @@ def test_rolling_plan_batches_cover_every_slot_once() -> None:
 
 
 def test_canary_plan_shifts_then_pauses_per_step() -> None:
-    plan = make_plan(_svc(canary_steps=[5, 25, 60], canary_pause_s=7), "canary")
+    plan = make_plan(_svc(canary_steps=[5, 25, 60], canary_pause_s=7), "canary")  # surge 2
     assert [(s["op"], s.get("pct"), s.get("seconds")) for s in plan] == [
         ("launch", None, None), ("attach", None, None),
         ("shift", 5, None), ("pause", None, 7), ("shift", 25, None), ("pause", None, 7),

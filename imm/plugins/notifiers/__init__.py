@@ -1,0 +1,1 @@
+"""Built-in notifier kinds (``webhook``), registered like any plugin's."""
