@@ -56,7 +56,7 @@ Analysis kinds subclass `imm.plugins.analysis.AnalysisKind` and are registered f
 `imm_register_analysis_kinds`, like the built-in `prometheus`, `http` and `compare`
 (`imm/plugins/analysis/`). The constructor validates the `[[services.NAME.analysis]]` entry
 (raise `ConfigError` naming the value; declare the kind's own keys in `keys`); `measure(target)`
-is synchronous, runs in a worker thread, returns `Measured({"result": value or None}, query)`
+is synchronous, runs in a worker thread, returns `Measured({{"result": value or None}}, query)`
 (None: no data) and raises `MeasureError` when it cannot measure. The rollout judges: the
 conditions, limits and dry run are the same for every kind.
 

@@ -24,6 +24,7 @@ PASSWORD = "imm-test-password"
 
 BACKEND = "sqlite"
 DSN = ""
+CLUSTER: Any = None  # the session's cluster while a test runs on PostgreSQL
 
 _counter = itertools.count(1)
 
@@ -119,12 +120,25 @@ def start() -> Cluster:
     return cluster
 
 
+# the state directory each PostgreSQL database of this test stands for: a test that opens a
+# second world (another tmp dir) gets a database of its own, as it would get a SQLite file
+_WORLDS: dict[str, Path] = {}
+_SECOND: dict[str, str] = {}
+
+
 def open_database(tmp: Path, schemas: Sequence[Any]) -> Any:
     """The store a parametrised test runs on: SQLite in ``tmp`` or a fresh PostgreSQL database."""
     if BACKEND == "postgresql":
         from imm.store.postgres import Database as PgDatabase
 
-        return PgDatabase(DSN, schemas)
+        dsn = DSN
+        first = _WORLDS.setdefault(DSN, tmp)
+        if first != tmp:
+            key = f"{DSN}|{tmp}"
+            if key not in _SECOND:
+                _SECOND[key] = CLUSTER.dsn(CLUSTER.new_database("w"))
+            dsn = _SECOND[key]
+        return PgDatabase(dsn, schemas)
     from imm.store.sqlite import Database
 
     return Database(tmp / "imm.db", schemas)

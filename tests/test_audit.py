@@ -35,7 +35,7 @@ from imm.plugins.base import Instance, LaunchRequest, PluginContext
 from imm.plugins.providers.local import LocalProvider
 
 import audit_plugin
-from conftest import Immd
+from harness import Immd
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)

@@ -28,7 +28,7 @@ from imm.plugins.providers import azure as azmod
 from imm.plugins.providers.azure import TAG_TOKEN, AzureProvider
 from imm.plugins.registry import ProviderRegistry
 
-from conftest import Immd
+from harness import Immd
 
 
 def _fakes() -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMMCTL, REPO, Immd
+from harness import IMMCTL, REPO, Immd
 
 sys.path.insert(0, str(REPO / "scripts"))
 

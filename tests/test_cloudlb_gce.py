@@ -29,7 +29,7 @@ from imm.plugins.base import Instance, LaunchRequest, PluginContext
 from imm.plugins.providers.gcp import GCPProvider
 from imm.plugins.routers.cloudlb import CloudLBRouter
 
-from conftest import Immd
+from harness import Immd
 
 
 def _fakes() -> Any:

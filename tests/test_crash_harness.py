@@ -43,7 +43,7 @@ from imm.cli.client import Client
 from imm.plugins.routers.haproxy import parse_servers_state
 
 from backends import LoadClient, free_port
-from conftest import Immd, have, processes_under, wait_for_socket
+from harness import Immd, have, processes_under, wait_for_socket
 from test_e2e_rollout import BASE, images, register, service  # noqa: F401
 
 pytestmark = [pytest.mark.slow,

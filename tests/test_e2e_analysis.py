@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from backends import LoadClient, free_port
-from conftest import Immd, have
+from harness import Immd, have
 from test_e2e_rollout import BASE, images, instances, register, service  # noqa: F401
 
 pytestmark = [pytest.mark.slow,

@@ -14,7 +14,7 @@ import pytest
 
 from imm.cli.client import UnixHTTPConnection
 
-from conftest import Immd, reader_copy
+from harness import Immd, reader_copy
 
 NOBODY = 65534
 

@@ -34,7 +34,7 @@ from typing import Any
 import boto3
 import pytest
 
-from conftest import Immd
+from harness import Immd
 
 REGION, OTHER = "us-east-1", "eu-west-1"
 KEY_ID = "AKIAIMME2ETESTKEY7EX"

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 
-from conftest import Immd
+from harness import Immd
 
 
 def disk(tmp: Path, name: str, size: int = 4096, seed: bytes = b"") -> Path:

@@ -23,7 +23,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 
 import pgcluster
-from conftest import IMMD, Immd
+from harness import IMMD, Immd
 from test_e2e_catalog import add, c2sp_verify
 
 PW_ENV = {"IMM_PG_PASSWORD": pgcluster.PASSWORD}

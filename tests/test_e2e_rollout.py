@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backends import LoadClient, LoadStats, free_port
-from conftest import Immd, have
+from harness import Immd, have
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 from backends import free_port
-from conftest import IMMCTL, have, reap_under, wait_for_socket
+from harness import IMMCTL, have, reap_under, wait_for_socket
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMMD, SYSTEM_PYTHON, Immd, wait_for_socket
+from harness import IMMD, SYSTEM_PYTHON, Immd, wait_for_socket
 
 NOBODY = 65534
 CLIENTS = 1000

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from backends import LoadClient, free_port
-from conftest import Immd, have
+from harness import Immd, have
 from test_e2e_rollout import BASE, images, instances, register, service, versions  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")

@@ -31,7 +31,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import IMMCTL, SYSTEM_PYTHON, Immd, reader_copy
+from harness import IMMCTL, SYSTEM_PYTHON, Immd, reader_copy
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 

@@ -29,7 +29,7 @@ from imm.plugins.providers import gcp as gcpmod
 from imm.plugins.providers.gcp import GCPProvider, instance_names, label_value
 from imm.plugins.registry import ProviderRegistry
 
-from conftest import Immd
+from harness import Immd
 
 
 def _fakes() -> Any:

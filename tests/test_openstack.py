@@ -28,8 +28,8 @@ from imm.plugins.providers import openstack as osmod
 from imm.plugins.providers.openstack import TAG_TOKEN, OpenStackProvider
 from imm.plugins.registry import ProviderRegistry
 
-from conftest import Immd
 from fakes.openstack import FakeOpenStack
+from harness import Immd
 
 LOG = logging.getLogger("test_openstack")
 REGION, OTHER = "RegionOne", "RegionTwo"

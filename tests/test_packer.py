@@ -14,7 +14,7 @@ from imm.catalog.manifest import build_manifest
 from imm.catalog.packer import artifacts_for, image_specs, parse, select_builds
 from imm.errors import BadRequest
 
-from conftest import Immd
+from harness import Immd
 
 RUN1 = "6d5d3185-fa95-44e1-8775-9e64fe2e2d8f"
 RUN2 = "b1c2d3e4-0000-4a4a-9b9b-123456789abc"

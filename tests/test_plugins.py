@@ -17,7 +17,7 @@ import pytest
 from imm.plugins import hookspecs
 
 from backends import LoadClient, free_port
-from conftest import IMMCTL, Immd
+from harness import IMMCTL, Immd
 from test_e2e_rollout import BASE, images, instances, register, service  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from backends import free_port
-from conftest import BIN, IMMD, REPO, have, processes_under, reap_under, wait_for_socket
+from harness import BIN, IMMD, REPO, have, processes_under, reap_under, wait_for_socket
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")]

@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Immd
+from harness import Immd
 
 BASE = '[providers.local]\nkind = "local"\n'
 WEB = '[services.web]\ntargets = [{ provider = "local", region = "local", count = 1 }]\n'

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from backends import free_port
-from conftest import Immd
+from harness import Immd
 
 EXAMPLES = int(os.environ.get("IMM_FUZZ_EXAMPLES", "250"))  # per operation; the old run: 25
 HOOKS = '''

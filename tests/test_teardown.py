@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backends import free_port
-from conftest import Immd, have, processes_under
+from harness import Immd, have, processes_under
 from test_e2e_rollout import BASE, register, service
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, Immd
+from harness import BIN, REPO, Immd
 
 EXAMPLE = REPO / "examples" / "terraform"
 

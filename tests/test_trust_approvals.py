@@ -19,7 +19,7 @@ from securesystemslib.signer import SSlibKey
 from sshkeys import make_key, needs_ssh_keygen, sign, ssh_verify
 
 from backends import free_port
-from conftest import Immd, have
+from harness import Immd, have
 
 pytestmark = needs_ssh_keygen
 REPO = Path(__file__).resolve().parent.parent

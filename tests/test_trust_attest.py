@@ -19,7 +19,7 @@ from in_toto_attestation.v1.statement import Statement
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
-from conftest import Immd
+from harness import Immd
 
 SLSA = "https://slsa.dev/provenance/v1"
 

@@ -16,7 +16,7 @@ import pytest
 from sshkeys import make_key, needs_ssh_keygen
 
 from backends import free_port
-from conftest import Immd, have
+from harness import Immd, have
 
 pytestmark = [needs_ssh_keygen, pytest.mark.slow,
               pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")]

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import Immd
+from harness import Immd
 
 TTL = '[trust]\nhead_ttl = "16s"\n'
 

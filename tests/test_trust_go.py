@@ -20,7 +20,7 @@ import pytest
 from test_trust_tiles import get
 from test_trust_witness import config, wait_witnessed
 
-from conftest import Immd
+from harness import Immd
 
 HERE = Path(__file__).resolve().parent / "go" / "tlogcheck"
 RUN = "11111111-2222-3333-4444-555555555555"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backends import free_port
-from conftest import Immd, have
+from harness import Immd, have
 
 pytestmark = pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")
 REPO = Path(__file__).resolve().parent.parent

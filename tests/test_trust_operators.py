@@ -9,7 +9,7 @@ from pathlib import Path
 from securesystemslib.dsse import Envelope
 from sshkeys import make_key, needs_ssh_keygen
 
-from conftest import Immd
+from harness import Immd
 
 pytestmark = needs_ssh_keygen
 

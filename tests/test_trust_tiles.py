@@ -13,7 +13,7 @@ import pymerkle
 
 from imm.cli.client import UnixHTTPConnection
 
-from conftest import Immd
+from harness import Immd
 
 RUN = "11111111-2222-3333-4444-555555555555"
 

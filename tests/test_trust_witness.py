@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from imm.catalog import checkpoint as imm_checkpoint
 from imm.cli.client import UnixHTTPConnection
 
-from conftest import Immd
+from harness import Immd
 
 
 def config(me: str, peer: dict[str, Any] | None = None) -> str:

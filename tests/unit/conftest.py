@@ -30,12 +30,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(autouse=True)
 def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     backend = getattr(request, "param", "sqlite")
-    before = (pgcluster.BACKEND, pgcluster.DSN)
+    before = (pgcluster.BACKEND, pgcluster.DSN, pgcluster.CLUSTER)
     pgcluster.BACKEND = backend
     if backend == "postgresql":
         cluster = request.getfixturevalue("pg_cluster")
+        pgcluster.CLUSTER = cluster
         pgcluster.DSN = cluster.dsn(cluster.emptied())
+        pgcluster._WORLDS.pop(pgcluster.DSN, None)  # the first world of this test is its own
     try:
         yield backend
     finally:
-        pgcluster.BACKEND, pgcluster.DSN = before
+        pgcluster.BACKEND, pgcluster.DSN, pgcluster.CLUSTER = before
