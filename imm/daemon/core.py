@@ -76,6 +76,11 @@ class Daemon:
             log.info("applied migrations: %s", ", ".join(applied))
         self.catalog = Catalog(self.keyring, s.ledger_origin)
         self.db.write_sync(self.catalog.init_keys, actor)
+        # From here on, one checkpoint per committed batch of writes (or per interval), signed
+        # in the batch's transaction, instead of one per record.
+        self.db.add_batch_hook(self.catalog.checkpoint_if_behind,
+                               s.checkpoint_interval_ms / 1000)
+        self.catalog.defer_checkpoints = True
         block = s.plugins.get("block", [])
         if not isinstance(block, list):
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
