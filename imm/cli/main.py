@@ -103,19 +103,55 @@ def show_image(img: dict[str, Any]) -> None:
         table(arts, [("provider", "  PROVIDER"), ("region", "REGION"), ("image_id", "IMAGE ID")])
 
 
-def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
-    path = os.path.abspath(a.path)
+BATCH = 500  # images per request of a bulk add (the daemon takes up to 1000)
+
+
+def _image_body(a: argparse.Namespace, given: str, n: int) -> dict[str, object]:
+    path = os.path.abspath(given)
     if not os.path.exists(path):
-        raise Fail(f"path {a.path} does not exist; give the disk image file or image directory",
+        raise Fail(f"path {given} does not exist; give the disk image file or image directory",
                    EXIT_USAGE)
-    r = c.request("POST", "/v1/images", {
-        "path": path, "name": a.name, "version": a.version, "layers": a.layer,
-        "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label})
+    base = os.path.basename(path.rstrip("/"))
+    stem = base.split(".", 1)[0] or base
+    fill = {"stem": stem, "n": str(n)}
+    try:
+        name, version = a.name.format(**fill), a.version.format(**fill)
+    except (KeyError, IndexError, ValueError) as e:
+        raise Fail(f"--name {a.name!r} / --version {a.version!r}: only the placeholders {{stem}} "
+                   f"and {{n}} may appear ({e})", EXIT_USAGE) from None
+    return {"path": path, "name": name, "version": version, "layers": a.layer,
+            "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label}
+
+
+def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
+    paths: list[str] = a.path
+    if len(paths) > 1:
+        return _image_add_many(c, a, paths)
+    r = c.request("POST", "/v1/images", _image_body(a, paths[0], 1))
     if a.json:
         emit_json(r)
     else:
         print(("registered " if r["created"] else "already registered ")
               + f"{r['name']}@{r['version']} {r['digest']}")
+    return 0
+
+
+def _image_add_many(c: Client, a: argparse.Namespace, paths: list[str]) -> int:
+    if not any(p in a.name + a.version for p in ("{stem}", "{n}")):
+        raise Fail(f"{len(paths)} paths need distinct versions (or names): put {{stem}} (the "
+                   "file name without extension) or {n} (its position, from 1) in --version or "
+                   "--name, e.g. --version '1.0-{stem}'", EXIT_USAGE)
+    bodies = [_image_body(a, p, k) for k, p in enumerate(paths, 1)]
+    results: list[dict[str, object]] = []
+    for k in range(0, len(bodies), BATCH):
+        r = c.request("POST", "/v1/images/batch", {"images": bodies[k:k + BATCH]})
+        results.extend(r["images"])
+    if a.json:
+        emit_json({"images": results})
+    else:
+        for r in results:
+            print(("registered " if r["created"] else "already registered ")
+                  + f"{r['name']}@{r['version']} {r['digest']}")
     return 0
 
 
@@ -380,10 +416,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     add(keys, "rotate", cmd_keys_rotate, "make a new signing key, announced by the old one")
 
     img = group("image", "the image catalog")
-    sp = add(img, "add", cmd_image_add, "register a disk-image file or image directory")
-    sp.add_argument("path")
-    sp.add_argument("--name", required=True)
-    sp.add_argument("--version", required=True)
+    sp = add(img, "add", cmd_image_add, "register disk-image files or image directories")
+    sp.add_argument("path", nargs="+", help="one or more; several go in one request per "
+                    f"{BATCH}, each its own signed record")
+    sp.add_argument("--name", required=True, help="may hold {stem} or {n} (see --version)")
+    sp.add_argument("--version", required=True,
+                    help="with several paths, put {stem} (file name without extension) or {n} "
+                         "(position, from 1) in it, e.g. '1.0-{stem}'")
     sp.add_argument("--layer", action="append", default=[], metavar="ROLE=NAME@VERSION",
                     help="a baked layer (os, runtime, framework, app); repeatable")
     sp.add_argument("--boot-action", action="append", default=[], metavar="TEXT",

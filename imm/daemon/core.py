@@ -30,7 +30,7 @@ from ..catalog.service import Catalog
 from ..catalog.verify import verify_ledger, verify_rows
 from ..config import Settings
 from ..context import Context, Timings
-from ..errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError, ImmError
 from ..plugins.base import Feature
 from ..plugins.manager import Plugins
 from ..rollout import journal
@@ -130,6 +130,50 @@ class Daemon:
                                      content_kind=kind, artifacts=artifacts, **spec)
         self.metrics.inc("images_added" if result["created"] else "images_add_noop")
         return result
+
+    async def add_images(self, actor: str,
+                         specs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Register many images in one transaction (all or none), each its own signed record.
+        Their files are hashed in one hand-off to a thread, not one per image."""
+        for i, (path, _) in enumerate(specs):
+            if not Path(path).is_absolute():
+                raise BadRequest(f"images[{i}]: path {path!r} must be absolute (immctl makes it so)")
+
+        def hash_all() -> list[tuple[str, str, dict[str, Any] | None]]:
+            out = []
+            for i, (path, _) in enumerate(specs):
+                try:
+                    out.append(content_digest(Path(path)))
+                except ImmError as e:
+                    raise type(e)(f"images[{i}]: {e.message}", detail=e.detail) from None
+            return out
+
+        digests = await asyncio.to_thread(hash_all)
+        items = []
+        for (path, spec), (kind, digest, _manifest) in zip(specs, digests, strict=True):
+            artifacts: list[tuple[str, str, str]] = []
+            if kind == "tree":
+                for name, provider in self.context.providers.items():
+                    if provider.supports(Feature.STORE_IMAGE):
+                        image_id = await provider.store_image(Path(path), digest)
+                        artifacts.append((name, "local", image_id))
+            items.append({"content_digest": digest, "content_kind": kind,
+                          "artifacts": artifacts, **spec})
+
+        def add_all(conn: Any) -> list[dict[str, Any]]:
+            results = []
+            for i, item in enumerate(items):
+                try:
+                    results.append(self.catalog.add_image(conn, actor, **item))
+                except ImmError as e:
+                    raise type(e)(f"images[{i}] ({item['name']}@{item['version']}): "
+                                  f"{e.message}", detail=e.detail) from None
+            return results
+
+        results = await self.db.write(add_all)
+        for r in results:
+            self.metrics.inc("images_added" if r["created"] else "images_add_noop")
+        return results
 
     async def import_packer(self, actor: str, text: str, source: str, name: str | None,
                             version: str | None, all_runs: bool) -> list[dict[str, Any]]:
