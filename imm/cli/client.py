@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..errors import EXIT_ERROR
 
-SYSTEM_SOCKET = Path("/run/imm/immd.sock")
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
+
+SYSTEM_SOCKET = "/run/imm/immd.sock"
 
 
 def default_socket() -> str:
     env = os.environ.get("IMM_SOCKET")
     if env:
         return env
-    if SYSTEM_SOCKET.exists():
-        return str(SYSTEM_SOCKET)
+    if os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
     return os.path.expanduser("~/.local/state/imm/immd.sock")
 
 

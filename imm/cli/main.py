@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import (
     ERROR_CLASSES,
@@ -23,6 +22,10 @@ from ..errors import (
 from . import audit_cmds, rollout_cmds
 from .client import ApiError, Client, DaemonUnreachable, Fail, seg
 from .render import block, emit_json, short, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
 
 Command = Callable[[Client, argparse.Namespace], int]
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from ..errors import EXIT_ERROR
 from ..rollout.states import ABORT, COMPLETED, PAUSE, PROMOTE, RESUME, STRATEGIES, TERMINAL
 from .client import Client, seg
 from .render import block, emit_json, short, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def progress_line(r: dict[str, Any]) -> str:
