@@ -8,11 +8,12 @@ import time
 
 from ..errors import EXIT_ERROR
 from ..rollout.states import ABORT, COMPLETED, PAUSE, PROMOTE, RESUME, STRATEGIES, TERMINAL
-from .client import Client, seg
+from .client import ApiError, Client, seg
 from .render import block, emit_json, short, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -29,11 +30,28 @@ def progress_line(r: dict[str, Any]) -> str:
             f"traffic to new {traffic}")
 
 
+def updates(c: Client, rid: str) -> Iterator[dict[str, Any]]:
+    """The rollout each time it changes, streamed by the daemon (GET .../watch, one JSON object
+    per line) until it ends; polled every 0.2 s from a daemon without that endpoint."""
+    try:
+        yield from c.stream_lines(f"/v1/rollouts/{seg(rid)}/watch")
+        return
+    except ApiError as e:
+        if e.status != 404 or "no such API endpoint" not in e.message:
+            raise  # a 404 naming the rollout is a real answer; no endpoint: an older daemon
+    while True:
+        r = c.request("GET", f"/v1/rollouts/{seg(rid)}")
+        yield r
+        if r["state"] in TERMINAL:
+            return
+        time.sleep(0.2)
+
+
 def follow(c: Client, rid: str, as_json: bool) -> int:
     last = ""
     tty = sys.stderr.isatty()
-    while True:
-        r = c.request("GET", f"/v1/rollouts/{seg(rid)}")
+    r: dict[str, Any] = {}
+    for r in updates(c, rid):
         line = progress_line(r)
         if line != last and not as_json:
             sys.stderr.write(("\r\033[K" if tty else "") + line + ("" if tty else "\n"))
@@ -43,7 +61,6 @@ def follow(c: Client, rid: str, as_json: bool) -> int:
             if tty and not as_json:
                 sys.stderr.write("\n")
             break
-        time.sleep(0.2)
     if as_json:
         emit_json(r)
     elif r["state"] == COMPLETED:

@@ -106,6 +106,10 @@ class Engine:
     async def status(self, rid: str) -> dict[str, Any]:
         return await self.verbs.status(rid)
 
+    async def changed(self, rid: str, timeout_s: float) -> bool:
+        """Wait for the rollout's next journal entry (True) or ``timeout_s`` (False)."""
+        return await self.journal.changed(rid, timeout_s)
+
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.verbs.list(service, limit)
 
