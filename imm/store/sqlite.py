@@ -238,7 +238,7 @@ class Database:
             if stop:
                 break
         if any(h.pending for h in self._hooks):
-            self._run_batch([])  # hooks owed to what committed last
+            self._commit([], hooks=True, force=True)  # hooks owed to what committed last
         if self._writer_conn is not None:
             self._writer_conn.close()
 
@@ -256,10 +256,10 @@ class Database:
                 txn.append(job)
         self._commit(txn, hooks=True)
 
-    def _commit(self, jobs: list[_Job], hooks: bool = False) -> None:
+    def _commit(self, jobs: list[_Job], hooks: bool = False, force: bool = False) -> None:
         now = time.monotonic()
         due = [h for h in self._hooks
-               if hooks and (h.pending or jobs) and now - h.last >= h.interval_s]
+               if hooks and (h.pending or jobs) and (force or now - h.last >= h.interval_s)]
         if not jobs and not due:
             return
         conn = self._wconn()

@@ -219,3 +219,17 @@ def test_a_batch_hook_runs_once_per_batch_or_later_on_its_own_when_rate_limited(
         assert seen == [1, 3]  # and not again while nothing was written
     finally:
         db.close()
+
+
+def test_closing_runs_the_hooks_still_owed(tmp_path: Path) -> None:
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    seen: list[int] = []
+    db.add_batch_hook(lambda c: seen.append(c.execute("SELECT COUNT(*) FROM a").fetchone()[0]),
+                      min_interval_s=60)
+    db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (1)"))
+    db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (2)"))
+    assert seen == [1]  # the second is owed for a minute
+    db.close()
+    assert seen == [1, 2]  # but closing does not wait for it, nor drop it
