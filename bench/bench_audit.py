@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -195,6 +198,8 @@ def main() -> int:
     p.add_argument("--lines", type=int, default=1_000_000)
     p.add_argument("--small-lines", type=int, default=100_000)
     p.add_argument("--no-pets", action="store_true", help="skip the all-pets sweep")
+    p.add_argument("--no-export", action="store_true", help="sweeps only")
+    p.add_argument("--json", type=Path, default=None, help="write the headline rows here")
     p.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.phase:
@@ -213,8 +218,16 @@ def main() -> int:
     print(f"plain loop reading the list   {base['seconds']:7.2f} s {base['rate']:10.0f} inst/s  "
           f"peak {mb(base['peak_kb'])}, growth {mb(base['growth_kb'])}")
     variants = [("ok", "ok fleet")] + ([] if a.no_pets else [("pets", "all pets")])
+    rows = []
     for kind, label in variants:
         r = child("sweep", str(n), kind)
+        if kind == "ok":
+            x = r["steady"]
+            ratio = x["seconds"] / base["seconds"]
+            rows.append(report.row(f"audit sweep of {n:,} instances, steady (nothing changed)",
+                                   f"{x['seconds']:.2f} s ({x['records']} records)",
+                                   f"plain loop listing the same instances {base['seconds']:.2f} s",
+                                   ratio, "<= 3x the loop's time", ratio <= 3))
         for which in ("first", "steady"):
             x = r[which]
             print(f"sweep, {label}, {which:<6}       {x['seconds']:7.2f} s {x['rate']:10.0f} "
@@ -222,6 +235,9 @@ def main() -> int:
                   f"({x['records']} ledger records, {x['findings']} findings; "
                   f"{base['rate'] / x['rate']:.0f}x the plain loop's time)")
 
+    report.write(a.json, "python bench/bench_audit.py", rows)
+    if a.no_export:
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         fill = child("fill", str(state), str(a.lines))

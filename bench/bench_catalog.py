@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 from imm.cli.client import Client  # noqa: E402
 
 from daemon import Immd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 
 PAGE = 1000  # immctl image list --all asks for pages of this many
 SIGNED_TABLES = ("images", "artifacts", "channel_history", "revocations", "keys")
@@ -114,6 +118,42 @@ def register_api(sock: Path, paths: list[str], start: int, connections: int) -> 
                     if done[0] % step == 0:
                         log(f"  registered {done[0]:,}/{n:,} "
                             f"({done[0] / (time.perf_counter() - t0):,.0f}/s, load {loadavg()})")
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
+def register_batches(sock: Path, paths: list[str], start: int, per_request: int,
+                     connections: int) -> float:
+    """Register ``paths`` through ``POST /v1/images/batch``, ``per_request`` images a request,
+    from ``connections`` keep-alive clients; seconds."""
+    chunks = [(k, paths[k:k + per_request]) for k in range(0, len(paths), per_request)]
+    nxt = iter(chunks)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        c = Client(str(sock))
+        try:
+            while True:
+                with lock:
+                    item = next(nxt, None)
+                if item is None:
+                    return
+                k, chunk = item
+                r = c.request("POST", "/v1/images/batch",
+                              {"images": [spec(start + k + j, p) for j, p in enumerate(chunk)]})
+                if not all(x["created"] for x in r["images"]):
+                    raise RuntimeError(f"batch at {start + k} created not every image")
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)
 
@@ -192,6 +232,44 @@ def sqlite_floor(immd: Immd, path: Path, per_row_commit: bool) -> tuple[int, flo
     dt = time.perf_counter() - t0
     conn.close()
     return len(rows), dt
+
+
+def signing_peer(paths: list[str], path: Path, commit_every: int, start: int = 0) -> float:
+    """What registering an image is at least, with public tools: per file, sha256 of its bytes
+    (hashlib), a JSON record signed as a DSSE envelope with Ed25519 (cryptography, PAE as the
+    DSSE spec says) and one INSERT of the record and envelope (sqlite3, same pragmas as immd),
+    committing every ``commit_every`` rows. Seconds."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    ptype = b"application/vnd.imm.image.v1+json"
+    conn = sqlite3.connect(str(path), isolation_level=None)  # kept across rounds, like immd's
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS images (digest TEXT PRIMARY KEY, name TEXT, "
+                 "version TEXT, content_digest TEXT, envelope TEXT, UNIQUE(name, version))")
+    t0 = time.perf_counter()
+    conn.execute("BEGIN")
+    for k, p in enumerate(paths):
+        with open(p, "rb") as f:
+            content = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        sp = spec(start + k, p)
+        body = json.dumps({"name": sp["name"], "version": sp["version"],
+                           "content_digest": content}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        sig = key.sign(b"DSSEv1 %d %s %d %s" % (len(ptype), ptype, len(body), body))
+        env = json.dumps({"payloadType": ptype.decode(), "payload": base64.b64encode(body).decode(),
+                          "signatures": [{"keyid": "k", "sig": base64.b64encode(sig).decode()}]})
+        conn.execute("INSERT INTO images VALUES (?,?,?,?,?)",
+                     ("sha256:" + hashlib.sha256(body).hexdigest(), sp["name"], sp["version"],
+                      content, env))
+        if (k + 1) % commit_every == 0:
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+    conn.execute("COMMIT")
+    dt = time.perf_counter() - t0
+    conn.close()
+    return dt
 
 
 # --- (b) list --------------------------------------------------------------------------------
@@ -297,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pyc-cache", action="store_true",
                     help="run immctl as the environment says (e.g. PYTHONDONTWRITEBYTECODE)")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the temporary dir")
+    ap.add_argument("--commit-every", type=int, default=100,
+                    help="the signing peer commits every this many rows (default 100)")
+    ap.add_argument("--batch", type=int, default=100,
+                    help="also register N more images through POST /v1/images/batch, this many "
+                         "per request (default 100, as the peer commits; 0 skips)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="register, peer and batch phases interleaved in this many rounds")
+    ap.add_argument("--skip-list-verify", action="store_true", help="register only")
+    ap.add_argument("--json", type=Path, default=None, help="write the headline rows here")
     args = ap.parse_args(argv)
     if not shutil.which("curl"):
         raise SystemExit("curl is needed for the curl peers")
@@ -317,18 +404,30 @@ def main(argv: list[str] | None = None) -> int:
         paths = make_files(tmp / "files", n)
         sample = args.sample
         sample_paths = make_files(tmp / "files", 2 * sample, start=n) if sample else []
+        batch_paths = make_files(tmp / "files", n, start=n + 2 * sample) if args.batch else []
         log(f"wrote {n + 2 * sample:,} tiny files in {time.perf_counter() - t0:.1f} s")
 
         # (a) register
         cpu0 = immd.cpu()
         res["load_register"] = loadavg()
-        res["register_s"] = register_api(sock, paths, 0, args.connections)
+        # imm one per request, the signing peer, imm in batches: interleaved in rounds over
+        # the same slices, so a noisy neighbour hurts all three alike
+        res["register_s"] = res["peer_s"] = res["batch_s"] = 0.0
+        step = -(-n // max(args.rounds, 1))
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            res["register_s"] += register_api(sock, paths[a:b], a, args.connections)
+            res["peer_s"] += signing_peer(paths[a:b], tmp / "peer.db", args.commit_every, a)
+            if args.batch:
+                res["batch_s"] += register_batches(sock, batch_paths[a:b], n + 2 * sample + a,
+                                                   args.batch, args.connections)
         res["register_cpu"] = immd.cpu() - cpu0
         res["load_register_end"] = loadavg()
-        log(f"registered {n:,} in {res['register_s']:.1f} s")
+        log(f"registered {n:,} in {res['register_s']:.1f} s (and {n:,} in batches of "
+            f"{args.batch} in {res['batch_s']:.1f} s) in {args.rounds} rounds")
         res["floor_rows"], res["floor_s"] = sqlite_floor(immd, tmp / "floor.db", False)
         _, res["floor_commit_s"] = sqlite_floor(immd, tmp / "floor.db", True)
-        log("sqlite floor done")
+        log("sqlite floor and signing peer done")
         if sample:
             chunk = max(min(250, sample), 1)
             client_s = curl_s = 0.0
@@ -340,54 +439,56 @@ def main(argv: list[str] | None = None) -> int:
             res["sample_client_s"], res["sample_curl_s"] = client_s, curl_s
             log("client/curl sample done")
 
-        # (b) list
-        queries = page_queries(sock)
-        res["pages"] = len(queries)
-        best_i = best_c = float("inf")
-        cpu_i = cpu_c = 0.0
-        res["load_list"] = loadavg()
-        for r in range(args.repeat):
-            order = ("immctl", "curl") if r % 2 == 0 else ("curl", "immctl")
-            for side in order:
-                c0 = immd.cpu()
-                if side == "immctl":
-                    dt, cnt_i = list_immctl(immd, tmp / "list-immctl.json")
-                    best_i, cpu_i = min(best_i, dt), immd.cpu() - c0
-                else:
-                    dt, cnt_c = list_curl(sock, queries, tmp / "list-curl.json")
-                    best_c, cpu_c = min(best_c, dt), immd.cpu() - c0
-        if cnt_i != cnt_c:
-            raise RuntimeError(f"immctl listed {cnt_i} images, curl {cnt_c}")
-        res.update(list_immctl_s=best_i, list_curl_s=best_c, listed=cnt_i,
-                   list_cpu_immctl=cpu_i, list_cpu_curl=cpu_c)
-        log(f"listing done ({cnt_i:,} images in {len(queries)} pages)")
-
-        # (c) verify
-        sigs = signatures(immd)
-        best_v = best_f = float("inf")
-        res["load_verify"] = loadavg()
-        for r in range(args.verify_repeat):
-            order = ("immctl", "floor") if r % 2 == 0 else ("floor", "immctl")
-            for side in order:
-                if side == "immctl":
-                    c0 = immd.cpu()
-                    dt, checked = verify_immctl(immd)
-                    best_v, res["verify_cpu"] = min(best_v, dt), immd.cpu() - c0
-                else:
-                    best_f = min(best_f, verify_floor(sigs))
-        if checked != len(sigs):
-            raise RuntimeError(f"immd checked {checked} rows, the floor {len(sigs)} signatures")
-        res.update(verify_s=best_v, verify_floor_s=best_f, checked=checked)
         res["load_end"] = loadavg()
-        log("verify done")
+        if not args.skip_list_verify:
+            # (b) list
+            queries = page_queries(sock)
+            res["pages"] = len(queries)
+            best_i = best_c = float("inf")
+            cpu_i = cpu_c = 0.0
+            res["load_list"] = loadavg()
+            for r in range(args.repeat):
+                order = ("immctl", "curl") if r % 2 == 0 else ("curl", "immctl")
+                for side in order:
+                    c0 = immd.cpu()
+                    if side == "immctl":
+                        dt, cnt_i = list_immctl(immd, tmp / "list-immctl.json")
+                        best_i, cpu_i = min(best_i, dt), immd.cpu() - c0
+                    else:
+                        dt, cnt_c = list_curl(sock, queries, tmp / "list-curl.json")
+                        best_c, cpu_c = min(best_c, dt), immd.cpu() - c0
+            if cnt_i != cnt_c:
+                raise RuntimeError(f"immctl listed {cnt_i} images, curl {cnt_c}")
+            res.update(list_immctl_s=best_i, list_curl_s=best_c, listed=cnt_i,
+                       list_cpu_immctl=cpu_i, list_cpu_curl=cpu_c)
+            log(f"listing done ({cnt_i:,} images in {len(queries)} pages)")
+
+            # (c) verify
+            sigs = signatures(immd)
+            best_v = best_f = float("inf")
+            res["load_verify"] = loadavg()
+            for r in range(args.verify_repeat):
+                order = ("immctl", "floor") if r % 2 == 0 else ("floor", "immctl")
+                for side in order:
+                    if side == "immctl":
+                        c0 = immd.cpu()
+                        dt, checked = verify_immctl(immd)
+                        best_v, res["verify_cpu"] = min(best_v, dt), immd.cpu() - c0
+                    else:
+                        best_f = min(best_f, verify_floor(sigs))
+            if checked != len(sigs):
+                raise RuntimeError(f"immd checked {checked} rows, the floor {len(sigs)} signatures")
+            res.update(verify_s=best_v, verify_floor_s=best_f, checked=checked)
+            res["load_end"] = loadavg()
+            log("verify done")
 
     # -- table --
     print(f"imm catalog benchmark: N={n:,} images registered through immd's API "
           f"({args.connections} keep-alive connection(s)); python {sys.version.split()[0]}, "
           f"sqlite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
     print(f"load average (1/5/15 min): at register start {res['load_register']}, register end "
-          f"{res['load_register_end']}, listing {res['load_list']}, verify {res['load_verify']}, "
-          f"end {res['load_end']}")
+          f"{res['load_register_end']}, listing {res.get('load_list', '-')}, verify "
+          f"{res.get('load_verify', '-')}, end {res['load_end']}")
     print()
     head = f"{'':40} {'imm':>14}   {'peer':<44} {'peer':>14} {'imm/peer':>9}"
     print(head)
@@ -403,11 +504,29 @@ def main(argv: list[str] | None = None) -> int:
          reg / (fl / res["floor_s"]))
     line("", "", "bare INSERTs, a transaction per row", rate(fl, res["floor_commit_s"]),
          reg / (fl / res["floor_commit_s"]))
+    peer_rate = n / res["peer_s"]
+    line("", "", f"sha256+DSSE Ed25519 sign+INSERT, commit/{args.commit_every}",
+         rate(n, res["peer_s"]), reg / peer_rate)
+    peer_text = (f"sha256 + Ed25519 DSSE sign + SQLite INSERT, commit per {args.commit_every}: "
+                 f"{rate(n, res['peer_s'])}")
+    rows = [report.row(f"register {n:,} images, one per request ({args.connections} connections)",
+                       rate(n, res["register_s"]), peer_text, reg / peer_rate)]
+    if args.batch:
+        breg = n / res["batch_s"]
+        line(f"    batches of {args.batch} (images/s)", rate(n, res["batch_s"]),
+             f"sha256+DSSE Ed25519 sign+INSERT, commit/{args.commit_every}",
+             rate(n, res["peer_s"]), breg / peer_rate)
+        rows.append(report.row(f"register {n:,} images, {args.batch} per request "
+                               f"({args.connections} connections)", rate(n, res["batch_s"]),
+                               peer_text, breg / peer_rate, ">= 0.25x", breg / peer_rate >= 0.25))
+    report.write(args.json, "python bench/bench_catalog.py", rows)
     if args.sample:
         s = args.sample
         line(f"    sample {s:,}, 1 conn: Client", rate(s, res["sample_client_s"]),
              "curl -K, 1 keep-alive conn, same sample size", rate(s, res["sample_curl_s"]),
              res["sample_curl_s"] / res["sample_client_s"])
+    if args.skip_list_verify:
+        return 0
     listed = res["listed"]
     line(f"(b) list {listed:,} (s, lower=better)", f"{res['list_immctl_s']:.2f} s",
          f"curl, same {res['pages']} pages of {PAGE}, 1 conn", f"{res['list_curl_s']:.2f} s",

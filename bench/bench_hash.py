@@ -4,7 +4,7 @@
 
 Writes a file of random data in a temporary directory (under DIR if given), reads it once to
 warm the page cache (no cache drop: this measures hashing, not the disk), then times each row
-best-of-N and prints MiB/s and the ratio to a plain hashlib loop (1 MiB reads). All rows must
+N times and prints the median MiB/s and the ratio to a plain hashlib loop (1 MiB reads). All rows must
 agree on the digest.
 
 The "immctl image add" row is end to end: a real immd (started here on a temporary state dir,
@@ -35,10 +35,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import report  # noqa: E402
 
 from imm.catalog.digest import file_digest  # noqa: E402
 
@@ -53,6 +55,7 @@ class Row:
     fn: Callable[[], str]
     seconds: float = float("inf")
     digest: str = ""
+    runs: list[float] = field(default_factory=list)
 
 
 # --- rows: add new peers here ---------------------------------------------------------------
@@ -62,7 +65,7 @@ def measure(name: str, fn: Callable[[], str]) -> Row:
     """A row of the table: ``fn`` hashes the test file and returns its ``sha256:<hex>``.
 
     Rows are timed round-robin (row 1, row 2, ..., row 1, ...) so that a noisy neighbour on a
-    shared machine hurts every row alike; the best run of each counts.
+    shared machine hurts every row alike; the median run of each counts.
     """
     return Row(name, fn)
 
@@ -139,7 +142,9 @@ def run(table: list[Row], repeat: int) -> None:
         for row in table:
             t0 = time.perf_counter()
             row.digest = row.fn()
-            row.seconds = min(row.seconds, time.perf_counter() - t0)
+            row.runs.append(time.perf_counter() - t0)
+    for row in table:
+        row.seconds = statistics.median(row.runs)
 
 
 # --- harness ---------------------------------------------------------------------------------
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=2048, help="size of the test file (MiB)")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the temporary file")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the median counts")
+    ap.add_argument("--json", type=Path, default=None, help="write the headline rows here")
     ap.add_argument("--no-immd", action="store_true", help="leave out the immctl image add row")
     ap.add_argument("--no-pyc-cache", action="store_true",
                     help="run immd/immctl as the environment says (e.g. PYTHONDONTWRITEBYTECODE)")
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             fixed = fixed_cost(immd, Path(tmp))
     base = results[0].seconds
     mib = size / (1 << 20)
-    print(f"file: {args.size_mib} MiB, page cache warm, best of {args.repeat}, {os.cpu_count()} "
+    print(f"file: {args.size_mib} MiB, page cache warm, median of {args.repeat}, {os.cpu_count()} "
           f"CPUs; load average (1/5/15 min) at start {' '.join(f'{x:.2f}' for x in load0)}, "
           f"at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'row':<30} {'MiB/s':>9} {'seconds':>9} {'vs hashlib':>11}")
@@ -205,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{fixed * 1000:.0f} ms median; 'immctl image add' minus it: "
               f"{mib / (add.seconds - fixed):.0f} MiB/s, "
               f"{base / (add.seconds - fixed):.2f}x hashlib")
+    byname = {r.name: r for r in results}
+    rep = [report.row(f"hash a {args.size_mib} MiB file (median of {args.repeat})",
+                      f"file_digest {mib / byname['imm file_digest'].seconds:.0f} MiB/s",
+                      f"hashlib loop {mib / base:.0f} MiB/s",
+                      base / byname["imm file_digest"].seconds)]
+    if "immctl image add" in byname:
+        add = byname["immctl image add"]
+        rep.append(report.row(f"immctl image add of a {args.size_mib} MiB file, end to end",
+                              f"{mib / add.seconds:.0f} MiB/s", f"hashlib loop {mib / base:.0f} MiB/s",
+                              base / add.seconds))
+    report.write(args.json, "python bench/bench_hash.py", rep)
     digests = {r.digest for r in results}
     if len(digests) != 1:
         print("ERROR: rows disagree on the digest:", file=sys.stderr)

@@ -56,6 +56,10 @@ class Settings:
     state_url: str = ""
     state_password_env: str = ""
     state_password_file: str = ""
+    # One ledger checkpoint per committed batch of writes (0), or at most one per this many ms
+    # (the head then trails the last records by at most that long; it is always signed and of
+    # a committed tree).
+    checkpoint_interval_ms: int = 0
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -166,6 +170,11 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
         raise _err(source, f"ledger.origin {origin!r} must be one word without spaces or '+'")
+    cp_interval = ledger.get("checkpoint_interval_ms", 0)
+    if isinstance(cp_interval, bool) or not isinstance(cp_interval, int) \
+            or not 0 <= cp_interval <= 60_000:
+        raise _err(source, f"ledger.checkpoint_interval_ms {cp_interval!r} must be an integer "
+                           "from 0 (one checkpoint per committed batch) to 60000")
 
     def tables(name: str) -> dict[str, dict[str, Any]]:
         section = data.get(name, {})
@@ -194,7 +203,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         source=source, state_dir=state, socket=sock, socket_mode=mode, socket_group=group,
         admin_group=str(d.get("admin_group", "imm-admin")), owner_is_admin=owner_is_admin,
         max_body_bytes=max_body, tcp=tcp, image_roots=image_roots,
-        log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
+        log_level=str(d.get("log_level", "info")), ledger_origin=origin,
+        checkpoint_interval_ms=cp_interval, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
         analysis=dict(data.get("analysis", {})),

@@ -8,7 +8,10 @@ daemon answers with, and the exit code ``immctl`` ends with. The daemon turns th
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # Exit codes immctl uses. Stable: scripts rely on them.
 EXIT_OK = 0

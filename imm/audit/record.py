@@ -1,7 +1,9 @@
 """A sweep's writes: each chunk of instances judged and recorded in one transaction.
 
-``apply_chunk`` opens, refreshes or closes observations, opens or resolves findings, and commits
-the events of all that by one signed ledger record (``events.record_events``); ``close_unseen``
+``apply_chunk`` opens, closes or (when its state, verdicts, image or service changed) rewrites
+observations, opens or resolves findings, and commits
+the events of all that by one signed ledger record (``events.record_events``); an observation
+seen unchanged is not written at all (its ``last_seen`` is when it last changed). ``close_unseen``
 closes what a completed listing did not see. Both run on the database's writer thread. The
 ``sweeps`` table functions keep each sweep's row.
 """
@@ -52,6 +54,12 @@ class SweepRun:
     actor: str
     catalog: Catalog
     facts: CatalogFacts
+    # (region, instance id) of every instance each provider listed in this sweep: what
+    # close_unseen keeps open. Unchanged observations are not rewritten, so the table alone
+    # cannot tell "seen, unchanged" from "not seen".
+    seen: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # where close_unseen's scan of a provider's open observations has got to
+    close_after: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
 
 # -- event bodies (the signed, exported facts) ------------------------------------------------
@@ -197,8 +205,8 @@ class _Writer:
         return r
 
 
-_OBS_COLS = ("region, instance_id, image_id, digest, service, first_seen, last_seen, "
-             "ledger_index, entry")
+_OBS_COLS = ("region, instance_id, image_id, digest, service, state, verdicts, first_seen, "
+             "last_seen, ledger_index, entry")
 _FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict, detail, "
                  "opened_at, open_ledger_index, open_entry")
 
@@ -208,6 +216,7 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     """Judge one chunk of a provider's instances and record what changed (one transaction)."""
     w = _Writer(conn, run, provider)
     ids = [it.instance.id for it in items]
+    seen = run.seen.setdefault(provider, set())
     open_obs = {(r["region"], r["instance_id"]): r for r in _in(
         conn, f"SELECT {_OBS_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
               "provider=? AND instance_id IN (?*)", (provider,), ids)}
@@ -223,13 +232,16 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
         verdict_text = (OK_TEXT if verdicts == OK else json.dumps(
             [{"verdict": v, "detail": d} for v, d in verdicts], sort_keys=True, ensure_ascii=False))
         key = (inst.region, inst.id)
+        seen.add(key)
         obs = open_obs.get(key)
         if obs is not None and obs["image_id"] != inst.image_id:
             w.close_observation(obs, "image changed")
             obs = None
         if obs is None:
             w.open_observation(inst, facts_image, service, verdict_text)
-        else:
+        elif (obs["state"], obs["verdicts"], obs["digest"], obs["service"]) != (
+                inst.state, verdict_text, facts_image, service):
+            # changed: rewrite it; an unchanged observation is left as it is (no write)
             w.obs_refresh.append((w.at, inst.state, verdict_text, run.id, facts_image, service,
                                   provider, inst.region, inst.id, inst.image_id))
         current = open_findings.get(key, {})
@@ -246,10 +258,20 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
 
 def close_unseen(conn: Connection, run: SweepRun, provider: str,
                  limit: int = CHUNK) -> ChunkResult:
-    """Close up to ``limit`` observations of ``provider`` this sweep did not see."""
+    """Close the observations of ``provider`` this sweep did not see, scanning up to ``limit``
+    of its open observations per call (``more`` says whether to call again)."""
     w = _Writer(conn, run, provider)
-    rows = query(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
-                       "closed_at IS NULL AND last_sweep < ? LIMIT ?", (provider, run.id, limit))
+    after = run.close_after.get(provider, ("", "", ""))
+    scanned = query(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
+                          "closed_at IS NULL AND (region, instance_id, image_id) > (?, ?, ?) "
+                          "ORDER BY region, instance_id, image_id LIMIT ?",
+                    (provider, *after, limit))
+    w.result.more = len(scanned) == limit
+    if scanned:
+        last = scanned[-1]
+        run.close_after[provider] = (last["region"], last["instance_id"], last["image_id"])
+    seen = run.seen.get(provider, set())
+    rows = [r for r in scanned if (r["region"], r["instance_id"]) not in seen]
     if not rows:
         return w.result
     findings: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -261,7 +283,6 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
         w.close_observation(obs, "gone")
         for f in findings.pop((obs["region"], obs["instance_id"]), []):
             w.resolve_finding(f, "the instance is gone")
-    w.result.more = len(rows) == limit
     return w.flush()
 
 

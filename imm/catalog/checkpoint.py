@@ -219,3 +219,12 @@ def verify(note: str | bytes, name: str, pub: Ed25519PublicKey) -> tuple[str, in
     bad signature, bad size or root encoding.
     """
     return parse_body(verify_note(note, name, pub))
+
+
+def checkpoint_size(note: str) -> int | None:
+    """The tree size a signed note claims (its second line), unverified; None if unreadable."""
+    lines = note.split("\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 1 else None
+    except ValueError:
+        return None

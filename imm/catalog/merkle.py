@@ -355,12 +355,15 @@ class MerkleLog:
             (i, data, h, created_at),
         )
         j, level = i, 0
+        nodes: list[tuple[int, int, bytes]] = []
         while j & 1:
             left = self._subtree_hash(level, j - 1)
             h = _sha256(NODE_PREFIX + left + h).digest()
             j >>= 1
             level += 1
-            self._insert_nodes([(level, j, h)])
+            nodes.append((level, j, h))
+        if nodes:  # the subtrees this leaf completes, in one statement
+            self._insert_nodes(nodes)
         return i
 
     def append_many(self, items: Iterable[tuple[bytes, int]]) -> int:

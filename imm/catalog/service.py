@@ -2,8 +2,10 @@
 
 Every mutation here runs inside one database transaction (``Database.write``): it builds a record,
 signs it as a DSSE envelope, appends the envelope to the Merkle ledger, writes the rows that
-index it, and signs a fresh checkpoint. If anything raises, the transaction rolls back and the
-catalog, ledger and checkpoint are as they were.
+index it, and signs a fresh checkpoint (or, with ``defer_checkpoints``, leaves the checkpoint to
+the store's batch hook, which signs one per committed batch of writes). If anything raises, the
+transaction (or the call's savepoint) rolls back and the catalog, ledger and checkpoint are as
+they were.
 
 Functions take the connection first so they can be handed straight to ``Database.write/read``.
 """
@@ -22,6 +24,7 @@ from ..errors import Ambiguous, BadRequest, ConfigError, Conflict, NotFound
 from ..store import Connection, now, query, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
+from .checkpoint import checkpoint_size
 from .keys import KeyRing, keyid_of, public_pem
 from .manifest import build_manifest, image_digest
 from .merkle import MerkleLog
@@ -38,6 +41,9 @@ class Catalog:
     def __init__(self, keyring: KeyRing, origin: str) -> None:
         self.keyring = keyring
         self.origin = origin
+        # True when the store signs one checkpoint per committed batch (Database.add_batch_hook
+        # with checkpoint_if_behind): records then leave the checkpoint to it.
+        self.defer_checkpoints = False
 
     # -- records and the ledger ---------------------------------------------------------------
 
@@ -52,7 +58,16 @@ class Catalog:
         idx = MerkleLog(conn).append(text.encode("utf-8"), int(datetime.now(UTC).timestamp()))
         return env, idx, text
 
-    def checkpoint(self, conn: Connection, when: int | None = None) -> str:
+    def checkpoint(self, conn: Connection, when: int | None = None) -> str | None:
+        """Sign a checkpoint of the ledger as it is, after a record was appended; or, when
+        ``defer_checkpoints`` is set, leave it to the store's batch hook
+        (:meth:`checkpoint_if_behind`), which signs one per committed batch or interval. With
+        ``when`` (re-signing a head to keep it fresh) it always signs, at that time."""
+        if self.defer_checkpoints and when is None:
+            return None
+        return self.sign_checkpoint(conn, when)
+
+    def sign_checkpoint(self, conn: Connection, when: int | None = None) -> str:
         """Sign the current head; its text carries the time (see freshness.py)."""
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin,
@@ -61,6 +76,16 @@ class Catalog:
         conn.execute("INSERT INTO meta(key, value) VALUES ('checkpoint', ?) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (note,))
         return note
+
+    def checkpoint_if_behind(self, conn: Connection) -> str | None:
+        """The batch hook: sign a checkpoint when the stored one is not of the ledger's size.
+        It runs inside the batch's transaction, so the checkpoint commits with the leaves it
+        covers: ``ledger head`` is always a signed checkpoint of a committed tree."""
+        size = MerkleLog(conn).size()
+        row = query_one(conn, "SELECT value FROM meta WHERE key='checkpoint'")
+        if row is not None and checkpoint_size(row["value"]) == size:
+            return None
+        return self.sign_checkpoint(conn)
 
     # -- keys ---------------------------------------------------------------------------------
 

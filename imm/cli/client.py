@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..errors import EXIT_ERROR
 
-SYSTEM_SOCKET = Path("/run/imm/immd.sock")
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+SYSTEM_SOCKET = "/run/imm/immd.sock"
 
 
 def default_socket() -> str:
     env = os.environ.get("IMM_SOCKET")
     if env:
         return env
-    if SYSTEM_SOCKET.exists():
-        return str(SYSTEM_SOCKET)
+    if os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
     return os.path.expanduser("~/.local/state/imm/immd.sock")
 
 
@@ -185,6 +188,41 @@ class Client:
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
         self._conn: UnixHTTPConnection | None = None
+
+    def stream_lines(self, path: str) -> Iterator[Any]:
+        """GET ``path`` and yield each JSON line of its (chunked) answer as it arrives, on a
+        connection of its own that is closed at the end."""
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            try:
+                conn.request("GET", path, headers={"Accept": "application/x-ndjson"})
+                resp = conn.getresponse()
+            except FileNotFoundError:
+                raise DaemonUnreachable(f"no immd socket at {self.socket_path}") from None
+            except (ConnectionError, OSError, ValueError) as e:
+                raise DaemonUnreachable(f"cannot talk to immd at {self.socket_path}: {e}") from None
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    err = json.loads(raw).get("error", {})
+                except ValueError:
+                    err = {}
+                raise ApiError(resp.status, err.get("code", "http-error"),
+                               err.get("message", raw.decode(errors="replace")), err.get("detail"))
+            buf = b""
+            while True:
+                data = resp.read1(1 << 16)
+                if not data:
+                    break
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if buf.strip():
+                yield json.loads(buf)
+        finally:
+            conn.close()
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, pass_fd: int | None = None) -> Any:

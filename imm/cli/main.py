@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import (
     ERROR_CLASSES,
@@ -24,6 +23,10 @@ from ..errors import (
 from . import audit_cmds, rollout_cmds, token_cmds, trust_cmds
 from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
 from .render import block, emit_json, emit_list, short, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -127,13 +130,34 @@ def open_image(path: str) -> int:
     return fd
 
 
-def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
-    path = os.path.abspath(a.path)
-    fd = open_image(path)
+BATCH = 500  # images per request of a bulk add (the daemon takes up to 1000)
+
+
+def _image_body(a: argparse.Namespace, given: str, n: int) -> dict[str, object]:
+    path = os.path.abspath(given)
+    if not os.path.exists(path):
+        raise Fail(f"path {given} does not exist; give the disk image file or image directory",
+                   EXIT_USAGE)
+    base = os.path.basename(path.rstrip("/"))
+    stem = base.split(".", 1)[0] or base
+    fill = {"stem": stem, "n": str(n)}
     try:
-        r = c.request("POST", "/v1/images", {
-            "path": path, "name": a.name, "version": a.version, "layers": a.layer,
-            "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label}, pass_fd=fd)
+        name, version = a.name.format(**fill), a.version.format(**fill)
+    except (KeyError, IndexError, ValueError) as e:
+        raise Fail(f"--name {a.name!r} / --version {a.version!r}: only the placeholders {{stem}} "
+                   f"and {{n}} may appear ({e})", EXIT_USAGE) from None
+    return {"path": path, "name": name, "version": version, "layers": a.layer,
+            "boot_actions": a.boot_action, "parent": a.parent, "labels": a.label}
+
+
+def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
+    paths: list[str] = a.path
+    if len(paths) > 1:
+        return _image_add_many(c, a, paths)
+    body = _image_body(a, paths[0], 1)
+    fd = open_image(str(body["path"]))
+    try:
+        r = c.request("POST", "/v1/images", body, pass_fd=fd)
     finally:
         os.close(fd)
     if a.json:
@@ -141,6 +165,25 @@ def cmd_image_add(c: Client, a: argparse.Namespace) -> int:
     else:
         print(("registered " if r["created"] else "already registered ")
               + f"{r['name']}@{r['version']} {r['digest']}")
+    return 0
+
+
+def _image_add_many(c: Client, a: argparse.Namespace, paths: list[str]) -> int:
+    if not any(p in a.name + a.version for p in ("{stem}", "{n}")):
+        raise Fail(f"{len(paths)} paths need distinct versions (or names): put {{stem}} (the "
+                   "file name without extension) or {n} (its position, from 1) in --version or "
+                   "--name, e.g. --version '1.0-{stem}'", EXIT_USAGE)
+    bodies = [_image_body(a, p, k) for k, p in enumerate(paths, 1)]
+    results: list[dict[str, object]] = []
+    for k in range(0, len(bodies), BATCH):
+        r = c.request("POST", "/v1/images/batch", {"images": bodies[k:k + BATCH]})
+        results.extend(r["images"])
+    if a.json:
+        emit_json({"images": results})
+    else:
+        for r in results:
+            print(("registered " if r["created"] else "already registered ")
+                  + f"{r['name']}@{r['version']} {r['digest']}")
     return 0
 
 
@@ -504,12 +547,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "immctl keys rotate")
 
     img = group("image", "the image catalog")
-    sp = add(img, "add", cmd_image_add, "register a disk-image file or image directory",
+    sp = add(img, "add", cmd_image_add, "register disk-image files or image directories",
              "immctl image add /tmp/imm-images/v2 --name web --version v2 "
              "--layer os=debian@12")
-    sp.add_argument("path", help="a disk-image file or an image directory")
-    sp.add_argument("--name", required=True, help="image name, e.g. web")
-    sp.add_argument("--version", required=True, help="image version, e.g. v2 or 1.4.2")
+    sp.add_argument("path", nargs="+", help="one or more; several go in one request per "
+                    f"{BATCH}, each its own signed record (several need [daemon] image_roots: "
+                    "only one image is passed as an open descriptor)")
+    sp.add_argument("--name", required=True, help="image name, e.g. web; may hold {stem} or {n} "
+                    "(see --version)")
+    sp.add_argument("--version", required=True,
+                    help="image version, e.g. v2; with several paths, put {stem} (file name "
+                         "without extension) or {n} (position, from 1) in it, e.g. '1.0-{stem}'")
     sp.add_argument("--layer", action="append", default=[], metavar="ROLE=NAME@VERSION",
                     help="a baked layer (os, runtime, framework, app); repeatable")
     sp.add_argument("--boot-action", action="append", default=[], metavar="TEXT",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from ..errors import EXIT_ERROR, EXIT_NOT_FOUND
 from ..rollout.states import (
@@ -25,8 +24,13 @@ from ..rollout.states import (
     WAITS,
 )
 from . import trust_cmds
-from .client import Client, Fail, ascii_int, image_names, seg
+from .client import ApiError, Client, Fail, ascii_int, image_names, seg
 from .render import block, emit_json, emit_list, short, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 
 def _final_counts(r: dict[str, Any]) -> tuple[int, int, str]:
@@ -96,6 +100,23 @@ def rollout_id(c: Client, ref: str) -> str:
     return str((active or rows)[0]["id"])
 
 
+def updates(c: Client, rid: str) -> Iterator[dict[str, Any]]:
+    """The rollout each time it changes, streamed by the daemon (GET .../watch, one JSON object
+    per line) until it ends; polled every 0.2 s from a daemon without that endpoint."""
+    try:
+        yield from c.stream_lines(f"/v1/rollouts/{seg(rid)}/watch")
+        return
+    except ApiError as e:
+        if e.status != 404 or "no such API endpoint" not in e.message:
+            raise  # a 404 naming the rollout is a real answer; no endpoint: an older daemon
+    while True:
+        r = c.request("GET", f"/v1/rollouts/{seg(rid)}")
+        yield r
+        if r["state"] in TERMINAL:
+            return
+        time.sleep(0.2)
+
+
 def follow(c: Client, rid: str, as_json: bool) -> int:
     try:
         return _follow(c, rid, as_json)
@@ -112,8 +133,8 @@ def follow(c: Client, rid: str, as_json: bool) -> int:
 def _follow(c: Client, rid: str, as_json: bool) -> int:
     last = ""
     tty = sys.stderr.isatty()
-    while True:
-        r = c.request("GET", f"/v1/rollouts/{seg(rid)}")
+    r: dict[str, Any] = {}
+    for r in updates(c, rid):
         line = progress_line(r)
         if line != last and not as_json:
             sys.stderr.write(("\r\033[K" if tty else "") + line + ("" if tty else "\n"))
@@ -123,7 +144,6 @@ def _follow(c: Client, rid: str, as_json: bool) -> int:
             if tty and not as_json:
                 sys.stderr.write("\n")
             break
-        time.sleep(0.2)
     if as_json:
         emit_json(r)
     elif r["state"] == COMPLETED:

@@ -130,13 +130,12 @@ def path_field(data: dict[str, Any], name: str) -> str:
     return path
 
 
-async def images_add(request: web.Request) -> web.Response:
-    data = await body(request)
+def _image_spec(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     path = path_field(data, "path")
     actions = field(data, "boot_actions", list, default=[])
     if not all(isinstance(a, str) for a in actions):
         raise BadRequest("field 'boot_actions' must be a list of strings")
-    spec = {
+    return path, {
         "name": field(data, "name", str, required=True),
         "version": field(data, "version", str, required=True),
         "layers": _layers(data.get("layers")),
@@ -144,6 +143,10 @@ async def images_add(request: web.Request) -> web.Response:
         "parent": field(data, "parent", str),
         "labels": _labels(data.get("labels")),
     }
+
+
+async def images_add(request: web.Request) -> web.Response:
+    path, spec = _image_spec(await body(request))
     fd, reader = None, None
     if request.headers.get(FD_HEADER) == "1":
         peer = request["peer"]
@@ -151,6 +154,28 @@ async def images_add(request: web.Request) -> web.Response:
         reader = Reader(peer.uid, peer.groups)
     result = await d(request).add_image(actor(request), path, spec, fd=fd, reader=reader)
     return json_response(result, status=201 if result["created"] else 200)
+
+
+MAX_BATCH = 1000
+
+
+async def images_add_batch(request: web.Request) -> web.Response:
+    data = await body(request)
+    items = field(data, "images", list, required=True)
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise BadRequest(f"field 'images' holds {len(items)} images; send 1 to {MAX_BATCH} "
+                         "per request (split a larger set into several)")
+    specs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadRequest(f"images[{i}] must be an object like the body of POST /v1/images")
+        try:
+            specs.append(_image_spec(item))
+        except BadRequest as e:
+            raise BadRequest(f"images[{i}]: {e.message}", detail=e.detail) from None
+    results = await d(request).add_images(actor(request), specs)
+    created = any(r["created"] for r in results)
+    return json_response({"images": results}, status=201 if created else 200)
 
 
 async def images_import_packer(request: web.Request) -> web.Response:
@@ -343,6 +368,11 @@ ROUTES: list[Route] = [
               "layers": {"type": "array", "items": STR},
               "boot_actions": {"type": "array", "items": STR},
               "labels": {"type": "array", "items": STR}}}),
+    Route("POST", "/v1/images/batch", images_add_batch,
+          "Register many images in one request: each its own signed record, all or none",
+          body={"type": "object", "required": ["images"], "properties": {
+              "images": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                         "items": {"type": "object", "required": ["path", "name", "version"]}}}}),
     Route("POST", "/v1/images/import-packer", images_import_packer,
           "Import the builds of a Packer manifest post-processor file",
           body={"type": "object", "required": ["manifest"], "properties": {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from ..catalog import lifecycle
 from ..errors import BadRequest
-from ..rollout.states import STRATEGIES, VERBS
+from ..rollout.states import STRATEGIES, TERMINAL, VERBS
 from .http import body, field, json_response, query_int
 from .routes import Route, actor, d
 from .trust import TRUST
@@ -39,6 +41,29 @@ async def rollouts_show(request: web.Request) -> web.Response:
 
 async def rollouts_analysis(request: web.Request) -> web.Response:
     return json_response({"analysis": await d(request).engine.analyses(request.match_info["id"])})
+
+
+async def rollouts_watch(request: web.Request) -> web.StreamResponse:
+    """The rollout as it changes: one JSON object per line (chunked), a line whenever its
+    journal gets an entry, until it ends. No polling: the engine wakes this on each entry."""
+    engine = d(request).engine
+    rid = request.match_info["id"]
+    status = await engine.status(rid)  # an unknown id is a 404 before the stream starts
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    last = None
+    while True:
+        key = (status["state"], len(status.get("journal") or ()), status.get("step"))
+        if key != last:
+            await resp.write(json.dumps(status, ensure_ascii=False, default=str).encode() + b"\n")
+            last = key
+        if status["state"] in TERMINAL:
+            break
+        await engine.changed(rid, 5.0)  # a heartbeat re-check every 5 s at most
+        status = await engine.status(rid)
+    await resp.write_eof()
+    return resp
 
 
 async def rollouts_verb(request: web.Request) -> web.Response:
@@ -96,6 +121,9 @@ ROUTES = [
           tag="rollouts", query={"id": {"in": "path"}}),
     Route("GET", "/v1/rollouts/{id}/analysis", rollouts_analysis,
           "Every analysis run of a rollout, with its measurements and ledger index",
+          tag="rollouts", query={"id": {"in": "path"}}),
+    Route("GET", "/v1/rollouts/{id}/watch", rollouts_watch,
+          "The rollout as it changes, one JSON object per line (chunked) until it ends",
           tag="rollouts", query={"id": {"in": "path"}}),
     Route("POST", "/v1/rollouts/{id}/{verb}", rollouts_verb,
           "pause, resume, promote or abort a rollout", tag="rollouts",

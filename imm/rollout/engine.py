@@ -111,6 +111,10 @@ class Engine:
     async def analyses(self, rid: str) -> list[dict[str, Any]]:
         return await self.verbs.analyses(rid)
 
+    async def changed(self, rid: str, timeout_s: float) -> bool:
+        """Wait for the rollout's next journal entry (True) or ``timeout_s`` (False)."""
+        return await self.journal.changed(rid, timeout_s)
+
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.verbs.list(service, limit)
 

@@ -7,6 +7,7 @@ transactions, the :class:`Journal` methods are their async front.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +48,8 @@ class Journal:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # rollout id -> futures of those awaiting its next journal entry (see ``changed``)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def append(self, conn: Connection, rid: str, step: str, action: str,
                detail: Mapping[str, Any], actor: str, state: str | None = None,
@@ -87,8 +90,30 @@ class Journal:
         await self.notify(body)
 
     async def notify(self, body: dict[str, Any]) -> None:
-        """Tell the ``imm_rollout_event`` observers (a failing one is logged, never raised)."""
+        """Wake those awaiting the rollout's next entry, then tell the ``imm_rollout_event``
+        observers (a failing one is logged, never raised)."""
+        rid = body.get("rollout") or body.get("id")
+        for key in ([rid] if isinstance(rid, str) else list(self._waiters)):
+            for fut in self._waiters.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
         await self.ctx.plugins.rollout_event(body)
+
+    async def changed(self, rid: str, timeout_s: float) -> bool:
+        """Wait until the rollout's journal gets an entry (True) or ``timeout_s`` passes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(rid, set()).add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._waiters.get(rid)
+            if waiting is not None:
+                waiting.discard(fut)
+                if not waiting:
+                    self._waiters.pop(rid, None)
 
     async def load(self, rid: str) -> dict[str, Any]:
         return await self.ctx.store.read(load, rid)

@@ -6,7 +6,10 @@ under way" check, the HTTP API's enums) imports these names instead of spelling 
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Final
+
 
 # -- states: a rollout is ACTIVE until it reaches a TERMINAL state ------------------------------
 RUNNING: Final = "running"

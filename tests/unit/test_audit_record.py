@@ -86,3 +86,34 @@ def test_the_sweeps_table(world: World) -> None:
     assert world.db.write_sync(abort_stale) == 1  # only b was running
     row = world.db.write_sync(sweep_row, b)
     assert row["state"] == "aborted" and row["finished_at"] and row["actor"] == "bob"
+
+
+def test_a_sweep_writes_only_what_changed_and_closes_only_what_it_did_not_see(
+        world: World) -> None:
+    d1 = world.image("1")
+    fleet = [inst(f"i-{n}", "img-1", **managed(d1)) for n in range(4)]
+    run1 = new_run(world)
+    world.db.write_sync(apply_chunk, run1, "mem", [Observed(i) for i in fleet])
+    before = world.sql("SELECT instance_id, last_seen, last_sweep, state FROM observations "
+                       "ORDER BY instance_id")
+    ledger0 = world.sql("SELECT COUNT(*) AS n FROM ledger_leaves")[0]["n"]
+
+    run2 = new_run(world)
+    # i-0 unchanged, i-1 stopped (changed), i-2 unchanged, i-3 not listed (gone)
+    stopped = inst("i-1", "img-1", **managed(d1))
+    stopped = Instance(**{**stopped.__dict__, "state": "stopped"})
+    r = world.db.write_sync(apply_chunk, run2, "mem",
+                            [Observed(fleet[0]), Observed(stopped), Observed(fleet[2])])
+    assert (r.observations_opened, r.observations_closed, r.records) == (0, 0, 0)
+    c = world.db.write_sync(close_unseen, run2, "mem")
+    assert c.observations_closed == 1 and c.records == 1  # i-3: its close is ledgered
+    after = {row["instance_id"]: row for row in world.sql(
+        "SELECT instance_id, last_seen, last_sweep, state, closed_at FROM observations")}
+    old = {row["instance_id"]: row for row in before}
+    for unchanged in ("i-0", "i-2"):  # not rewritten: the row is as the first sweep left it
+        assert after[unchanged]["last_sweep"] == old[unchanged]["last_sweep"] == run1.id
+        assert after[unchanged]["closed_at"] is None
+    assert after["i-1"]["state"] == "stopped" and after["i-1"]["last_sweep"] == run2.id
+    assert after["i-3"]["closed_at"] is not None
+    # the ledger got one record: the close (a state change is not an observation event)
+    assert world.sql("SELECT COUNT(*) AS n FROM ledger_leaves")[0]["n"] == ledger0 + 1

@@ -57,3 +57,23 @@ def test_one_active_rollout_and_the_lookups_audit_uses(tmp_path: Path) -> None:
 
     asyncio.run(main())
     w.close()
+
+
+def test_a_watcher_is_woken_by_the_next_entry_not_by_a_timer(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    j = w.engine.journal
+
+    async def main() -> tuple[bool, bool, bool]:
+        await j.create("web-1", "web", "blue-green", "sha256:new", None, {"plan": []}, "alice",
+                       {"image": "sha256:new"})
+        idle = await w.engine.changed("web-1", 0.05)  # nothing happens: times out
+        waiter = asyncio.ensure_future(w.engine.changed("web-1", 30))
+        other = asyncio.ensure_future(w.engine.changed("web-2", 0.2))
+        await asyncio.sleep(0)
+        await j.record("web-1", "0-launch", "begin", {})
+        woken = await asyncio.wait_for(waiter, 5)  # well before its 30 s
+        return idle, woken, await other  # another rollout's watcher is not woken
+
+    assert asyncio.run(main()) == (False, True, False)
+    assert j._waiters == {}  # nothing left behind
+    w.close()

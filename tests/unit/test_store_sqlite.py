@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,115 @@ def test_reads_cannot_write(tmp_path: Path) -> None:
             asyncio.run(db.read(lambda c: c.execute("INSERT INTO a (x) VALUES (1)")))
     finally:
         db.close()
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+def _gated(db: Database) -> tuple[threading.Event, Callable[[Connection], None]]:
+    """A first write that holds the writer until released, so the next calls queue up."""
+    gate = threading.Event()
+
+    def hold(conn: Connection) -> None:
+        gate.wait(10)
+
+    return gate, hold
+
+
+def test_queued_writes_commit_together_and_a_failing_one_alone_is_rolled_back(
+        tmp_path: Path) -> None:
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    gate, hold = _gated(db)
+
+    def insert(conn: Connection, x: int, fail: bool) -> int:
+        conn.execute("INSERT INTO a (x) VALUES (?)", (x,))
+        if fail:
+            raise ValueError(f"no {x}")
+        return x
+
+    async def body() -> list[object]:
+        first = asyncio.ensure_future(db.write(hold))
+        await asyncio.sleep(0.05)  # the writer now holds `hold`; the rest queue behind it
+        calls = [db.write(insert, x, x == 3) for x in range(1, 6)]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        before = db.batches
+        got = asyncio.run(body())
+        assert got[:2] == [1, 2] and got[3:] == [4, 5]
+        assert isinstance(got[2], ValueError) and "no 3" in str(got[2])
+        # the five queued calls ran in one transaction (the held one in its own)
+        assert db.batches - before == 2
+        rows = db.write_sync(lambda c: [r["x"] for r in query(c, "SELECT x FROM a ORDER BY x")])
+        assert rows == [1, 2, 4, 5]
+    finally:
+        db.close()
+
+
+def test_a_batch_that_cannot_commit_answers_every_caller_with_the_error(tmp_path: Path) -> None:
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    broken = [True]
+
+    def hook(conn: Connection) -> None:
+        if broken[0]:
+            raise OSError("disk on fire")
+
+    db.add_batch_hook(hook)
+    try:
+        with pytest.raises(OSError, match="disk on fire"):
+            db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (7)"))
+        broken[0] = False
+        assert db.write_sync(lambda c: query(c, "SELECT x FROM a")) == []  # nothing half-done
+    finally:
+        db.close()
+
+
+def test_a_batch_hook_runs_once_per_batch_or_later_on_its_own_when_rate_limited(
+        tmp_path: Path) -> None:
+    import time
+
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    seen: list[int] = []
+
+    def hook(conn: Connection) -> None:
+        seen.append(conn.execute("SELECT COUNT(*) FROM a").fetchone()[0])
+
+    db.add_batch_hook(hook, min_interval_s=0.2)
+    try:
+        db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (1)"))
+        assert seen == [1]  # the first batch: due at once
+        db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (2)"))
+        db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (3)"))
+        assert seen == [1]  # not due yet: the writes are committed, the hook owed
+        deadline = time.monotonic() + 5
+        while seen == [1] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [1, 3]  # it ran on its own, after the last write
+        time.sleep(0.3)
+        assert seen == [1, 3]  # and not again while nothing was written
+    finally:
+        db.close()
+
+
+def test_closing_runs_the_hooks_still_owed(tmp_path: Path) -> None:
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    seen: list[int] = []
+    db.add_batch_hook(lambda c: seen.append(c.execute("SELECT COUNT(*) FROM a").fetchone()[0]),
+                      min_interval_s=60)
+    db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (1)"))
+    db.write_sync(lambda c: c.execute("INSERT INTO a (x) VALUES (2)"))
+    assert seen == [1]  # the second is owed for a minute
+    db.close()
+    assert seen == [1, 2]  # but closing does not wait for it, nor drop it
