@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
-SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins"}
+SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins", "signer"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level",
@@ -57,6 +57,7 @@ class Settings:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
+    signer: dict[str, Any] = field(default_factory=dict)  # [signer]: kind + that kind's keys
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,6 +149,9 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"state.url {shown!r} must be sqlite:///PATH or postgresql://...")
     if state_url.startswith("sqlite:///"):
         state_url = state_url.replace("{state_dir}", str(state))
+    signer = data.get("signer", {"kind": "file"})
+    if not isinstance(signer, dict) or not isinstance(signer.setdefault("kind", "file"), str):
+        raise _err(source, '[signer] must be a table with kind = "file" or "pkcs11" (or a plugin\'s)')
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
@@ -171,7 +175,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         max_body_bytes=max_body, tcp=tcp,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin, providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
-        plugins=dict(data.get("plugins", {})), raw=data, state_url=state_url,
+        plugins=dict(data.get("plugins", {})), raw=data, signer=signer, state_url=state_url,
         state_password_env=str(st.get("password_env", "")),
         state_password_file=str(st.get("password_file", "")),
     )

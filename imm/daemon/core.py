@@ -68,9 +68,14 @@ class Daemon:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(s.state_dir, 0o700)
-        self.keyring, created = KeyRing.load_or_create(s.keys_dir)
+        block = s.plugins.get("block", [])
+        if not isinstance(block, list):
+            raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
+        self.plugins = Plugins(block=block, extra=self.extra_plugins)
+        signer = self.plugins.signers.get(str(s.signer.get("kind", "file")))
+        self.keyring, created = KeyRing.load_or_create(s.keys_dir, signer(s.signer, s.keys_dir))
         if created:
-            log.info("created signing key %s", self.keyring.keyid)
+            log.info("created signing key %s in %s", self.keyring.keyid, self.keyring.description)
         self.db = open_state(s.state_location, SCHEMAS, state_dir=s.state_dir,
                              password_env=s.state_password_env,
                              password_file=s.state_password_file)
@@ -79,10 +84,6 @@ class Daemon:
             log.info("applied migrations: %s", ", ".join(applied))
         self.catalog = Catalog(self.keyring, s.ledger_origin)
         self.db.write_sync(self.catalog.init_keys, actor)
-        block = s.plugins.get("block", [])
-        if not isinstance(block, list):
-            raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
-        self.plugins = Plugins(block=block, extra=self.extra_plugins)
         self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
                                      self.timings)
         self.engine = Engine(self.context)
@@ -110,6 +111,7 @@ class Daemon:
         """Blocking: close the providers, routers and the store (after the app stopped)."""
         self.context.close_plugins()
         self.db.close()
+        self.keyring.close()
 
     # -- catalog operations that need more than one transaction -------------------------------
 
@@ -154,13 +156,13 @@ class Daemon:
         return await self.db.write(write_all)
 
     async def rotate_key(self, actor: str) -> dict[str, Any]:
-        new, staged = await asyncio.to_thread(self.keyring.stage_rotation)
+        new = await asyncio.to_thread(self.keyring.stage_rotation)
         try:
             result = await self.db.write(self.catalog.rotate_key, actor, new)
         except BaseException:
-            await asyncio.to_thread(self.keyring.abort_rotation, staged)
+            await asyncio.to_thread(self.keyring.abort_rotation)
             raise
-        await asyncio.to_thread(self.keyring.commit_rotation, new, staged)
+        await asyncio.to_thread(self.keyring.commit_rotation, new)
         log.info("rotated signing key %s -> %s", result["previous"], result["keyid"])
         return result
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .registry import ProviderRegistry, RouterRegistry
+    from .registry import ProviderRegistry, RouterRegistry, SignerRegistry
 
 PROJECT = "imm"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -33,6 +33,16 @@ def imm_register_routers(registry: RouterRegistry) -> None:
     """Register router classes: ``registry.add(RouterClass)``.
 
     :param registry: keyed by ``RouterClass.kind``.
+    """
+
+
+@hookspec
+def imm_register_signers(registry: SignerRegistry) -> None:
+    """Register signing-key stores: ``registry.add(KeyStoreClass)`` (imm.catalog.keys.KeyStore).
+
+    :param registry: keyed by ``KeyStoreClass.kind``, chosen by ``[signer] kind``; the class is
+        built with ``(config, keys_dir)``: the ``[signer]`` table and the directory of public keys.
+        It must sign Ed25519 (pure, RFC 8032) and keep the private key to itself.
     """
 
 

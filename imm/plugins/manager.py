@@ -21,7 +21,7 @@ import pluggy
 
 from ..errors import PluginError
 from . import hookspecs
-from .registry import ProviderRegistry, RouterRegistry
+from .registry import ProviderRegistry, RouterRegistry, SignerRegistry
 
 log = logging.getLogger("imm.plugins")
 
@@ -58,6 +58,8 @@ class Plugins:
         self.routers = RouterRegistry()
         self.pm.hook.imm_register_providers(registry=self.providers)
         self.pm.hook.imm_register_routers(registry=self.routers)
+        self.signers = SignerRegistry()
+        self.pm.hook.imm_register_signers(registry=self.signers)
 
     def _load_entry_points(self) -> None:
         """Load the ``imm`` entry-point group, naming the plugin that fails."""
