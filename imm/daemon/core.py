@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,6 +172,28 @@ class Daemon:
 
     async def verify_ledger(self) -> dict[str, Any]:
         return await self.db.read(verify_ledger, self.keyring, self.settings.ledger_origin)
+
+    async def backup_state(self) -> Path:
+        """A consistent copy of the SQLite state in a private temp file of the state dir.
+
+        The caller streams it and removes it. PostgreSQL states are backed up with pg_dump.
+        """
+        from ..store.sqlite import Database as SqliteDatabase
+
+        if not isinstance(self.db, SqliteDatabase):
+            raise BadRequest("the state is in PostgreSQL: back it up with pg_dump (or the "
+                             "server's own backups); 'immctl state backup' copies SQLite states")
+        fd, name = await asyncio.to_thread(
+            tempfile.mkstemp, prefix=".backup-", suffix=".db", dir=self.settings.state_dir)
+        os.close(fd)  # created 0600 by mkstemp
+        path = Path(name)
+        try:
+            size = await self.db.backup(path)
+        except BaseException:
+            await asyncio.to_thread(path.unlink, True)
+            raise
+        log.info("state backup: %d bytes", size)
+        return path
 
     async def status(self) -> dict[str, Any]:
         return {
