@@ -108,6 +108,31 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class KeyLookup(Protocol):
+    """What verification needs: the public keys by key id (a KeyRing, or PublicKeys)."""
+
+    def lookup(self, keyid: str) -> Ed25519PublicKey | None: ...
+
+    def keyids(self) -> list[str]: ...
+
+
+class PublicKeys:
+    """Every ``<keyid>.pub.pem`` of a keys directory: verifies, never signs (wherever the
+    private key lives: a file, a token)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._public: dict[str, Ed25519PublicKey] = {}
+        for p in sorted(directory.glob("*.pub.pem")):
+            pub = load_public_pem(p.read_bytes(), str(p))
+            self._public[keyid_of(pub)] = pub
+
+    def lookup(self, keyid: str) -> Ed25519PublicKey | None:
+        return self._public.get(keyid)
+
+    def keyids(self) -> list[str]:
+        return list(self._public)
+
+
 class FileKeyStore:
     """``[signer] kind = "file"``: the key is ``<state>/keys/signing.pem`` (mode 0600)."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..store import Connection, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
-from .keys import KeyRing
+from .keys import KeyLookup
 from .manifest import image_digest
 from .merkle import MerkleLog
 
@@ -57,7 +57,7 @@ def _rows(conn: Connection, table: str, where: str = "",
         yield dict(zip(cols, row, strict=True))
 
 
-def check_row(conn: Connection, keyring: KeyRing, table: str,
+def check_row(conn: Connection, keyring: KeyLookup, table: str,
               row: dict[str, Any]) -> list[Problem]:
     pk_cols, kind, fields = CHECKS[table]
     key = "/".join(str(row[c]) for c in pk_cols)
@@ -94,7 +94,7 @@ def check_row(conn: Connection, keyring: KeyRing, table: str,
     return out
 
 
-def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
+def verify_rows(conn: Connection, keyring: KeyLookup, digest: str | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     problems: list[Problem] = []
     checked = 0
@@ -113,7 +113,7 @@ def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
     return {"ok": not problems, "checked": checked, "problems": problems}
 
 
-def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def verify_ledger(conn: Connection, keyring: KeyLookup, origin: str) -> dict[str, Any]:
     log = MerkleLog(conn)
     size = log.size()
     problems: list[Problem] = list(log.verify_all())
