@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
-            "packer", "protect", "trust", "analysis", "notifications"}
+            "packer", "protect", "trust", "analysis", "notifications", "signer"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
@@ -69,6 +69,7 @@ class Settings:
     packer_providers: dict[str, str] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)  # [analysis]: prometheus_url, ...
     notifications: dict[str, Any] = field(default_factory=dict)  # [notifications.NAME]
+    signer: dict[str, Any] = field(default_factory=dict)  # [signer]: kind + that kind's keys
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,6 +167,9 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"state.url {shown!r} must be sqlite:///PATH or postgresql://...")
     if state_url.startswith("sqlite:///"):
         state_url = state_url.replace("{state_dir}", str(state))
+    signer = data.get("signer", {"kind": "file"})
+    if not isinstance(signer, dict) or not isinstance(signer.setdefault("kind", "file"), str):
+        raise _err(source, '[signer] must be a table with kind = "file" or "pkcs11" (or a plugin\'s)')
     ledger = data.get("ledger", {})
     origin = str(ledger.get("origin", "imm.local/ledger"))
     if not origin or any(c in origin for c in " +\n\t"):
@@ -209,7 +213,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
         analysis=dict(data.get("analysis", {})),
         notifications=dict(data.get("notifications", {})),
-        raw=data, state_url=state_url,
+        raw=data, signer=signer, state_url=state_url,
         state_password_env=str(st.get("password_env", "")),
         state_password_file=str(st.get("password_file", "")),
     )

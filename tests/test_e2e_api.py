@@ -102,13 +102,18 @@ print(json.dumps(out))
                     and not p.startswith("/v1/tokens")}
         assert mutating == set(results)
     # and through immctl, with a message saying what is needed
+    drop = tempfile.mkdtemp(prefix="imm-drop-")  # where 'nobody' may write a backup FILE
+    os.chmod(drop, 0o777)
     for args in (["image", "revoke", "web@1", "--reason", "x"], ["keys", "rotate"],
                  ["channel", "set", "web/prod", "web@1"], ["image", "restore", "web@1"],
                  ["image", "artifact", "add", "web@1", "--provider", "aws", "--region",
-                  "us-east-1", "--image-id", "ami-1"]):
+                  "us-east-1", "--image-id", "ami-1"],
+                 ["state", "backup", str(Path(drop) / "state-copy.db")]):
         cp = d.fails(*args, code=5, user=NOBODY, group=NOBODY)
         assert "may only read" in cp.stderr
     assert d.ledger_size() == size
+    assert os.listdir(drop) == []  # no copy and no .part left by the refused backup
+    os.rmdir(drop)
     # someone outside the socket's group cannot even connect
     cp = d.fails("status", user=NOBODY, group=NOBODY + 1 if _gid_exists(NOBODY + 1) else 1,
                  code=69)

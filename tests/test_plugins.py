@@ -169,6 +169,81 @@ def test_bad_plugin_fails_startup_naming_it(tmp_path: Path, source: str, needle:
     assert "Traceback" not in log
 
 
+SIGNER_PLUGIN = """
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from imm.plugins.hookspecs import hookimpl
+
+class PemElsewhere:
+    # a third party's key store: a PEM key kept outside the state dir (stands for a KMS)
+    kind = "pem-elsewhere"
+
+    def __init__(self, config, directory):
+        self.description = "pem-elsewhere " + config["path"]
+        self.key = serialization.load_pem_private_key(Path(config["path"]).read_bytes(), None)
+        self.next = None
+
+    def load_or_create(self):
+        return self.key, False
+
+    def stage(self):
+        self.next = Ed25519PrivateKey.generate()
+        return self.next
+
+    def staged(self):
+        return self.next
+
+    def commit(self, new):
+        self.key, self.next = new, None
+
+    def abort(self):
+        self.next = None
+
+    def close(self):
+        pass
+
+@hookimpl
+def imm_register_signers(registry):
+    registry.add(PemElsewhere)
+"""
+
+
+def test_a_third_party_signer_signs_the_catalog(tmp_path: Path, images: Path  # noqa: F811
+                                                ) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "outside.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    site = install_plugin(tmp_path, "signplug", SIGNER_PLUGIN)
+    (tmp_path / "d").mkdir()
+    d = Immd(tmp_path / "d", f'[signer]\nkind = "pem-elsewhere"\npath = "{pem}"\n')
+    d.start(extra_env={"PYTHONPATH": str(site)})
+    try:
+        assert d.json("status")["keyid"] == hashlib.sha256(raw).hexdigest()
+        assert d.run("ledger", "verify").returncode == 0
+        rot = d.json("keys", "rotate")
+        assert rot["previous"] == hashlib.sha256(raw).hexdigest()
+        assert d.json("status")["keyid"] == rot["keyid"]
+        assert d.run("ledger", "verify").returncode == 0
+    finally:
+        d.stop()
+    assert not (d.state / "keys" / "signing.pem").exists()
+    # an unknown kind names it and the known ones (exit 2)
+    d2 = Immd(tmp_path / "d", '[signer]\nkind = "kms"\n')
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        d2.start()
+    assert "no signer of kind 'kms'" in d2.log.read_text()
+
+
 def test_every_hook_is_documented_and_tested() -> None:
     tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)

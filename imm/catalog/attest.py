@@ -28,13 +28,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import BadRequest, NotFound, VerificationFailed
 from ..store import Connection
 from .canonical import canonical_json
 from .dsse import pae
-from .keys import keyid_of
+from .keys import SigningKey, keyid_of
 from .service import Catalog, now, query, query_one
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -62,7 +62,7 @@ def statement(name: str, digest: str, predicate_type: str, predicate: Any) -> di
             "predicateType": predicate_type, "predicate": predicate}
 
 
-def sign(stmt: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+def sign(stmt: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
     payload = canonical_json(dict(stmt))
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
     return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),

@@ -20,9 +20,9 @@ import hashlib
 import re
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .keys import raw_public
+from .keys import SigningKey, raw_public
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # em dash, space
@@ -77,7 +77,7 @@ def vkey(name: str, pub: Ed25519PublicKey) -> str:
     return f"{name}+{key_hash(name, pub).hex()}+{_b64(bytes([ALG_ED25519]) + raw_public(pub))}"
 
 
-def sign_note(text: str, name: str, key: Ed25519PrivateKey) -> str:
+def sign_note(text: str, name: str, key: SigningKey) -> str:
     """Sign note text (ending in a newline) with one Ed25519 key: text, blank line, signature."""
     _check_name(name)
     if not text.endswith("\n") or _has_control(text):
@@ -87,7 +87,7 @@ def sign_note(text: str, name: str, key: Ed25519PrivateKey) -> str:
     return f"{text}\n{SIG_PREFIX}{name} {_b64(key_hash(name, key.public_key()) + sig)}\n"
 
 
-def sign(origin: str, size: int, root: bytes, name: str, key: Ed25519PrivateKey,
+def sign(origin: str, size: int, root: bytes, name: str, key: SigningKey,
          when: int | None = None) -> str:
     """A signed checkpoint: :func:`body` + blank line + ``— <name> base64(keyhash || sig)``.
 

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .canonical import canonical_json
+from .keys import SigningKey
 
 PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
@@ -42,7 +43,7 @@ def pae(ptype: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def sign(kind: str, body: Mapping[str, Any], key: Ed25519PrivateKey, keyid: str) -> dict[str, Any]:
+def sign(kind: str, body: Mapping[str, Any], key: SigningKey, keyid: str) -> dict[str, Any]:
     ptype = payload_type(kind)
     payload = canonical_json(dict(body))
     sig = key.sign(pae(ptype, payload))

@@ -1,7 +1,9 @@
-"""Ed25519 signing keys kept in the state dir.
+"""Ed25519 signing keys: the signer interface, the file signer, and the public keys kept.
 
-The private key (PKCS#8 PEM, mode 0600) never leaves ``<state>/keys`` and is never logged: the
-KeyRing's repr names only key ids. Every public key that ever signed is kept as
+The private key lives in a :class:`KeyStore` chosen by ``[signer] kind``: ``file`` (PKCS#8 PEM,
+mode 0600, in ``<state>/keys``, this module) or ``pkcs11`` (on a token, imm/plugins/signers/);
+other kinds come from plugins through ``imm_register_signers``. It never leaves its store and is
+never logged: the KeyRing's repr names only key ids. Every public key that ever signed is kept as
 ``<keyid>.pub.pem`` so old records keep verifying after a rotation.
 """
 
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -17,6 +21,40 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..errors import BadRequest, ConfigError
 
 PRIVATE_NAME = "signing.pem"
+
+
+class SigningKey(Protocol):
+    """What signs records and checkpoints: an Ed25519 private key, in memory or on a token."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+
+class KeyStore(Protocol):
+    """Where the private signing key lives. Registered by ``kind`` (``imm_register_signers``).
+
+    Rotation is two-phase: :meth:`stage` makes the next key beside the current one; once its
+    announcement is in the ledger :meth:`commit` puts it in force, else :meth:`abort` drops it.
+    After a crash, :meth:`staged` returns the staged key (or None) so start-up can finish or drop it.
+    """
+
+    kind: str
+    description: str  # names the store in messages (a path, a token label); never a secret
+
+    def __init__(self, config: Mapping[str, Any], directory: Path) -> None: ...
+
+    def load_or_create(self) -> tuple[SigningKey, bool]: ...
+
+    def stage(self) -> SigningKey: ...
+
+    def staged(self) -> SigningKey | None: ...
+
+    def commit(self, new: SigningKey) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def raw_public(pub: Ed25519PublicKey) -> bytes:
@@ -70,11 +108,98 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class KeyRing:
-    """The daemon's signing key and every public key it has used."""
+class KeyLookup(Protocol):
+    """What verification needs: the public keys by key id (a KeyRing, or PublicKeys)."""
 
-    def __init__(self, directory: Path, private: Ed25519PrivateKey) -> None:
+    def lookup(self, keyid: str) -> Ed25519PublicKey | None: ...
+
+    def keyids(self) -> list[str]: ...
+
+
+class PublicKeys:
+    """Every ``<keyid>.pub.pem`` of a keys directory: verifies, never signs (wherever the
+    private key lives: a file, a token)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._public: dict[str, Ed25519PublicKey] = {}
+        for p in sorted(directory.glob("*.pub.pem")):
+            pub = load_public_pem(p.read_bytes(), str(p))
+            self._public[keyid_of(pub)] = pub
+
+    def lookup(self, keyid: str) -> Ed25519PublicKey | None:
+        return self._public.get(keyid)
+
+    def keyids(self) -> list[str]:
+        return list(self._public)
+
+
+class FileKeyStore:
+    """``[signer] kind = "file"``: the key is ``<state>/keys/signing.pem`` (mode 0600)."""
+
+    kind = "file"
+
+    def __init__(self, config: Mapping[str, Any], directory: Path) -> None:
+        bad = set(config) - {"kind"}
+        if bad:
+            raise ConfigError(f"unknown [signer] key(s) {sorted(bad)} for kind 'file'")
         self.directory = directory
+        self.path = directory / PRIVATE_NAME
+        self.next_path = directory / (PRIVATE_NAME + ".next")
+        self.description = str(self.path)
+
+    def _load(self, path: Path) -> Ed25519PrivateKey:
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError:
+            raise ConfigError(
+                f"signing key {path} is not a PEM private key; restore it from backup"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"signing key {path} is not Ed25519")
+        return key
+
+    def load_or_create(self) -> tuple[SigningKey, bool]:
+        if self.path.exists():
+            if self.path.stat().st_mode & 0o077:
+                os.chmod(self.path, 0o600)
+            return self._load(self.path), False
+        key = Ed25519PrivateKey.generate()
+        _write_secret(self.path, _private_pem(key))
+        return key, True
+
+    def stage(self) -> SigningKey:
+        new = Ed25519PrivateKey.generate()
+        if self.next_path.exists():
+            self.next_path.unlink()
+        fd = os.open(self.next_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, _private_pem(new))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return new
+
+    def staged(self) -> SigningKey | None:
+        return self._load(self.next_path) if self.next_path.exists() else None
+
+    def commit(self, new: SigningKey) -> None:
+        os.replace(self.next_path, self.path)
+
+    def abort(self) -> None:
+        if self.next_path.exists():
+            self.next_path.unlink()
+
+    def close(self) -> None:
+        pass
+
+
+class KeyRing:
+    """The daemon's signing key (in its :class:`KeyStore`) and every public key it has used."""
+
+    def __init__(self, directory: Path, private: SigningKey,
+                 store: KeyStore | None = None) -> None:
+        self.directory = directory
+        self.store: KeyStore = store or FileKeyStore({}, directory)
         self._private = private
         self.keyid = keyid_of(private.public_key())
         self._public: dict[str, Ed25519PublicKey] = {}
@@ -86,30 +211,22 @@ class KeyRing:
     def __repr__(self) -> str:  # never show key material
         return f"<KeyRing current={self.keyid[:16]} known={len(self._public)}>"
 
+    @property
+    def description(self) -> str:
+        return self.store.description
+
     @classmethod
-    def load_or_create(cls, directory: Path) -> tuple[KeyRing, bool]:
-        """Load the signing key; create one (mode 0600) on first start. Returns (ring, created)."""
+    def load_or_create(cls, directory: Path,
+                       store: KeyStore | None = None) -> tuple[KeyRing, bool]:
+        """Load the signing key from ``store`` (default: the file); create one on first start.
+
+        Returns (ring, created). The public keys are kept in ``directory`` either way.
+        """
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        path = directory / PRIVATE_NAME
-        created = False
-        if path.exists():
-            mode = path.stat().st_mode & 0o777
-            if mode & 0o077:
-                os.chmod(path, 0o600)
-            try:
-                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except ValueError:
-                raise ConfigError(
-                    f"signing key {path} is not a PEM private key; restore it from backup"
-                ) from None
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ConfigError(f"signing key {path} is not Ed25519")
-        else:
-            key = Ed25519PrivateKey.generate()
-            _write_secret(path, _private_pem(key))
-            created = True
-        ring = cls(directory, key)
+        store = store or FileKeyStore({}, directory)
+        key, created = store.load_or_create()
+        ring = cls(directory, key, store)
         ring._save_public(key.public_key())
         return ring, created
 
@@ -121,7 +238,7 @@ class KeyRing:
         self._public[kid] = pub
 
     @property
-    def private(self) -> Ed25519PrivateKey:
+    def private(self) -> SigningKey:
         return self._private
 
     @property
@@ -141,27 +258,22 @@ class KeyRing:
             raise BadRequest(f"unknown key id {kid!r}; 'immctl keys list' shows the known ones")
         return public_pem(pub)
 
-    def stage_rotation(self) -> tuple[Ed25519PrivateKey, Path]:
-        """Make a new key and write it beside the current one, not yet in force."""
-        new = Ed25519PrivateKey.generate()
-        staged = self.directory / (PRIVATE_NAME + ".next")
-        if staged.exists():
-            staged.unlink()
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, _private_pem(new))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return new, staged
+    def stage_rotation(self) -> SigningKey:
+        """Make a new key beside the current one in the store, not yet in force."""
+        return self.store.stage()
 
-    def commit_rotation(self, new: Ed25519PrivateKey, staged: Path) -> None:
+    def staged_rotation(self) -> SigningKey | None:
+        return self.store.staged()
+
+    def commit_rotation(self, new: SigningKey) -> None:
         """Put the staged key in force; the old public key stays for verification."""
         self._save_public(new.public_key())
-        os.replace(staged, self.directory / PRIVATE_NAME)
+        self.store.commit(new)
         self._private = new
         self.keyid = keyid_of(new.public_key())
 
-    def abort_rotation(self, staged: Path) -> None:
-        if staged.exists():
-            staged.unlink()
+    def abort_rotation(self) -> None:
+        self.store.abort()
+
+    def close(self) -> None:
+        self.store.close()

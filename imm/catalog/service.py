@@ -18,14 +18,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ..errors import Ambiguous, BadRequest, ConfigError, Conflict, NotFound
 from ..store import Connection, now, query, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .checkpoint import checkpoint_size
-from .keys import KeyRing, keyid_of, public_pem
+from .keys import KeyRing, SigningKey, keyid_of, public_pem
 from .manifest import build_manifest, image_digest
 from .merkle import MerkleLog
 
@@ -47,11 +45,11 @@ class Catalog:
 
     # -- records and the ledger ---------------------------------------------------------------
 
-    def _sign_with(self, key: Ed25519PrivateKey, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _sign_with(self, key: SigningKey, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return dsse.sign(kind, body, key, keyid_of(key.public_key()))
 
     def append(self, conn: Connection, kind: str, body: dict[str, Any],
-               key: Ed25519PrivateKey | None = None) -> tuple[dict[str, Any], int, str]:
+               key: SigningKey | None = None) -> tuple[dict[str, Any], int, str]:
         """Sign ``body`` and append it to the ledger; returns (envelope, index, envelope text)."""
         env = self._sign_with(key or self.keyring.private, kind, body)
         text = canonical_json(env).decode("utf-8")
@@ -91,18 +89,14 @@ class Catalog:
 
     def init_keys(self, conn: Connection, actor: str) -> None:
         """At start: record the genesis key, finish an interrupted rotation, or refuse a stranger."""
-        staged = self.keyring.directory / "signing.pem.next"
+        staged = self.keyring.staged_rotation()
         known = {r["keyid"]: r for r in query(conn, "SELECT keyid, action FROM keys")}
         latest = query_one(conn, "SELECT keyid FROM keys ORDER BY ledger_index DESC LIMIT 1")
-        if staged.exists():
-            from cryptography.hazmat.primitives import serialization
-
-            new = serialization.load_pem_private_key(staged.read_bytes(), password=None)
-            assert isinstance(new, Ed25519PrivateKey)
-            if latest and latest["keyid"] == keyid_of(new.public_key()):
-                self.keyring.commit_rotation(new, staged)  # crashed after commit: finish it
+        if staged is not None:
+            if latest and latest["keyid"] == keyid_of(staged.public_key()):
+                self.keyring.commit_rotation(staged)  # crashed after commit: finish it
             else:
-                self.keyring.abort_rotation(staged)  # crashed before commit: drop it
+                self.keyring.abort_rotation()  # crashed before commit: drop it
         if not known:
             body = {"type": "key", "action": "genesis", "keyid": self.keyring.keyid,
                     "public_key": public_pem(self.keyring.public_key), "previous": None,
@@ -115,7 +109,7 @@ class Catalog:
             self.checkpoint(conn)
         elif self.keyring.keyid not in known:
             raise ConfigError(
-                f"the signing key in {self.keyring.directory} (key id {self.keyring.keyid[:16]}) "
+                f"the signing key in {self.keyring.description} (key id {self.keyring.keyid[:16]}) "
                 f"is not in this catalog's key history; restore the right key file or start "
                 f"with an empty state dir"
             )
@@ -128,7 +122,7 @@ class Catalog:
         return rows
 
     def rotate_key(self, conn: Connection, actor: str,
-                   new: Ed25519PrivateKey) -> dict[str, Any]:
+                   new: SigningKey) -> dict[str, Any]:
         """Announce ``new`` with a record signed by the current key (the caller commits the file)."""
         old = self.keyring.keyid
         new_id = keyid_of(new.public_key())

@@ -16,7 +16,7 @@ from ..errors import ImmError, StoreCorrupted
 from ..store import Connection, DatabaseError, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
-from .keys import KeyRing
+from .keys import KeyLookup, KeyRing
 from .manifest import image_digest
 from .merkle import MerkleLog
 
@@ -75,7 +75,7 @@ def _rows(conn: Connection, table: str, where: str = "",
         yield dict(zip(cols, row, strict=True))
 
 
-def check_row(conn: Connection, keyring: KeyRing, table: str,
+def check_row(conn: Connection, keyring: KeyLookup, table: str,
               row: dict[str, Any]) -> list[Problem]:
     pk_cols, kind, fields = CHECKS[table]
     key = "/".join(str(row[c]) for c in pk_cols)
@@ -112,7 +112,7 @@ def check_row(conn: Connection, keyring: KeyRing, table: str,
     return out
 
 
-def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
+def verify_rows(conn: Connection, keyring: KeyLookup, digest: str | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Re-check stored rows; a page SQLite cannot read is a verification failure too."""
     problems: list[Problem] = []
@@ -125,7 +125,7 @@ def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
     return {"ok": not problems, "checked": checked[0], "problems": problems}
 
 
-def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
+def _verify_rows(conn: Connection, keyring: KeyLookup, digest: str | None,
                  progress: Callable[[int], None] | None, problems: list[Problem],
                  checked: list[int]) -> None:
     for table in CHECKS:
@@ -151,7 +151,7 @@ def _verify_rows(conn: Connection, keyring: KeyRing, digest: str | None,
     problems.extend(more)
 
 
-def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def verify_ledger(conn: Connection, keyring: KeyLookup, origin: str) -> dict[str, Any]:
     """Recompute the ledger; a page SQLite cannot read is a verification failure too."""
     try:
         return _verify_ledger(conn, keyring, origin)
@@ -193,7 +193,7 @@ def check_ledger_head(conn: Connection, keyring: KeyRing, origin: str,
                          detail={"file": str(path)})
 
 
-def _verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def _verify_ledger(conn: Connection, keyring: KeyLookup, origin: str) -> dict[str, Any]:
     log = MerkleLog(conn)
     size = log.size()
     problems: list[Problem] = list(log.verify_all())

@@ -74,6 +74,66 @@ def cmd_keys_export(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state_backup(c: Client, a: argparse.Namespace) -> int:
+    """Stream immd's consistent copy of the state into FILE (written as the caller, mode 0600)."""
+    import json
+
+    from .client import UnixHTTPConnection
+
+    part = a.file + ".part"
+    try:  # before asking immd for a copy: an unwritable FILE costs nothing
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise Fail(f"cannot write {part}: {e.strerror}; choose a FILE you can write",
+                   EXIT_USAGE) from None
+    conn = UnixHTTPConnection(c.socket_path, c.timeout)
+    try:
+        conn.request("POST", "/v1/state/backup", body=b"{}",
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+    except OSError as e:
+        os.close(fd)
+        os.unlink(part)
+        if isinstance(e, FileNotFoundError):
+            raise DaemonUnreachable(f"no immd socket at {c.socket_path}; start the daemon with "
+                                    "'immd', or pass --socket PATH / IMM_SOCKET") from None
+        raise DaemonUnreachable(f"cannot talk to immd at {c.socket_path}: {e}") from None
+    if resp.status >= 400:
+        os.close(fd)
+        os.unlink(part)
+        raw = resp.read()
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            err = {"code": "http-error", "message": raw.decode(errors="replace")[:300]}
+        raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""),
+                       err.get("detail"))
+    expected = int(resp.getheader("content-length") or -1)
+    size, head = 0, b""
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while data := resp.read1(1 << 20):
+                if len(head) < 16:
+                    head = (head + data)[:16]
+                out.write(data)
+                size += len(data)
+    except OSError as e:
+        os.unlink(part)
+        raise Fail(f"backup interrupted after {size} bytes: {e}") from None
+    finally:
+        conn.close()
+    if size != expected or head != b"SQLite format 3\x00":
+        os.unlink(part)
+        raise Fail(f"the backup was cut short ({size} of {expected} bytes); see the immd log")
+    os.replace(part, a.file)
+    if a.json:
+        emit_json({"file": a.file, "bytes": size})
+    else:
+        print(f"backed up the state to {a.file} ({size} bytes); restore: see README "
+              f"'Backup and restore'")
+    return 0
+
+
 def cmd_keys_rotate(c: Client, a: argparse.Namespace) -> int:
     r = c.request("POST", "/v1/keys/rotate", {})
     if a.json:
@@ -545,6 +605,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--keyid", help="a retired key (default: the current one)")
     add(keys, "rotate", cmd_keys_rotate, "make a new signing key, announced by the old one",
         "immctl keys rotate")
+
+    state = group("state", "the daemon's state")
+    sp = add(state, "backup", cmd_state_backup,
+             "a consistent copy of the SQLite state while immd serves (admin)",
+             "immctl state backup /var/backups/imm.db")
+    sp.add_argument("file", metavar="FILE", help="where to write the copy (a SQLite database)")
 
     img = group("image", "the image catalog")
     sp = add(img, "add", cmd_image_add, "register disk-image files or image directories",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,9 +75,14 @@ class Daemon:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(s.state_dir, 0o700)
-        self.keyring, created = KeyRing.load_or_create(s.keys_dir)
+        block = s.plugins.get("block", [])
+        if not isinstance(block, list):
+            raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
+        self.plugins = Plugins(block=block, extra=self.extra_plugins)
+        signer = self.plugins.signers.get(str(s.signer.get("kind", "file")))
+        self.keyring, created = KeyRing.load_or_create(s.keys_dir, signer(s.signer, s.keys_dir))
         if created:
-            log.info("created signing key %s", self.keyring.keyid)
+            log.info("created signing key %s in %s", self.keyring.keyid, self.keyring.description)
         self.db = open_state(s.state_location, SCHEMAS, state_dir=s.state_dir,
                              password_env=s.state_password_env,
                              password_file=s.state_password_file)
@@ -93,10 +99,6 @@ class Daemon:
             self.db.add_batch_hook(self.catalog.checkpoint_if_behind,
                                    s.checkpoint_interval_ms / 1000)
             self.catalog.defer_checkpoints = True
-        block = s.plugins.get("block", [])
-        if not isinstance(block, list):
-            raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
-        self.plugins = Plugins(block=block, extra=self.extra_plugins)
         self.notifications = Dispatcher(s.notifications, self.plugins.notifiers,
                                         s.state_dir / "notifications.jsonl")
         self.plugins.register(self.notifications, name="notifications")
@@ -128,6 +130,7 @@ class Daemon:
         """Blocking: close the providers, routers and the store (after the app stopped)."""
         self.context.close_plugins()
         self.db.close()
+        self.keyring.close()
 
     # -- catalog operations that need more than one transaction -------------------------------
 
@@ -259,13 +262,13 @@ class Daemon:
         return await self.db.write(write_all)
 
     async def rotate_key(self, actor: str) -> dict[str, Any]:
-        new, staged = await asyncio.to_thread(self.keyring.stage_rotation)
+        new = await asyncio.to_thread(self.keyring.stage_rotation)
         try:
             result = await self.db.write(self.catalog.rotate_key, actor, new)
         except BaseException:
-            await asyncio.to_thread(self.keyring.abort_rotation, staged)
+            await asyncio.to_thread(self.keyring.abort_rotation)
             raise
-        await asyncio.to_thread(self.keyring.commit_rotation, new, staged)
+        await asyncio.to_thread(self.keyring.commit_rotation, new)
         log.info("rotated signing key %s -> %s", result["previous"], result["keyid"])
         return result
 
@@ -274,6 +277,28 @@ class Daemon:
 
     async def verify_ledger(self) -> dict[str, Any]:
         return await self.db.read(verify_ledger, self.keyring, self.settings.ledger_origin)
+
+    async def backup_state(self) -> Path:
+        """A consistent copy of the SQLite state in a private temp file of the state dir.
+
+        The caller streams it and removes it. PostgreSQL states are backed up with pg_dump.
+        """
+        from ..store.sqlite import Database as SqliteDatabase
+
+        if not isinstance(self.db, SqliteDatabase):
+            raise BadRequest("the state is in PostgreSQL: back it up with pg_dump (or the "
+                             "server's own backups); 'immctl state backup' copies SQLite states")
+        fd, name = await asyncio.to_thread(
+            tempfile.mkstemp, prefix=".backup-", suffix=".db", dir=self.settings.state_dir)
+        os.close(fd)  # created 0600 by mkstemp
+        path = Path(name)
+        try:
+            size = await self.db.backup(path)
+        except BaseException:
+            await asyncio.to_thread(path.unlink, True)
+            raise
+        log.info("state backup: %d bytes", size)
+        return path
 
     async def status(self) -> dict[str, Any]:
         return {

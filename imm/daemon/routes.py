@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from .core import Daemon
 from .http import FD_HEADER, body, field, json_response, path_int, query_int, receive_fd
 from .trust import TRUST
 
+log = logging.getLogger("imm.daemon")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 H = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,6 +78,35 @@ async def keys_rotate(request: web.Request) -> web.Response:
     await body(request)
     result = await d(request).rotate_key(actor(request))
     return json_response(result, status=201)
+
+
+# -- state ----------------------------------------------------------------------------------
+
+async def state_backup(request: web.Request) -> web.StreamResponse:
+    """Admin only (POST): the SQLite state as one consistent database file, streamed."""
+    await body(request)
+    path = await d(request).backup_state()
+    try:
+        size = path.stat().st_size
+        resp = web.StreamResponse(headers={
+            "Content-Disposition": 'attachment; filename="imm-state.db"',
+            "Content-Length": str(size)})
+        resp.content_type = "application/vnd.sqlite3"
+        await resp.prepare(request)
+        f = await asyncio.to_thread(open, path, "rb")
+        sent = 0
+        try:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                await resp.write(chunk)
+                sent += len(chunk)
+            await resp.write_eof()
+        except ConnectionResetError:
+            log.info("state backup: the client went away after %d of %d bytes", sent, size)
+        finally:
+            await asyncio.to_thread(f.close)
+        return resp
+    finally:
+        await asyncio.to_thread(path.unlink, True)
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -362,6 +394,9 @@ ROUTES: list[Route] = [
           query={"keyid": {"schema": STR}}),
     Route("POST", "/v1/keys/rotate", keys_rotate, "Rotate the signing key (announced by the old)",
           tag="keys", body={"type": "object"}),
+    Route("POST", "/v1/state/backup", state_backup,
+          "A consistent copy of the SQLite state (online backup API), streamed; admin only",
+          body={"type": "object"}, tag="daemon"),
     Route("POST", "/v1/images", images_add, "Register an image from a file or directory",
           body={"type": "object", "required": ["path", "name", "version"], "properties": {
               "path": STR, "name": STR, "version": STR, "parent": STR,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..catalog.keys import PRIVATE_NAME, KeyRing
+from ..catalog.keys import PublicKeys
 from ..catalog.merkle import MerkleLog
 from ..catalog.verify import verify_ledger, verify_rows
 from ..errors import BadRequest, Conflict, VerificationFailed
@@ -59,9 +59,10 @@ def migrate(settings: config.Settings, to: str, schemas: Sequence[Schema], *,
     if kind(to) != "postgresql":
         raise BadRequest(f"--to {redact(to)!r} must be a postgresql:// URL")
     src_path = _source(settings)
-    if not (settings.keys_dir / PRIVATE_NAME).exists():
-        raise BadRequest(f"no signing key in {settings.keys_dir}: the copy cannot be re-verified")
-    keyring, _ = KeyRing.load_or_create(settings.keys_dir)
+    keyring = PublicKeys(settings.keys_dir)  # verifies only: the private key may be on a token
+    if not keyring.keyids():
+        raise BadRequest(f"no public keys (*.pub.pem) in {settings.keys_dir}: the copy cannot "
+                         f"be re-verified; point --state-dir at the state's directory")
     target = Database(to, schemas, password=password(password_env, password_file))
     src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
     try:

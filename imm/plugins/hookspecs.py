@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from .analysis_base import AnalysisRegistry
     from .notify_base import NotifierRegistry
-    from .registry import ProviderRegistry, RouterRegistry
+    from .registry import ProviderRegistry, RouterRegistry, SignerRegistry
 
 PROJECT = "imm"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -53,6 +53,16 @@ def imm_register_notifiers(registry: NotifierRegistry) -> None:
 
     :param registry: keyed by ``NotifierClass.kind``; a subclass of
         :class:`imm.plugins.notify_base.Notifier` configured by ``[notifications.NAME]``.
+    """
+
+
+@hookspec
+def imm_register_signers(registry: SignerRegistry) -> None:
+    """Register signing-key stores: ``registry.add(KeyStoreClass)`` (imm.catalog.keys.KeyStore).
+
+    :param registry: keyed by ``KeyStoreClass.kind``, chosen by ``[signer] kind``; the class is
+        built with ``(config, keys_dir)``: the ``[signer]`` table and the directory of public keys.
+        It must sign Ed25519 (pure, RFC 8032) and keep the private key to itself.
     """
 
 

@@ -23,7 +23,7 @@ from ..errors import PluginError
 from . import hookspecs
 from .analysis_base import AnalysisRegistry
 from .notify_base import NotifierRegistry
-from .registry import ProviderRegistry, RouterRegistry
+from .registry import ProviderRegistry, RouterRegistry, SignerRegistry
 
 log = logging.getLogger("imm.plugins")
 
@@ -64,6 +64,8 @@ class Plugins:
         self.pm.hook.imm_register_analysis_kinds(registry=self.analysis)
         self.notifiers = NotifierRegistry()
         self.pm.hook.imm_register_notifiers(registry=self.notifiers)
+        self.signers = SignerRegistry()
+        self.pm.hook.imm_register_signers(registry=self.signers)
 
     def _load_entry_points(self) -> None:
         """Load the ``imm`` entry-point group, naming the plugin that fails."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from ..errors import PluginError
+from ..catalog.keys import KeyStore
+from ..errors import ConfigError, PluginError
 from .base import Provider, Router
 
 T = TypeVar("T")
@@ -29,10 +30,12 @@ class _Registry(Generic[T]):
             return self._classes[kind]
         except KeyError:
             known = ", ".join(sorted(self._classes)) or "none"
-            raise PluginError(
+            raise self.error(
                 f"no {self.what} of kind {kind!r} is registered (known: {known}); "
                 f"install the plugin that provides it or fix 'kind' in the config"
             ) from None
+
+    error: type[Exception] = PluginError
 
     def kinds(self) -> dict[str, str]:
         return dict(self._origin)
@@ -44,3 +47,8 @@ class ProviderRegistry(_Registry[Provider]):
 
 class RouterRegistry(_Registry[Router]):
     what = "router"
+
+
+class SignerRegistry(_Registry[KeyStore]):
+    what = "signer"
+    error = ConfigError  # a bad [signer] kind is a configuration mistake (exit 2)

@@ -396,6 +396,27 @@ class Database:
         self._submit(_Job(fn, args, kw, raw=raw, sync=fut))
         return fut.result()
 
+    async def backup(self, dest: Path) -> int:
+        """A consistent copy of the whole database at ``dest`` (SQLite's online backup API).
+
+        Runs on a reader thread with its own connection, in one step: in WAL mode that holds one
+        read snapshot for the whole copy, so the writer goes on and the copy is the state as of
+        one committed transaction. Returns the size in bytes.
+        """
+        def run() -> int:
+            src = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            dst = sqlite3.connect(str(dest))
+            try:
+                src.backup(dst, pages=-1)
+                dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            finally:
+                dst.close()
+                src.close()
+            return dest.stat().st_size
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, run)
+
     def write_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """``write`` for blocking callers (start-up, tests)."""
         return self._call_sync(fn, *args, **kw)
