@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
-SECTIONS = {"daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
+SECTIONS = {"dashboard", "daemon", "ledger", "providers", "routers", "services", "audit", "plugins"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level",

@@ -79,12 +79,15 @@ def test_a_link_works_once_and_expires(tmp_path: Path) -> None:
 
 
 def test_no_cookie_no_page_and_every_response_has_a_strict_csp(tmp_path: Path) -> None:
-    async def body(client: TestClient, logins: Logins, clock: Clock, _d: Daemon) -> None:
+    async def body(client: TestClient, logins: Logins, clock: Clock, d: Daemon) -> None:
         for path in ("/ui/fleet", "/ui/rollouts", "/ui/catalog", "/ui/proof", "/ui/rollouts/x"):
             r = await client.get(path, allow_redirects=False)
             assert r.status == 401, path
             assert "default-src 'self'" in r.headers["Content-Security-Policy"]
             assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+        disk = tmp_path / "disk.raw"
+        disk.write_bytes(b"x" * 4096)
+        await d.add_image("test (uid 0)", str(disk), {"name": "web", "version": "v1", "layers": [], "boot_actions": [], "parent": None, "labels": {}})
         await login(client, logins, READER)
         for path in ("/ui/fleet", "/ui/rollouts", "/ui/catalog", "/ui/proof"):
             r = await client.get(path)
@@ -93,6 +96,7 @@ def test_no_cookie_no_page_and_every_response_has_a_strict_csp(tmp_path: Path) -
             assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
             assert "<script" not in text and "style=" not in text
             assert "reader" in text
+        assert "web@v1" in await (await client.get("/ui/catalog")).text()
         # the session expires
         clock.now += logins.session_ttl + 1
         assert (await client.get("/ui/fleet", allow_redirects=False)).status == 401

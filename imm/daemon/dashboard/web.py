@@ -176,8 +176,7 @@ async def catalog(request: web.Request) -> web.Response:
     by_digest: dict[str, list[str]] = {}
     for c in channels:
         by_digest.setdefault(c["digest"], []).append(c["name"])
-    images = [{**i, "status": "revoked" if i["revoked"] else "active"}
-              for i in listing["images"]]
+    images = listing["images"]
     return _page(request, "catalog.html", {"page": "Catalog", "images": images,
                                            "channels": channels, "by_digest": by_digest,
                                            "more": listing["next"] is not None})
