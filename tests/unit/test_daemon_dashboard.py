@@ -87,7 +87,9 @@ def test_no_cookie_no_page_and_every_response_has_a_strict_csp(tmp_path: Path) -
             assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
         disk = tmp_path / "disk.raw"
         disk.write_bytes(b"x" * 4096)
-        await d.add_image("test (uid 0)", str(disk), {"name": "web", "version": "v1", "layers": [], "boot_actions": [], "parent": None, "labels": {}})
+        await d.add_image("test (uid 0)", str(disk), {"name": "web", "version": "v1", "layers": [],
+                                                    "boot_actions": [], "parent": None,
+                                                    "labels": {}})
         await login(client, logins, READER)
         for path in ("/ui/fleet", "/ui/rollouts", "/ui/catalog", "/ui/proof"):
             r = await client.get(path)
