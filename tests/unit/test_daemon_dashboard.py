@@ -172,3 +172,29 @@ def test_listen_must_be_a_loopback_address(value: Any, msg: str) -> None:
     assert listen_address({"dashboard": {"listen": "127.0.0.1:8780"}}, "x") == ("127.0.0.1", 8780)
     with pytest.raises(ConfigError, match="unknown key"):
         listen_address({"dashboard": {"port": 1}}, "x")
+
+
+def test_links_come_only_from_the_unix_socket_and_only_when_the_dashboard_is_on(
+        tmp_path: Path) -> None:
+    from imm.daemon.app import make_app
+
+    async def go(raw_dashboard: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        settings = config.load(None, state_dir=str(tmp_path / "state"),
+                               socket=str(tmp_path / "immd.sock"))
+        if raw_dashboard is not None:
+            settings.raw["dashboard"] = raw_dashboard
+        daemon = Daemon(settings)
+        await asyncio.to_thread(daemon.open, "test (uid 0) setup")
+        try:
+            # aiohttp's test server is TCP on loopback: the API identifies the peer, the link
+            # route still refuses, because only the unix socket is where immctl asks
+            async with TestClient(TestServer(make_app(daemon))) as client:
+                r = await client.get("/v1/dashboard/link")
+                return r.status, await r.json()
+        finally:
+            daemon.close()
+
+    status, body = asyncio.run(go(None))
+    assert status == 409 and "the dashboard is off" in body["error"]["message"]
+    status, body = asyncio.run(go({"listen": "127.0.0.1:8780"}))
+    assert status == 403 and "only over the unix socket" in body["error"]["message"]
