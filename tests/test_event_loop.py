@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,7 @@ def test_no_blocking_call_on_the_event_loop(tmp_path: Path, caplog: pytest.LogCa
 
     subprocess.run([sys.executable, str(REPO / "examples" / "bake.py"), str(tmp_path / "img"),
                     "--all"], check=True, capture_output=True)
-    port = free_port()
+    port, dash_port = free_port(), free_port()
     cfg = tmp_path / "immd.toml"
     cfg.write_text(f"""
 [providers.local]
@@ -53,6 +55,8 @@ router = "haproxy"
 route = "web"
 route_settings = {{ bind = "127.0.0.1:{port}", check_interval_ms = 200, rise = 1, fall = 1 }}
 health_timeout_s = 20
+[dashboard]
+listen = "127.0.0.1:{dash_port}"
 """)
     sock = tmp_path / "immd.sock"
     args = argparse.Namespace(config=str(cfg), state_dir=str(tmp_path / "state"),
@@ -93,6 +97,15 @@ health_timeout_s = 20
             immctl("rollout", "start", "web", "--image", "web@v2", "--wait")
             immctl("instance", "list")
             immctl("service", "show", "web")
+            # the dashboard's pages, from a browser-like client holding the session cookie
+            link = immctl("dashboard").strip()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with opener.open(link, timeout=60) as resp:
+                assert resp.status == 200 and resp.url.endswith("/ui/fleet")
+            rid = json.loads(immctl("--json", "rollout", "list"))[0]["id"]
+            for page in ("fleet", "rollouts", f"rollouts/{rid}", "catalog", "proof"):
+                with opener.open(f"http://127.0.0.1:{dash_port}/ui/{page}", timeout=60) as resp:
+                    assert resp.status == 200, page
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=60)

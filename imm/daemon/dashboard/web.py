@@ -188,17 +188,24 @@ async def proof(request: web.Request) -> web.Response:
                                          "head": await dm.db.read(dm.catalog.head)})
 
 
-def _css() -> bytes:
-    return importlib.resources.files(__package__).joinpath("static/dash.css").read_bytes()
+def _read_package_files() -> tuple[dict[str, str], bytes]:
+    """Templates and stylesheet, read once at import: no file I/O on the event loop."""
+    root = importlib.resources.files(__package__)
+    templates = {f.name: f.read_text("utf-8") for f in root.joinpath("templates").iterdir()
+                 if f.name.endswith(".html")}
+    return templates, root.joinpath("static/dash.css").read_bytes()
+
+
+TEMPLATES, CSS = _read_package_files()
 
 
 def make_dashboard(daemon: Daemon, logins: Logins) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[DAEMON] = daemon
     app[LOGINS] = logins
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(__package__, "templates"),
+    aiohttp_jinja2.setup(app, loader=jinja2.DictLoader(TEMPLATES),
                          autoescape=jinja2.select_autoescape(default=True))
-    css = _css()
+    css = CSS
 
     async def stylesheet(request: web.Request) -> web.Response:
         return web.Response(body=css, content_type="text/css")
