@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
-            "packer", "protect", "trust", "analysis", "notifications", "signer"}
+            "packer", "protect", "trust", "analysis", "notifications", "signer", "dashboard"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_no_blocking_call_on_the_event_loop(tmp_path: Path, caplog: pytest.LogCa
 
     subprocess.run([sys.executable, str(REPO / "examples" / "bake.py"), str(tmp_path / "img"),
                     "--all"], check=True, capture_output=True)
-    port = free_port()
+    port, dash_port = free_port(), free_port()
     cfg = tmp_path / "immd.toml"
     cfg.write_text(f"""
 [providers.local]
@@ -53,6 +54,8 @@ router = "haproxy"
 route = "web"
 route_settings = {{ bind = "127.0.0.1:{port}", check_interval_ms = 200, rise = 1, fall = 1 }}
 health_timeout_s = 20
+[dashboard]
+listen = "127.0.0.1:{dash_port}"
 """)
     sock = tmp_path / "immd.sock"
     args = immd_main.parse_args(["--config", str(cfg), "--state-dir", str(tmp_path / "state"),
@@ -93,6 +96,15 @@ health_timeout_s = 20
             immctl("rollout", "start", "web", "--image", "web@v2", "--wait")
             immctl("instance", "list")
             immctl("service", "show", "web")
+            # the dashboard's pages, from a browser-like client holding the session cookie
+            link = immctl("dashboard").strip()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with opener.open(link, timeout=60) as resp:
+                assert resp.status == 200 and resp.url.endswith("/ui/fleet")
+            rid = json.loads(immctl("--json", "rollout", "list"))["items"][0]["id"]
+            for page in ("fleet", "rollouts", f"rollouts/{rid}", "catalog", "proof"):
+                with opener.open(f"http://127.0.0.1:{dash_port}/ui/{page}", timeout=60) as resp:
+                    assert resp.status == 200, page
             immctl("rollout", "status", "web")
             immctl("channel", "resolve", "web/production", "--provider", "local")
             one = json.loads(immctl("instance", "list", "--json"))["items"][0]["id"]

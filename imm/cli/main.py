@@ -33,6 +33,17 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 # -- status, keys ---------------------------------------------------------------------------
 
+def cmd_dashboard(c: Client, a: argparse.Namespace) -> int:
+    link = c.request("GET", "/v1/dashboard/link")
+    if a.json:
+        emit_json(link)
+        return 0
+    print(link["url"])
+    print(f"one-time link for {link['actor']} ({link['role']}), valid {link['expires_in_s']}s; "
+          "from elsewhere: ssh -L PORT:127.0.0.1:PORT this-host", file=sys.stderr)
+    return 0
+
+
 def cmd_status(c: Client, a: argparse.Namespace) -> int:
     s = c.request("GET", "/v1/status")
     if a.json:
@@ -597,6 +608,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add(sub, "completion", cmd_completion, "print the bash or zsh completion script",
              "immctl completion bash > /etc/bash_completion.d/immctl")
     sp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+    add(sub, "dashboard", cmd_dashboard, "print a one-time login link to the web dashboard",
+        "immctl dashboard")
 
     keys = group("keys", "signing keys")
     add(keys, "list", cmd_keys_list, "list signing keys (* = current)", "immctl keys list")

@@ -34,7 +34,7 @@ from ..catalog import approvals
 from ..errors import ConfigError, ImmError
 from ..rollout.services import load_services
 from . import systemd
-from .app import make_app
+from .app import DASHBOARD, DASHBOARD_LISTEN, make_app
 from .auth import _admin_gid, make_peer
 from .core import Daemon
 
@@ -324,6 +324,21 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         host, _, port = settings.tcp.rpartition(":")
         gate.serve(bind_tcp(host.strip("[]"), int(port)))
         where += f" and tcp {settings.tcp}"
+    dash_runner: web.AppRunner | None = None
+    if DASHBOARD_LISTEN in app:
+        dhost, dport = app[DASHBOARD_LISTEN]
+        dash_runner = web.AppRunner(app[DASHBOARD], handle_signals=False, access_log=None,
+                                    shutdown_timeout=5)
+        await dash_runner.setup()
+        try:
+            await web.TCPSite(dash_runner, dhost, dport).start()
+        except OSError as e:
+            await dash_runner.cleanup()
+            await runner.cleanup()
+            await asyncio.to_thread(daemon.close)
+            raise ConfigError(f"dashboard.listen {dhost}:{dport}: cannot listen ({e.strerror}); "
+                              "pick a free port") from None
+        where += f" and dashboard http://{dhost}:{dport}/ui/"
     log.info("immd %s serving on %s (state %s, key %s, up to %d connections)", __version__,
              where, settings.state_dir, daemon.keyring.keyid[:16], gate.limit)
 
@@ -365,6 +380,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
+    if dash_runner is not None:
+        await dash_runner.cleanup()
     await gate.close()  # no new connections; runner.cleanup() finishes the open ones
     await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
     if args.stop_fleet:
