@@ -7,6 +7,7 @@ The browser side (real Chromium) is tests/test_e2e_dashboard.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,9 +88,9 @@ def test_no_cookie_no_page_and_every_response_has_a_strict_csp(tmp_path: Path) -
             assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
         disk = tmp_path / "disk.raw"
         disk.write_bytes(b"x" * 4096)
-        await d.add_image("test (uid 0)", str(disk), {"name": "web", "version": "v1", "layers": [],
-                                                    "boot_actions": [], "parent": None,
-                                                    "labels": {}})
+        spec = {"name": "web", "version": "v1", "layers": [],
+                "boot_actions": [], "parent": None, "labels": {}}
+        await d.add_image("test (uid 0)", str(disk), spec, fd=os.open(disk, os.O_RDONLY))
         await login(client, logins, READER)
         for path in ("/ui/fleet", "/ui/rollouts", "/ui/catalog", "/ui/proof"):
             r = await client.get(path)
@@ -186,10 +187,14 @@ def test_links_come_only_from_the_unix_socket_and_only_when_the_dashboard_is_on(
         daemon = Daemon(settings)
         await asyncio.to_thread(daemon.open, "test (uid 0) setup")
         try:
-            # aiohttp's test server is TCP on loopback: the API identifies the peer, the link
-            # route still refuses, because only the unix socket is where immctl asks
+            # aiohttp's test server is TCP on loopback: with a bearer token the API knows the
+            # caller, and the link route still refuses, because only the unix socket is where
+            # immctl asks
+            assert daemon.tokens is not None
+            token, _ = daemon.tokens.create(0, "root", True, "read", 600)
             async with TestClient(TestServer(make_app(daemon))) as client:
-                r = await client.get("/v1/dashboard/link")
+                r = await client.get("/v1/dashboard/link",
+                                     headers={"Authorization": f"Bearer {token}"})
                 return r.status, await r.json()
         finally:
             daemon.close()
