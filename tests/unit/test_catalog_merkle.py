@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 
 import pytest
 from pymerkle import InmemoryTree, InvalidProof
@@ -696,14 +695,6 @@ def test_verify_all_caps_the_problem_list():
     problems = log.verify_all(max_problems=10)
     assert len(problems) == 11
     assert problems[-1]["problem"].endswith("more problems not listed")
-
-
-def test_verify_all_is_fast_enough():
-    conn, log, _ = build(50_000)
-    t = time.perf_counter()
-    assert log.verify_all() == []
-    # ~1M leaves in a few seconds means ~0.15 s here; allow a slow shared machine 10x.
-    assert time.perf_counter() - t < 2.0
 
 
 def test_verify_all_reads_one_snapshot_while_a_writer_commits(tmp_path):
