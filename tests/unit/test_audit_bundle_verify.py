@@ -789,3 +789,52 @@ def test_dumps_is_canonical_json():
     assert bv.dumps({"b": [1, "é"], "a": None}) == b'{"a":null,"b":[1,"\xc3\xa9"]}'
     assert bv.event_of({"type": "finding", "n": 1, "ledger_index": 2, "entry": 3, "leaf_hash": "x",
                         "proof": [], "id": "f"}) == {"type": "finding", "id": "f"}
+
+
+def test_flatten_copies_last_seen():
+    line = {**observation(0), "last_seen": "2026-11-05T00:00:00Z"}
+    assert bv.flatten(line, 2)[bv.CSV_COLUMNS.index("last_seen")] == "2026-11-05T00:00:00Z"
+
+
+def deep_batch(depth: int) -> list[bytes]:
+    """A record of 2**depth - 1 entries (signed as such) and its first event, whose proof has
+    ``depth`` siblings: the longest path such a batch has."""
+    event = observation(0)
+    lh = leaf(canon(event))
+    siblings = [H(b"sibling %d" % i) for i in range(depth)]
+    root = lh
+    for s in siblings:
+        root = H(b"\x01" + root + s)
+    ledger = Ledger({1: [event]}, size=3, record_body={
+        "type": "audit-batch", "entries": (1 << depth) - 1, "root": root.hex()})
+    lines = ledger.lines()
+    lines[2]["proof"] = [s.hex() for s in siblings]
+    return encode(lines, checkpoint_size=3)
+
+
+def test_a_proof_of_64_hashes_is_the_longest_accepted():
+    assert verify(deep_batch(64)).ok
+    fails(deep_batch(65), 3, "inclusion proof does not match the root of the signed audit record "
+          "at ledger index 1")
+
+
+def test_a_csv_cell_may_hold_a_line_break(tmp_path: Path):
+    event = {**observation(0), "instance_id": "i-\r\n0", "service": "line\nbreak"}
+    ledger = Ledger({1: [event]}, size=3)
+    raws = encode(ledger.lines(), checkpoint_size=3)
+    (tmp_path / "b.csv").write_bytes(to_csv(raws))
+    assert bv.verify_file(tmp_path / "b.csv", PUB).ok
+
+
+def test_a_long_disagreeing_column_is_cut_at_60_characters(tmp_path: Path):
+    raws = encode(standard().lines())
+    rows = list(csv.reader(io.StringIO(to_csv(raws).decode())))
+    column = bv.CSV_COLUMNS.index("leaf_hash")
+    signed = rows[3][column]
+    rows[3][column] = "f" * 64
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    (tmp_path / "b.csv").write_bytes(buf.getvalue().encode())
+    result = bv.verify_file(tmp_path / "b.csv", PUB)
+    assert result.failure == (f"line 3 (CSV row 4): column 'leaf_hash' is {'f' * 60!r} but the "
+                              f"signed line says {signed[:60]!r}")
