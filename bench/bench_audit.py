@@ -71,11 +71,11 @@ def daemon(state: Path, provider: str) -> Any:
 def phase_list(n: int) -> dict[str, Any]:
     import logging
 
-    from imm.plugins.base import ProviderContext
+    from imm.plugins.base import PluginContext
 
     import audit_plugin
 
-    p = audit_plugin.SyntheticProvider("synth", {"count": n}, ProviderContext(
+    p = audit_plugin.SyntheticProvider("synth", {"count": n}, PluginContext(
         Path(tempfile.gettempdir()), logging.getLogger("bench")))
     before = rss_kb()
     t = time.perf_counter()
@@ -87,7 +87,6 @@ def phase_list(n: int) -> dict[str, Any]:
 
 
 def phase_sweep(n: int, pets: bool) -> dict[str, Any]:
-    from imm.audit.sweep import Auditor
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
@@ -100,8 +99,8 @@ def phase_sweep(n: int, pets: bool) -> dict[str, Any]:
                 boot_actions=[], parent=None, labels={},
                 artifacts=[("synth", "synth-1", "ami-synth")])
             # tags as a rollout leaves them: the image's digest, a known rollout, a service
-            d.providers["synth"].settings.update(digest=img["digest"], rollout="r-bench",
-                                                 service="web")
+            synth = d.context.providers["synth"].plugin
+            synth.settings.update(digest=img["digest"], rollout="r-bench", service="web")
             d.db.write_sync(lambda c: c.execute(
                 "INSERT INTO rollouts VALUES ('r-bench','web','blue-green',?,NULL,'completed',"
                 "NULL,'{}','bench','t','t',NULL,NULL)", (img["digest"],)))
@@ -109,7 +108,7 @@ def phase_sweep(n: int, pets: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
 
         async def run() -> None:
-            a = Auditor.of(d)
+            a = d.auditor
             for name in ("first", "steady"):
                 t = time.perf_counter()
                 row = await a.run_sweep("bench")
@@ -144,9 +143,9 @@ def phase_fill(state: Path, m: int) -> dict[str, Any]:
 
 def phase_export(state: Path, lines: int, out: Path) -> dict[str, Any]:
     from imm.audit.export import write_bundle
-    from imm.catalog.db import connect
     from imm.catalog.keys import KeyRing
     from imm.catalog.service import Catalog
+    from imm.store.sqlite import connect
 
     keyring, _ = KeyRing.load_or_create(state / "keys")
     catalog = Catalog(keyring, "imm.local/ledger")

@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imm-bench-catalog-", dir=args.dir) as tmpname, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
-        sock = tmp / "immd.sock"
-        immd = Immd(tmp, not args.no_pyc_cache).start()
+        immd = Immd(tmp, pyc_cache=not args.no_pyc_cache).start()
+        sock = immd.sock
         stack.callback(immd.stop)
         log(f"immd pid {immd.proc.pid if immd.proc else '?'} on {sock}; load {loadavg()}")
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imm-bench-cli-", dir=args.dir) as tmpname, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpname)
-        immd = Immd(tmp, not args.no_pyc_cache).start()
+        immd = Immd(tmp, pyc_cache=not args.no_pyc_cache).start()
         stack.callback(immd.stop)
         client = Client(str(immd.sock))
         files = tmp / "files"

@@ -51,7 +51,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from imm.plugins.base import ProviderContext  # noqa: E402
+from imm.plugins.base import PluginContext  # noqa: E402
 from imm.plugins.providers.aws import AWSProvider  # noqa: E402
 
 from adapters import ec2 as ec2_adapter  # noqa: E402
@@ -184,7 +184,7 @@ def make_provider(endpoints: dict[str, str], page_size: int, tmp: Path,
     return AWSProvider("bench", {
         "kind": "aws", "regions": regions, "endpoint": {r: endpoints[r] for r in regions},
         "libcloud_driver": ec2_adapter.DRIVER_NAME, "page_size": page_size, "timeout_s": 600,
-        "retries": 0}, ProviderContext(tmp, logging.getLogger("bench")))
+        "retries": 0}, PluginContext(tmp, logging.getLogger("bench")))
 
 
 def libcloud_loop(endpoints: dict[str, str]) -> int:

@@ -91,7 +91,7 @@ class Immd(daemon.Immd):
     """The shared benchmark daemon, plus ``immctl image add`` of a fresh version each time."""
 
     def __init__(self, root: Path, pyc_cache: bool = True) -> None:
-        super().__init__(root, pyc_cache)
+        super().__init__(root, pyc_cache=pyc_cache)
         self.versions = itertools.count(1)
 
     def image_add(self, path: Path) -> str:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "image.raw"
         make_file(path, size)
         warm(path)
-        immd = None if args.no_immd else Immd(Path(tmp), not args.no_pyc_cache)
+        immd = None if args.no_immd else Immd(Path(tmp), pyc_cache=not args.no_pyc_cache)
         if immd is not None and not immd.available():
             print("immd/immctl not found next to this python or on PATH: "
                   "no 'immctl image add' row", file=sys.stderr)

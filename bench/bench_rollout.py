@@ -31,6 +31,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from backends import LoadClient  # noqa: E402
+from daemon import Immd  # noqa: E402
 
 
 def free_port() -> int:
@@ -39,14 +40,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def immctl(sock: Path, *args: str) -> dict:
-    out = subprocess.run([str(BIN / "immctl"), *args, "--json"], capture_output=True, text=True,
-                         env={**os.environ, "IMM_SOCKET": str(sock)})
-    if out.returncode != 0:
-        raise SystemExit(f"immctl {' '.join(args)} failed: {out.stdout} {out.stderr}")
-    return json.loads(out.stdout)
 
 
 def start_floor(image: Path, n: int) -> float:
@@ -84,8 +77,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(REPO / "examples" / "bake.py"), str(work / "img"), "--all"],
                    check=True, capture_output=True)
     port = free_port()
-    cfg = work / "immd.toml"
-    cfg.write_text(f"""
+    config = (f"""
 [providers.local]
 kind = "local"
 [routers.haproxy]
@@ -99,16 +91,11 @@ check_interval_ms = {args.check_interval_ms}, rise = {args.rise}, fall = 2 }}
 health_timeout_s = 60
 drain_timeout_s = 30
 """)
-    sock = work / "immd.sock"
-    log = open(work / "immd.log", "wb")  # noqa: SIM115
-    d = subprocess.Popen([str(BIN / "immd"), "--config", str(cfg), "--state-dir",
-                          str(work / "state"), "--socket", str(sock)], stdout=log, stderr=log)
+    d = Immd(work, config).start()
     try:
-        while not sock.exists():
-            time.sleep(0.05)
         for v in ("v1", "v2"):
-            immctl(sock, "image", "add", str(work / "img" / v), "--name", "web", "--version", v)
-        immctl(sock, "rollout", "start", "web", "--image", "web@v1", "--wait")
+            d.json("image", "add", str(work / "img" / v), "--name", "web", "--version", v)
+        d.json("rollout", "start", "web", "--image", "web@v1", "--wait")
         floor_start = start_floor(work / "img" / "v2", n)
         floor_check = args.check_interval_ms * args.rise / 1000
         stamps: list[tuple[float, str]] = []
@@ -126,7 +113,7 @@ drain_timeout_s = 30
         load.start()
         time.sleep(0.5)
         t0 = time.perf_counter()
-        r = immctl(sock, "rollout", "start", "web", "--image", "web@v2", "--wait")
+        r = d.json("rollout", "start", "web", "--image", "web@v2", "--wait")
         total = time.perf_counter() - t0
         stats = load.stop()
         assert r["state"] == "completed", r["error"]
@@ -150,17 +137,8 @@ drain_timeout_s = 30
         print(f"{'switch decision -> last blue response':38}{switch:>10.3f}")
         print(f"{'switch decision -> retire decision':38}{retire_at - shift_at:>10.3f}")
     finally:
-        d.terminate()
-        d.wait()
-        # leave nothing running: instances and the embedded haproxy live under the work dir
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    if str(work) in os.readlink(f"/proc/{pid}/cwd") or str(work) in open(
-                            f"/proc/{pid}/cmdline").read():
-                        os.kill(int(pid), 9)
-                except OSError:
-                    pass
+        d.stop()
+        d.reap()  # leave nothing running: instances and the embedded haproxy live under work
 
 
 if __name__ == "__main__":

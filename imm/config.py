@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .daemon.auth import AdminRule
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
@@ -23,6 +22,16 @@ DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level",
 }
+
+
+@dataclass(frozen=True)
+class AdminRule:
+    """Who may change things: root, members of ``group``, and (``owner_is_admin``) the user
+    immd runs as. A system install sets owner_is_admin = false: local instances run as immd's
+    user, and they must not be able to roll out or revoke."""
+
+    group: str
+    owner_is_admin: bool = True
 
 
 @dataclass

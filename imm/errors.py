@@ -110,6 +110,14 @@ class RouterError(ImmError):
     exit_code = EXIT_ERROR
 
 
+class Unsupported(ImmError):
+    """A configured provider or router lacks an optional operation (see its ``features``)."""
+
+    code = "unsupported"
+    status = 501
+    exit_code = EXIT_ERROR
+
+
 class ConfigError(ImmError):
     code = "config-error"
     status = 500
@@ -127,6 +135,6 @@ ERROR_CLASSES: dict[str, type[ImmError]] = {
     for cls in (
         ImmError, BadRequest, NotFound, Ambiguous, Conflict, Forbidden, PolicyRefused,
         VerificationFailed, PayloadTooLarge, Unavailable, ProviderError, RouterError,
-        ConfigError, PluginError,
+        Unsupported, ConfigError, PluginError,
     )
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from imm.plugins import hookspecs
+from imm.plugins import base, hookspecs
 
 INTRO = """# Writing imm plugins
 
@@ -42,14 +42,40 @@ awaitable; immd awaits it.
 
 Providers and routers subclass `imm.plugins.base.Provider` / `Router` and are registered from
 `imm_register_providers` / `imm_register_routers`. Their methods are synchronous: immd runs them
-in worker threads with a per-provider concurrency limit.
+in worker threads with a per-provider concurrency limit. Each receives a `PluginContext`
+(`state_dir`, `log`). Shared cloud plumbing (settings, credentials from env or files, per-region
+driver caching, retries with backoff, error naming) is in `imm.plugins.cloud`; state files are
+written with `imm.plugins.statefile`.
 
-## Hooks
+## Optional operations
+
+A provider lists the optional operations it implements in `features` (a frozenset of
+`imm.plugins.base.Feature`); imm asks `supports(Feature.X)` and never probes for methods. Every
+optional operation is declared on `Provider` and raises `imm.errors.Unsupported` (HTTP 501)
+naming the provider and the feature unless the provider overrides it:
 """
 
 
+def _operations() -> list[str]:
+    out = []
+    for feature in base.Feature:
+        op = getattr(base.Provider, feature.value, None)
+        if op is None:
+            out.append(f"- `{feature.value}`: launch() is idempotent per "
+                       f"`LaunchRequest.client_token` (no method of its own)")
+            continue
+        sig = str(inspect.signature(op)).replace("'", "")
+        doc = " ".join((inspect.getdoc(op) or "").split())
+        out.append(f"- `{feature.value}{sig}`: {doc}")
+    out += ["", "Routers declare `features` too (`imm.plugins.base.RouterFeature`): "
+            + ", ".join(f"`{f.value}`" for f in base.RouterFeature)
+            + ". Without `health_check`, `Backend.healthy` stays None and imm gates on the "
+              "instance running.", "", "## Hooks", ""]
+    return out
+
+
 def render() -> str:
-    out = [INTRO]
+    out = [INTRO, *_operations()]
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
         if name.startswith("imm_"):
             sig = str(inspect.signature(fn)).replace("'", "")

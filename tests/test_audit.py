@@ -31,7 +31,7 @@ from imm.catalog.digest import tree_digest, tree_manifest
 from imm.catalog.keys import public_pem
 from imm.catalog.merkle import leaf_hash, root_from_leaf_hashes, verify_inclusion
 from imm.errors import BadRequest
-from imm.plugins.base import Instance, LaunchRequest, ProviderContext
+from imm.plugins.base import Instance, LaunchRequest, PluginContext
 from imm.plugins.providers.local import LocalProvider
 
 import audit_plugin
@@ -188,7 +188,7 @@ def fleet_immd(tmp_path: Path) -> Iterator[tuple[Immd, LocalProvider, dict[str, 
     env[audit_plugin.FINDINGS_LOG_ENV] = str(tmp_path / "findings.log")
     d = Immd(tmp_path, FLEET_CONFIG.format(max_age=1)).start(extra_env=env)
     local = LocalProvider("local", {"start_check_s": 0.05, "stop_timeout_s": 2},
-                          ProviderContext(d.state, logging.getLogger("test")))
+                          PluginContext(d.state, logging.getLogger("test")))
     try:
         yield d, local, env
     finally:

@@ -27,9 +27,9 @@ import boto3
 import pytest
 
 from imm.errors import BadRequest, ConfigError, NotFound, ProviderError, RouterError
-from imm.plugins.base import LaunchRequest, ProviderContext, RouterContext
+from imm.plugins import cloud
+from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins.providers import aws as awsmod
-from imm.plugins.providers import cloud
 from imm.plugins.providers.aws import TAG_COPIED_FROM, TAG_TOKEN, AWSProvider
 from imm.plugins.registry import ProviderRegistry, RouterRegistry
 from imm.plugins.routers import cloudlb as cloudlbmod
@@ -83,7 +83,7 @@ def make_provider(url: str, tmp_path: Path, **settings: Any) -> AWSProvider:
                             "libcloud_driver": EC2_DRIVER, "backoff_base_s": 0.01,
                             "backoff_max_s": 0.05, "timeout_s": 5}
     base.update(settings)
-    return AWSProvider("aws-test", base, ProviderContext(tmp_path, LOG))
+    return AWSProvider("aws-test", base, PluginContext(tmp_path, LOG))
 
 
 def register_ami(url: str, region: str = REGION, name: str = "imm-web-1.0",
@@ -230,8 +230,8 @@ def test_registers_as_plugins() -> None:
     cloudlbmod.imm_register_routers(routers)
     assert providers.get("aws") is AWSProvider
     assert routers.get("cloudlb") is CloudLBRouter
-    assert AWSProvider("x", {"regions": [REGION]}, ProviderContext(Path("/tmp"), LOG)
-                       ).capabilities() == {"client_token", "copy_image"}
+    assert AWSProvider("x", {"regions": [REGION]}, PluginContext(Path("/tmp"), LOG)
+                       ).features == {Feature.CLIENT_TOKEN, Feature.COPY_IMAGE}
 
 
 def test_example_config_builds_both_plugins(tmp_path: Path) -> None:
@@ -239,15 +239,15 @@ def test_example_config_builds_both_plugins(tmp_path: Path) -> None:
 
     conf = tomllib.loads((Path(__file__).parent.parent / "config" / "aws.toml").read_text())
     (pname, psettings), = conf["providers"].items()
-    p = AWSProvider(pname, psettings, ProviderContext(tmp_path, LOG))
+    p = AWSProvider(pname, psettings, PluginContext(tmp_path, LOG))
     assert p.regions == [REGION, OTHER] and p.security_groups[OTHER]
     (rname, rsettings), = conf["routers"].items()
-    r = CloudLBRouter(rname, rsettings, RouterContext(tmp_path, LOG))
+    r = CloudLBRouter(rname, rsettings, PluginContext(tmp_path, LOG))
     assert r.flavour == "alb" and r.standby
 
 
 def test_settings_are_checked(tmp_path: Path) -> None:
-    ctx = ProviderContext(tmp_path, LOG)
+    ctx = PluginContext(tmp_path, LOG)
     with pytest.raises(ConfigError, match="regions"):
         AWSProvider("x", {}, ctx)
     with pytest.raises(ConfigError, match="unknown region"):
@@ -657,7 +657,7 @@ def make_router(url: str, tmp_path: Path, **settings: Any) -> CloudLBRouter:
                             "endpoint": url, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
                             "libcloud_driver": ELB_DRIVER if driver == "elb" else ALB_DRIVER}
     base.update(settings)
-    return CloudLBRouter("lb-test", base, RouterContext(tmp_path, LOG))
+    return CloudLBRouter("lb-test", base, PluginContext(tmp_path, LOG))
 
 
 def run_instances(url: str, n: int) -> list[dict[str, Any]]:

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from imm.errors import BadRequest, ConfigError, ProviderError
-from imm.plugins.base import LaunchRequest, ProviderContext
+from imm.errors import BadRequest, ConfigError, ProviderError, Unsupported
+from imm.plugins.base import Feature, LaunchRequest, PluginContext
+from imm.plugins.cloud import REDACTED
 from imm.plugins.providers import azure as azmod
 from imm.plugins.providers.azure import TAG_TOKEN, AzureProvider
-from imm.plugins.providers.cloud import REDACTED
 from imm.plugins.registry import ProviderRegistry
 
 from conftest import Immd
@@ -71,7 +71,7 @@ def settings(fake: Any, **extra: Any) -> dict[str, Any]:
 
 
 def make(fake: Any, tmp_path: Path, **extra: Any) -> AzureProvider:
-    return AzureProvider("az-test", settings(fake, **extra), ProviderContext(tmp_path, LOG))
+    return AzureProvider("az-test", settings(fake, **extra), PluginContext(tmp_path, LOG))
 
 
 def imm_tags(rollout: str = "r-1", slot: str = "b1") -> dict[str, str]:
@@ -244,9 +244,9 @@ def test_describe_image(fake: Any, tmp_path: Path) -> None:
     assert p.describe_image(LOC, image[:-1] + "9") is None
     with pytest.raises(BadRequest, match="publisher:offer:sku:version"):
         p.describe_image(LOC, "ami-0abc")
-    with pytest.raises(BadRequest, match="Compute Gallery"):
+    with pytest.raises(Unsupported, match="Compute Gallery"):
         p.copy_image(LOC, image, "westus")
-    assert "copy_image" not in p.capabilities() and "client_token" in p.capabilities()
+    assert not p.supports(Feature.COPY_IMAGE) and p.supports(Feature.CLIENT_TOKEN)
 
 
 # --------------------------------------------------------------------------- errors
@@ -320,7 +320,7 @@ def test_unknown_paths_answer_arm_errors(fake: Any, tmp_path: Path) -> None:
 
 
 def test_settings_are_checked(fake: Any, tmp_path: Path) -> None:
-    ctx = ProviderContext(tmp_path, LOG)
+    ctx = PluginContext(tmp_path, LOG)
     with pytest.raises(ConfigError, match="set subscription_id"):
         AzureProvider("a", {k: v for k, v in settings(fake).items() if k != "subscription_id"},
                       ctx)

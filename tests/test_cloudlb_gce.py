@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imm.errors import BadRequest, ConfigError, NotFound, RouterError
-from imm.plugins.base import Instance, LaunchRequest, ProviderContext, RouterContext
+from imm.plugins.base import Instance, LaunchRequest, PluginContext
 from imm.plugins.providers.gcp import GCPProvider
 from imm.plugins.routers.cloudlb import CloudLBRouter
 
@@ -95,7 +95,7 @@ def make(tmp_path: Path, files: dict[str, str], fake: Any) -> Callable[..., Clou
             "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}
         settings.update(over)
         settings = {k: v for k, v in settings.items() if v is not None}
-        return CloudLBRouter(name, settings, RouterContext(tmp_path / "state", LOG))
+        return CloudLBRouter(name, settings, PluginContext(tmp_path / "state", LOG))
 
     return make
 
@@ -105,7 +105,7 @@ def launch(tmp_path: Path, files: dict[str, str], fake: Any) -> Callable[..., li
     """Instances launched the way imm launches them: through the gcp provider."""
     provider = GCPProvider("gcp", {"zones": [ZONE, ZONE_B], "project": PROJECT, **files,
                                    "endpoint": fake.url, "size": "n1-standard-1",
-                                   "poll_interval_s": 0}, ProviderContext(tmp_path, LOG))
+                                   "poll_interval_s": 0}, PluginContext(tmp_path, LOG))
     n = iter(range(100))
 
     def launch(count: int = 1, zone: str = ZONE) -> list[Instance]:
@@ -124,7 +124,7 @@ def path(zone: str, name: str) -> str:
 
 
 def test_construction_does_no_io_and_checks_settings(tmp_path: Path) -> None:
-    ctx = RouterContext(tmp_path / "state", LOG)
+    ctx = PluginContext(tmp_path / "state", LOG)
     # Nothing listens on port 9 and the key does not exist: construction must not notice.
     r = CloudLBRouter("lb", {"driver": "gce", "zones": ["us-central1-a", "us-central1-b"],
                              "project": PROJECT, "endpoint": "http://127.0.0.1:9",
@@ -456,6 +456,6 @@ def test_the_example_config_block_builds_without_io(tmp_path: Path) -> None:
             block.append(line[2:])
     settings = tomllib.loads("\n".join(block))["routers"]["lb"]
     assert settings["kind"] == "cloudlb" and settings["driver"] == "gce"
-    r = CloudLBRouter("lb", settings, RouterContext(tmp_path / "state", LOG))
+    r = CloudLBRouter("lb", settings, PluginContext(tmp_path / "state", LOG))
     assert r.region == "us-central1" and r.standby == "web-standby"
     assert not (tmp_path / "state").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imm import config
-from imm.plugins.base import ProviderContext, RouterContext
+from imm.plugins.base import PluginContext
 from imm.plugins.manager import Plugins
 from imm.rollout.services import load_services
 
@@ -23,11 +23,11 @@ def test_example_config_builds(path: Path, tmp_path: Path) -> None:
     for name, entry in s.providers.items():
         cls = plugins.providers.get(entry["kind"])
         cls(name, {k: v for k, v in entry.items() if k != "kind"},
-            ProviderContext(tmp_path, logging.getLogger("t")))
+            PluginContext(tmp_path, logging.getLogger("t")))
     for name, entry in s.routers.items():
         rcls = plugins.routers.get(entry["kind"])
         rcls(name, {k: v for k, v in entry.items() if k != "kind"},
-             RouterContext(tmp_path, logging.getLogger("t")))
+             PluginContext(tmp_path, logging.getLogger("t")))
     services = load_services(s.services, set(s.providers), set(s.routers))
     assert all(svc.count >= 1 for svc in services.values())
 

@@ -32,7 +32,7 @@ from libcloud.dns.providers import set_driver
 from libcloud.dns.types import RecordType
 
 from imm.errors import BadRequest, NotFound, RouterError
-from imm.plugins.base import RouterContext
+from imm.plugins.base import PluginContext
 from imm.plugins.registry import RouterRegistry
 from imm.plugins.routers import dns as dnsrouter
 from imm.plugins.routers.dns import DNSRouter
@@ -172,7 +172,7 @@ def make_router(bind: Bind, state_dir: Path, name: str = "dns-test", **overrides
     }
     settings.update(overrides)
     settings = {k: v for k, v in settings.items() if v is not None}
-    router = DNSRouter(name, settings, RouterContext(state_dir, logging.getLogger("test.dns")))
+    router = DNSRouter(name, settings, PluginContext(state_dir, logging.getLogger("test.dns")))
     router.start()
     return router
 
@@ -412,7 +412,7 @@ def test_health_check(bind: Bind, tmp_path: Path) -> None:
 
 
 def test_bad_settings_and_addresses(bind: Bind, router: DNSRouter, tmp_path: Path) -> None:
-    ctx = RouterContext(tmp_path, logging.getLogger("test.dns"))
+    ctx = PluginContext(tmp_path, logging.getLogger("test.dns"))
     with pytest.raises(BadRequest, match="server .* or libcloud_driver"):
         DNSRouter("x", {"zone": ZONE}, ctx)
     with pytest.raises(BadRequest, match="needs zone"):
@@ -431,7 +431,7 @@ def test_bad_settings_and_addresses(bind: Bind, router: DNSRouter, tmp_path: Pat
 
 def test_server_down_names_server(tmp_path: Path) -> None:
     router = DNSRouter("x", {"server": "127.0.0.1", "port": free_port(), "zone": ZONE,
-                             "timeout_s": 1}, RouterContext(tmp_path, logging.getLogger("t")))
+                             "timeout_s": 1}, PluginContext(tmp_path, logging.getLogger("t")))
     with pytest.raises(RouterError, match=r"DNS server 127\.0\.0\.1 port \d+, zone example"):
         router.backends("web.example.test.")
 
@@ -475,7 +475,7 @@ def test_route53_through_libcloud(r53: Route53, tmp_path: Path) -> None:
     zone = r53.driver.create_zone(ZONE)
     settings = {"libcloud_driver": r53.driver_name, "endpoint": r53.endpoint,
                 "zone": ZONE, "ttl": 60}
-    router = DNSRouter("r53", settings, RouterContext(tmp_path, logging.getLogger("t")))
+    router = DNSRouter("r53", settings, PluginContext(tmp_path, logging.getLogger("t")))
     router.start()
     route = "web.example.test."
     router.ensure_route(route, {})
@@ -506,7 +506,7 @@ def test_route53_through_libcloud(r53: Route53, tmp_path: Path) -> None:
     r53.driver.ex_create_multi_value_record("api", zone, "A", "10.9.0.1\n10.9.0.2",
                                          extra={"ttl": 30})
     by_id = DNSRouter("r53-id", {**settings, "zone": None, "zone_id": zone.id},
-                      RouterContext(tmp_path, logging.getLogger("t")))
+                      PluginContext(tmp_path, logging.getLogger("t")))
     assert by_name(by_id, "api.example.test.") == {"10.9.0.1": (1, "ready"),
                                                    "10.9.0.2": (1, "ready")}
     by_id.remove("api.example.test.", "10.9.0.1")
@@ -518,7 +518,7 @@ def test_route53_stale_view_is_retried(r53: Route53, tmp_path: Path) -> None:
     r53.driver.ex_create_multi_value_record("cas", zone, "A", "10.3.0.1", extra={"ttl": 30})
     router = DNSRouter("r53", {"libcloud_driver": r53.driver_name,
                                "endpoint": r53.endpoint, "zone_id": zone.id},
-                       RouterContext(tmp_path, logging.getLogger("t")))
+                       PluginContext(tmp_path, logging.getLogger("t")))
     router.add("cas.example.test.", "a", "10.3.0.2")
     real_read = router.zone_api.read
     calls = []
@@ -539,7 +539,7 @@ def test_route53_missing_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDIMMTEST")
     router = DNSRouter("r53", {"libcloud_driver": "route53", "zone_id": "Z1"},
-                       RouterContext(tmp_path, logging.getLogger("t")))
+                       PluginContext(tmp_path, logging.getLogger("t")))
     with pytest.raises(RouterError, match="AWS_SECRET_ACCESS_KEY not set"):
         router.backends("web.example.test.")
 
@@ -600,7 +600,7 @@ def test_libcloud_provider_without_batches(tmp_path: Path,
     MemoryDNSDriver.history = []
     router = DNSRouter("mem", {"libcloud_driver": "imm_memory_dns", "key_env": "MEM_KEY",
                                "zone": ZONE},
-                       RouterContext(tmp_path, logging.getLogger("t")))
+                       PluginContext(tmp_path, logging.getLogger("t")))
     route = "web.example.test."
     router.ensure_route(route, {})
     for name, ip in (("b1", "10.5.0.1"), ("b2", "10.5.0.2"), ("g1", "10.6.0.1")):

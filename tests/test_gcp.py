@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imm.errors import BadRequest, ConfigError, NotFound, ProviderError
-from imm.plugins.base import LaunchRequest, ProviderContext
+from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins.providers import gcp as gcpmod
 from imm.plugins.providers.gcp import GCPProvider, instance_names, label_value
 from imm.plugins.registry import ProviderRegistry
@@ -92,7 +92,7 @@ def make(tmp_path: Path, pem: str, fake: Any) -> Callable[..., GCPProvider]:
             "timeout_s": 5}
         settings.update(over)
         settings = {k: v for k, v in settings.items() if v is not None}
-        return GCPProvider("gcp-test", settings, ProviderContext(tmp_path, LOG))
+        return GCPProvider("gcp-test", settings, PluginContext(tmp_path, LOG))
 
     return make
 
@@ -307,7 +307,7 @@ def test_describe_image_present_absent_and_global(make: Any, fake: Any) -> None:
         p.describe_image("asia-east1-a", "web-v1")
     # Images are global: "copying" to another zone is the same id.
     assert p.copy_image(ZONE, "web-v1", OTHER) == "web-v1"
-    assert "global_images" in p.capabilities()
+    assert p.supports(Feature.COPY_IMAGE) and not p.supports(Feature.REHASH)
     with pytest.raises(NotFound):
         p.copy_image(ZONE, "web-v9", OTHER)
 

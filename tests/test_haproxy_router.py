@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from imm.errors import BadRequest, RouterError
-from imm.plugins.base import RouterContext
+from imm.plugins.base import PluginContext
 from imm.plugins.registry import RouterRegistry
 from imm.plugins.routers.haproxy import (
     AdminSocket,
@@ -106,7 +106,7 @@ def make_router(workdir: Path) -> Iterator[Callable[..., HAProxyRouter]]:
             settings.setdefault("dir", str(workdir / name))
         settings.setdefault("supervise_interval_s", 0.2)
         settings.setdefault("stop_on_close", True)  # these tests check that close() stops it
-        r = HAProxyRouter(name, settings, RouterContext(workdir, logging.getLogger(f"t.{name}")))
+        r = HAProxyRouter(name, settings, PluginContext(workdir, logging.getLogger(f"t.{name}")))
         made.append(r)
         return r
 
@@ -143,7 +143,7 @@ def view(router: HAProxyRouter, route: str) -> dict[str, tuple[str, int, str, bo
 
 
 def test_bad_settings_are_refused_with_the_key_named(workdir: Path) -> None:
-    ctx = RouterContext(workdir, logging.getLogger("t"))
+    ctx = PluginContext(workdir, logging.getLogger("t"))
     with pytest.raises(BadRequest, match="unknown setting.*colour"):
         HAProxyRouter("r", {"colour": "blue"}, ctx)
     with pytest.raises(BadRequest, match="longer than the 107"):
@@ -429,10 +429,10 @@ def test_adopts_haproxy_left_running_by_a_previous_immd(
     script = textwrap.dedent(f"""
         import logging, os, sys
         from pathlib import Path
-        from imm.plugins.base import RouterContext
+        from imm.plugins.base import PluginContext
         from imm.plugins.routers.haproxy import HAProxyRouter
         r = HAProxyRouter("edge", {{"dir": {str(d)!r}}},
-                          RouterContext(Path({str(workdir)!r}), logging.getLogger("first")))
+                          PluginContext(Path({str(workdir)!r}), logging.getLogger("first")))
         r.start()
         r.ensure_route("web", {web!r})
         r.add("web", "a", {a.address!r})

@@ -28,8 +28,9 @@ from imm.plugins.base import (
     TAG_ROLLOUT,
     TAG_SERVICE,
     TAG_SLOT,
+    Feature,
     LaunchRequest,
-    ProviderContext,
+    PluginContext,
 )
 from imm.plugins.providers import local as local_module
 from imm.plugins.providers.local import LocalProvider
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make_provider(state_dir: Path, **settings: Any) -> LocalProvider:
-    return LocalProvider("local", settings, ProviderContext(state_dir, logging.getLogger("test")))
+    return LocalProvider("local", settings, PluginContext(state_dir, logging.getLogger("test")))
 
 
 def request(image_id: str, count: int = 1, token: str = "tok-1", *, service: str = "web",
@@ -194,7 +195,8 @@ def test_store_image_is_idempotent_and_read_only(provider: LocalProvider, baked:
     assert provider.describe_image("local", "img-0000000000000000") is None
     assert provider.describe_image("local", "../../etc") is None
     assert provider.image_manifest(image_id) == tree_manifest(baked / "v1")
-    assert provider.capabilities() == {"rehash", "client_token", "store_image"}
+    assert provider.features == {Feature.REHASH, Feature.CLIENT_TOKEN, Feature.STORE_IMAGE,
+                                 Feature.IMAGE_MANIFEST}
 
 
 def test_store_image_bad_inputs_leave_nothing(provider: LocalProvider, tmp_path: Path,
@@ -498,9 +500,9 @@ def test_port_range_is_used(state_dir: Path, baked: Path) -> None:
 LAUNCHER = """
 import json, logging, os, signal, sys
 from pathlib import Path
-from imm.plugins.base import LaunchRequest, ProviderContext
+from imm.plugins.base import LaunchRequest, PluginContext
 from imm.plugins.providers.local import LocalProvider
-p = LocalProvider("local", {}, ProviderContext(Path(sys.argv[1]), logging.getLogger("x")))
+p = LocalProvider("local", {}, PluginContext(Path(sys.argv[1]), logging.getLogger("x")))
 tags = {"imm:service": "web", "imm:rollout": "r-9", "imm:slot": "blue", "imm:digest": "d"}
 insts = p.launch(LaunchRequest("local", sys.argv[2], 2, tags, "from-dead-immd"))
 print(json.dumps([[i.id, i.address, i.extra["pid"]] for i in insts]), flush=True)

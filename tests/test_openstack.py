@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from imm.errors import BadRequest, ConfigError, ProviderError
-from imm.plugins.base import LaunchRequest, ProviderContext
-from imm.plugins.providers import cloud
+from imm.errors import BadRequest, ConfigError, ProviderError, Unsupported
+from imm.plugins import cloud
+from imm.plugins.base import Feature, LaunchRequest, PluginContext
 from imm.plugins.providers import openstack as osmod
 from imm.plugins.providers.openstack import TAG_TOKEN, OpenStackProvider
 from imm.plugins.registry import ProviderRegistry
@@ -56,7 +56,7 @@ def make_provider(fake: FakeOpenStack, tmp_path: Path, catalog: bool = False,
         base.update(compute_url=fake.compute_url(), image_url=fake.image_url(),
                     network_url=fake.network_url())
     base.update(settings)
-    return OpenStackProvider("os-test", base, ProviderContext(tmp_path, LOG))
+    return OpenStackProvider("os-test", base, PluginContext(tmp_path, LOG))
 
 
 def imm_tags(rollout: str = "r-1", slot: str = "b0") -> dict[str, str]:
@@ -110,13 +110,13 @@ def test_registers_as_plugin(tmp_path: Path) -> None:
     osmod.imm_register_providers(registry)
     assert registry.get("openstack") is OpenStackProvider
     p = OpenStackProvider("x", {"auth_url": "https://keystone:5000/v3", "username": "u",
-                                "project": "p"}, ProviderContext(tmp_path, LOG))
-    assert p.capabilities() == {"client_token"}
+                                "project": "p"}, PluginContext(tmp_path, LOG))
+    assert p.features == {Feature.CLIENT_TOKEN}
     assert p.auth_url == "https://keystone:5000" and p.regions == [REGION]
 
 
 def test_settings_are_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    ctx = ProviderContext(tmp_path, LOG)
+    ctx = PluginContext(tmp_path, LOG)
     ok = {"auth_url": "http://127.0.0.1:5000", "username": "u", "project": "p"}
     with pytest.raises(ConfigError, match="auth_url"):
         OpenStackProvider("x", {"username": "u", "project": "p"}, ctx)
@@ -339,9 +339,9 @@ def test_describe_image_and_no_copy(fake: FakeOpenStack, tmp_path: Path) -> None
     fake.fail("glance.images.get", 500, times=2)
     assert p.describe_image(REGION, image) is not None  # 5xx retried
     assert fake.calls["glance.images.get"] == 6  # 3 before, then 500, 500, 200
-    with pytest.raises(BadRequest, match="no cross-region copy") as err:
+    with pytest.raises(Unsupported, match="no cross-region copy") as err:
         p.copy_image(REGION, image, OTHER)
-    assert err.value.code == "not-supported"
+    assert err.value.code == "unsupported" and err.value.status == 501
 
 
 # --------------------------------------------------------------------------- auth and errors

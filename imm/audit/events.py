@@ -12,11 +12,11 @@ Functions that take a connection run inside the caller's write transaction.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from ..catalog.merkle import EMPTY_ROOT, MerkleLog, leaf_hash, node_hash
-from ..catalog.service import Catalog, now
+from ..catalog.service import Catalog
+from ..store import Connection, now
 from .bundle_verify import dumps
 
 RECORD_KIND = "audit-batch"
@@ -54,12 +54,12 @@ def tree_path(levels: list[list[bytes]], index: int) -> list[bytes]:
     return path
 
 
-def next_index(conn: sqlite3.Connection) -> int:
+def next_index(conn: Connection) -> int:
     """The ledger index the next appended record gets (the caller holds the write lock)."""
     return MerkleLog(conn).size()
 
 
-def record_events(conn: sqlite3.Connection, catalog: Catalog, sweep: int, actor: str,
+def record_events(conn: Connection, catalog: Catalog, sweep: int, actor: str,
                   bodies: list[dict[str, Any]], expect: int | None = None) -> int:
     """Commit ``bodies`` (in order) with one signed ledger record; returns its ledger index.
 
@@ -86,7 +86,7 @@ def record_events(conn: sqlite3.Connection, catalog: Catalog, sweep: int, actor:
     return index
 
 
-def end_events(conn: sqlite3.Connection, ends: list[tuple[str, int, int]]) -> None:
+def end_events(conn: Connection, ends: list[tuple[str, int, int]]) -> None:
     """Mark open events as ended at a time: ``(at, ledger_index, entry)`` each."""
     if ends:
         conn.executemany("UPDATE audit_events SET ends_at = ? WHERE ledger_index = ? AND "

@@ -20,14 +20,14 @@ import hashlib
 import io
 import json
 import re
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from ..catalog import checkpoint, dsse
 from ..catalog.merkle import MerkleLog
-from ..catalog.service import Catalog, now
+from ..catalog.service import Catalog
 from ..errors import BadRequest
+from ..store import Connection, now
 from .bundle_verify import CSV_COLUMNS, FORMAT, dumps, flatten
 from .events import tree_levels, tree_path
 
@@ -96,7 +96,7 @@ class BundleWriter:
 
     # -- pieces --------------------------------------------------------------------------------
 
-    def begin(self, conn: sqlite3.Connection) -> bytes:
+    def begin(self, conn: Connection) -> bytes:
         """The header: fixes the ledger size every line is proven against."""
         log = MerkleLog(conn)
         self.size = log.size()
@@ -113,7 +113,7 @@ class BundleWriter:
         self.cursor = (self._start(conn), -1)
         return b"".join(out)
 
-    def _start(self, conn: sqlite3.Connection) -> int:
+    def _start(self, conn: Connection) -> int:
         """Where in the ledger the range's first event can be (a starting point, not exact)."""
         if not self.since:
             return -1
@@ -139,7 +139,7 @@ class BundleWriter:
             params.append(self.until)
         return " AND ".join(where), params
 
-    def next(self, conn: sqlite3.Connection) -> bytes | None:
+    def next(self, conn: Connection) -> bytes | None:
         """The next chunk of lines, or None when every event of the range is out."""
         if self.done or self.cursor is None:
             return None
@@ -163,7 +163,7 @@ class BundleWriter:
         self.cursor = (rows[-1][0], rows[-1][1])
         return b"".join(out)
 
-    def _levels(self, conn: sqlite3.Connection, index: int, out: list[bytes]) -> list[list[bytes]]:
+    def _levels(self, conn: Connection, index: int, out: list[bytes]) -> list[list[bytes]]:
         """The batch tree of the record at ``index``, writing its record line on first use."""
         if self._record is not None and self._record[0] == index:
             return self._record[1]
@@ -194,7 +194,7 @@ class BundleWriter:
         return self._encode(line, dumps(line) + b"\n", self.lines + 1)
 
 
-def write_bundle(conn: sqlite3.Connection, catalog: Catalog, out: Any, **kw: Any) -> BundleWriter:
+def write_bundle(conn: Connection, catalog: Catalog, out: Any, **kw: Any) -> BundleWriter:
     """Write a whole bundle to the binary file ``out`` from one connection (tools, benches)."""
     w = BundleWriter(catalog, **kw)
     out.write(w.begin(conn))

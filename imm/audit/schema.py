@@ -13,13 +13,13 @@ inclusion proofs (event -> batch root, batch record -> ledger checkpoint) withou
 
 from __future__ import annotations
 
-import sqlite3
+from ..store import Connection, Schema, execute_script
 
-from ..catalog.db import execute_script, migration
+SCHEMA = Schema("audit")
 
 
-@migration("0003-audit")
-def _audit(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0003-audit")
+def _audit(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE observations (
             provider TEXT NOT NULL, region TEXT NOT NULL, instance_id TEXT NOT NULL,

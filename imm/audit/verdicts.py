@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..catalog.digest import diff_manifests
+from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE
 
-TAG_SERVICE = "imm:service"
-TAG_ROLLOUT = "imm:rollout"
-TAG_DIGEST = "imm:digest"
+__all__ = ["TAG_DIGEST", "TAG_ROLLOUT", "TAG_SERVICE", "VERDICTS", "Facts", "ImageFacts", "judge"]
 
 VERDICTS = ("ok", "unknown-image", "digest-mismatch", "revoked", "signature-invalid",
             "not-current-channel", "outside-rollout", "too-old", "tampered")

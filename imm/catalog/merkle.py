@@ -32,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import BadRequest, ImmError
+from ..store import Connection, IntegrityError
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -274,7 +274,7 @@ class MerkleLog:
     read first.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     # -- reading ---------------------------------------------------------------------------
@@ -431,7 +431,7 @@ class MerkleLog:
         # Start the leaf scan first: while it is pending, every later statement of this
         # connection reads the same snapshot (SQLite keeps one read transaction open while any
         # statement is active), so a writer committing meanwhile cannot skew size and tables.
-        leaf_rows = conn.execute("SELECT idx, data, leaf_hash FROM ledger_leaves ORDER BY idx")
+        leaf_rows = iter(conn.execute("SELECT idx, data, leaf_hash FROM ledger_leaves ORDER BY idx"))
         first = next(leaf_rows, None)
         n = self.size()
         problems: list[dict[str, Any]] = []
@@ -604,13 +604,13 @@ class MerkleLog:
                 "INSERT INTO ledger_leaves (idx, data, leaf_hash, created_at) VALUES (?, ?, ?, ?)",
                 rows,
             )
-        except sqlite3.IntegrityError as e:
+        except IntegrityError as e:
             raise LedgerCorrupt(f"cannot append leaf {rows[0][0]}: {e}; run the ledger verification") from e
 
     def _insert_nodes(self, rows: list[tuple[int, int, bytes]]) -> None:
         try:
             self.conn.executemany("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)", rows)
-        except sqlite3.IntegrityError as e:
+        except IntegrityError as e:
             raise LedgerCorrupt(
                 f"cannot store ledger node (level {rows[0][0]}, idx {rows[0][1]}): {e} "
                 "(a stale node row exists); run the ledger verification"

@@ -7,14 +7,14 @@ ledger rather than trusting columns.
 
 from __future__ import annotations
 
-import sqlite3
-
+from ..store import Connection, Schema, execute_script
 from . import merkle
-from .db import execute_script, migration
+
+SCHEMA = Schema("catalog")
 
 
-@migration("0001-catalog")
-def _catalog(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0001-catalog")
+def _catalog(conn: Connection) -> None:
     execute_script(
         conn,
         merkle.SCHEMA
@@ -52,7 +52,7 @@ def _catalog(conn: sqlite3.Connection) -> None:
     )
 
 
-@migration("0004-images-created")
-def _images_created(conn: sqlite3.Connection) -> None:
+@SCHEMA.migration("0004-images-created")
+def _images_created(conn: Connection) -> None:
     # image list pages by (created_at, digest): without this every page re-sorts the table
     conn.execute("CREATE INDEX images_created ON images(created_at, digest)")

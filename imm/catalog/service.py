@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import Ambiguous, BadRequest, ConfigError, Conflict, NotFound
+from ..store import Connection, now, query, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .keys import KeyRing, keyid_of, public_pem
@@ -34,24 +34,6 @@ REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IMAGE_ID = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,511}$")  # Azure ids start with "/"
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _row(cur: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
-
-
-def query(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, tuple(params))
-    return [_row(cur, r) for r in cur.fetchall()]
-
-
-def query_one(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-    rows = query(conn, sql, params)
-    return rows[0] if rows else None
-
-
 class Catalog:
     def __init__(self, keyring: KeyRing, origin: str) -> None:
         self.keyring = keyring
@@ -62,7 +44,7 @@ class Catalog:
     def _sign_with(self, key: Ed25519PrivateKey, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return dsse.sign(kind, body, key, keyid_of(key.public_key()))
 
-    def append(self, conn: sqlite3.Connection, kind: str, body: dict[str, Any],
+    def append(self, conn: Connection, kind: str, body: dict[str, Any],
                key: Ed25519PrivateKey | None = None) -> tuple[dict[str, Any], int, str]:
         """Sign ``body`` and append it to the ledger; returns (envelope, index, envelope text)."""
         env = self._sign_with(key or self.keyring.private, kind, body)
@@ -70,7 +52,7 @@ class Catalog:
         idx = MerkleLog(conn).append(text.encode("utf-8"), int(datetime.now(UTC).timestamp()))
         return env, idx, text
 
-    def checkpoint(self, conn: sqlite3.Connection) -> str:
+    def checkpoint(self, conn: Connection) -> str:
         log = MerkleLog(conn)
         note = checkpoint.sign(self.origin, log.size(), log.root(), self.origin,
                                self.keyring.private)
@@ -79,7 +61,7 @@ class Catalog:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def init_keys(self, conn: sqlite3.Connection, actor: str) -> None:
+    def init_keys(self, conn: Connection, actor: str) -> None:
         """At start: record the genesis key, finish an interrupted rotation, or refuse a stranger."""
         staged = self.keyring.directory / "signing.pem.next"
         known = {r["keyid"]: r for r in query(conn, "SELECT keyid, action FROM keys")}
@@ -110,14 +92,14 @@ class Catalog:
                 f"with an empty state dir"
             )
 
-    def keys(self, conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    def keys(self, conn: Connection) -> list[dict[str, Any]]:
         rows = query(conn, "SELECT keyid, action, previous, created_at, actor, ledger_index "
                            "FROM keys ORDER BY ledger_index")
         for r in rows:
             r["current"] = r["keyid"] == self.keyring.keyid
         return rows
 
-    def rotate_key(self, conn: sqlite3.Connection, actor: str,
+    def rotate_key(self, conn: Connection, actor: str,
                    new: Ed25519PrivateKey) -> dict[str, Any]:
         """Announce ``new`` with a record signed by the current key (the caller commits the file)."""
         old = self.keyring.keyid
@@ -136,7 +118,7 @@ class Catalog:
 
     # -- refs ---------------------------------------------------------------------------------
 
-    def resolve(self, conn: sqlite3.Connection, ref: str) -> str:
+    def resolve(self, conn: Connection, ref: str) -> str:
         """Turn a ref into a full digest, or raise NotFound/Ambiguous listing candidates."""
         if not isinstance(ref, str) or not ref.strip():
             raise BadRequest("an image ref is required: a digest, a digest prefix (≥12 hex), "
@@ -184,7 +166,7 @@ class Catalog:
 
     # -- images -------------------------------------------------------------------------------
 
-    def add_image(self, conn: sqlite3.Connection, actor: str, *, name: str, version: str,
+    def add_image(self, conn: Connection, actor: str, *, name: str, version: str,
                   content_digest: str, content_kind: str, layers: list[dict[str, Any]],
                   boot_actions: list[str], parent: str | None, labels: dict[str, str],
                   provenance: dict[str, Any] | None = None,
@@ -221,14 +203,14 @@ class Catalog:
         result["created"] = created
         return result
 
-    def show(self, conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    def show(self, conn: Connection, ref: str) -> dict[str, Any]:
         digest = self.resolve(conn, ref)
         row = query_one(conn, "SELECT * FROM images WHERE digest=?", (digest,))
         if row is None:
             raise NotFound(f"image {digest} does not exist")
         return self._image_view(conn, row)
 
-    def _image_view(self, conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    def _image_view(self, conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
         digest = row["digest"]
         rev = query_one(conn, "SELECT root, reason, actor, at, ledger_index FROM revocations "
                               "WHERE digest=?", (digest,))
@@ -248,7 +230,7 @@ class Catalog:
             "channels": chans, "envelope": json.loads(row["envelope"]),
         }
 
-    def list_images(self, conn: sqlite3.Connection, *, name: str | None = None,
+    def list_images(self, conn: Connection, *, name: str | None = None,
                     limit: int = 100, after: str | None = None,
                     status: str | None = None) -> dict[str, Any]:
         where, params = [], []
@@ -278,7 +260,7 @@ class Catalog:
 
     # -- artifacts ----------------------------------------------------------------------------
 
-    def _add_artifact(self, conn: sqlite3.Connection, actor: str, digest: str, provider: str,
+    def _add_artifact(self, conn: Connection, actor: str, digest: str, provider: str,
                       region: str, image_id: str) -> dict[str, Any]:
         for what, value, rx in (("provider", provider, PROVIDER), ("region", region, REGION),
                                 ("image id", image_id, IMAGE_ID)):
@@ -299,7 +281,7 @@ class Catalog:
                      (provider, region, image_id, digest, actor, body["time"], idx, text))
         return {**body, "ledger_index": idx, "envelope": env, "created": True}
 
-    def add_artifact(self, conn: sqlite3.Connection, actor: str, ref: str, provider: str,
+    def add_artifact(self, conn: Connection, actor: str, ref: str, provider: str,
                      region: str, image_id: str) -> dict[str, Any]:
         digest = self.resolve(conn, ref)
         result = self._add_artifact(conn, actor, digest, provider, region, image_id)
@@ -307,7 +289,7 @@ class Catalog:
             self.checkpoint(conn)
         return result
 
-    def artifact_image(self, conn: sqlite3.Connection, provider: str, region: str,
+    def artifact_image(self, conn: Connection, provider: str, region: str,
                        image_id: str) -> str | None:
         row = query_one(conn, "SELECT digest FROM artifacts WHERE provider=? AND region=? AND "
                               "image_id=?", (provider, region, image_id))
@@ -315,7 +297,7 @@ class Catalog:
 
     # -- revocation ---------------------------------------------------------------------------
 
-    def descendants(self, conn: sqlite3.Connection, digest: str) -> list[str]:
+    def descendants(self, conn: Connection, digest: str) -> list[str]:
         rows = query(conn, """
             WITH RECURSIVE d(digest) AS (
               SELECT digest FROM images WHERE parent = ?
@@ -323,7 +305,7 @@ class Catalog:
             SELECT digest FROM d ORDER BY digest""", (digest,))
         return [r["digest"] for r in rows]
 
-    def revoke(self, conn: sqlite3.Connection, actor: str, ref: str, reason: str,
+    def revoke(self, conn: Connection, actor: str, ref: str, reason: str,
                cascade: bool) -> dict[str, Any]:
         if not isinstance(reason, str) or not reason.strip():
             raise BadRequest("a revocation needs --reason TEXT (e.g. a CVE id)")
@@ -348,7 +330,7 @@ class Catalog:
         return {"root": digest, "revoked": new, "already_revoked": sorted(already),
                 "ledger_index": idx, "envelope": env}
 
-    def restore(self, conn: sqlite3.Connection, actor: str, ref: str) -> dict[str, Any]:
+    def restore(self, conn: Connection, actor: str, ref: str) -> dict[str, Any]:
         """Lift the revocation of ``ref``, and of everything its own cascade revoked."""
         digest = self.resolve(conn, ref)
         rows = query(conn, "SELECT digest FROM revocations WHERE digest=? OR root=? "
@@ -363,7 +345,7 @@ class Catalog:
         self.checkpoint(conn)
         return {"root": digest, "restored": digests, "ledger_index": idx, "envelope": env}
 
-    def revocation_of(self, conn: sqlite3.Connection, digest: str) -> dict[str, Any] | None:
+    def revocation_of(self, conn: Connection, digest: str) -> dict[str, Any] | None:
         return query_one(conn, "SELECT root, reason, actor, at, ledger_index FROM revocations "
                                "WHERE digest=?", (digest,))
 
@@ -374,12 +356,12 @@ class Catalog:
             raise BadRequest(f"bad channel name {name!r}: use SERVICE/STAGE, e.g. web/production "
                              "(lowercase letters, digits, . _ -)")
 
-    def _channel_head(self, conn: sqlite3.Connection, name: str) -> dict[str, Any] | None:
+    def _channel_head(self, conn: Connection, name: str) -> dict[str, Any] | None:
         self._check_channel(name)
         return query_one(conn, "SELECT * FROM channel_history WHERE name=? ORDER BY seq DESC "
                                "LIMIT 1", (name,))
 
-    def set_channel(self, conn: sqlite3.Connection, actor: str, name: str,
+    def set_channel(self, conn: Connection, actor: str, name: str,
                     ref: str) -> dict[str, Any]:
         head = self._channel_head(conn, name)
         digest = self.resolve(conn, ref)
@@ -398,7 +380,7 @@ class Catalog:
         self.checkpoint(conn)
         return {**self.channel(conn, name), "changed": True}
 
-    def channel(self, conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+    def channel(self, conn: Connection, name: str) -> dict[str, Any]:
         head = self._channel_head(conn, name)
         if head is None:
             raise NotFound(f"channel {name!r} does not exist; 'immctl channel set {name} REF' "
@@ -409,7 +391,7 @@ class Catalog:
                 "updated_at": head["at"], "actor": head["actor"],
                 "ledger_index": head["ledger_index"], "envelope": json.loads(head["envelope"])}
 
-    def channels(self, conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    def channels(self, conn: Connection) -> list[dict[str, Any]]:
         return query(conn, """
             SELECT h.name, h.digest, h.seq, h.at AS updated_at, h.actor,
                    i.name || '@' || i.version AS image
@@ -418,7 +400,7 @@ class Catalog:
               ON h.name = m.name AND h.seq = m.s
             LEFT JOIN images i ON i.digest = h.digest ORDER BY h.name""")
 
-    def channel_history(self, conn: sqlite3.Connection, name: str) -> list[dict[str, Any]]:
+    def channel_history(self, conn: Connection, name: str) -> list[dict[str, Any]]:
         self._check_channel(name)
         rows = query(conn, """
             SELECT h.seq, h.digest, h.previous, h.at, h.actor, h.ledger_index,
@@ -431,13 +413,24 @@ class Catalog:
 
     # -- ledger -------------------------------------------------------------------------------
 
-    def head(self, conn: sqlite3.Connection) -> dict[str, Any]:
+    def counts(self, conn: Connection) -> dict[str, int]:
+        """How much the catalog holds (``immctl status``, the /metrics gauges)."""
+        one = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
+        return {
+            "images": one("SELECT count(*) FROM images"),
+            "revoked": one("SELECT count(*) FROM revocations"),
+            "artifacts": one("SELECT count(*) FROM artifacts"),
+            "channels": one("SELECT count(DISTINCT name) FROM channel_history"),
+            "ledger_size": one("SELECT count(*) FROM ledger_leaves"),
+        }
+
+    def head(self, conn: Connection) -> dict[str, Any]:
         log = MerkleLog(conn)
         note = query_one(conn, "SELECT value FROM meta WHERE key='checkpoint'")
         return {"size": log.size(), "root": log.root().hex(), "origin": self.origin,
                 "checkpoint": note["value"] if note else None}
 
-    def proof(self, conn: sqlite3.Connection, index: int, size: int | None) -> dict[str, Any]:
+    def proof(self, conn: Connection, index: int, size: int | None) -> dict[str, Any]:
         log = MerkleLog(conn)
         n = log.size() if size is None else size
         path = log.inclusion_proof(index, n)
@@ -445,7 +438,7 @@ class Catalog:
         return {"index": index, "size": n, "leaf_hash": leaf_hash.hex(),
                 "path": [h.hex() for h in path], "root": log.root(n).hex()}
 
-    def consistency(self, conn: sqlite3.Connection, old: int, new: int | None) -> dict[str, Any]:
+    def consistency(self, conn: Connection, old: int, new: int | None) -> dict[str, Any]:
         log = MerkleLog(conn)
         n = log.size() if new is None else new
         if old > n:
@@ -455,6 +448,6 @@ class Catalog:
         return {"from": old, "to": n, "path": [h.hex() for h in path],
                 "old_root": log.root(old).hex(), "new_root": log.root(n).hex()}
 
-    def leaf(self, conn: sqlite3.Connection, index: int) -> dict[str, Any]:
+    def leaf(self, conn: Connection, index: int) -> dict[str, Any]:
         data, leaf_hash = MerkleLog(conn).leaf(index)
         return {"index": index, "leaf_hash": leaf_hash.hex(), "data": json.loads(data)}

@@ -9,16 +9,15 @@ envelope signature and the latest signed checkpoint. Problems name the table and
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..store import Connection, query_one
 from . import checkpoint, dsse
 from .canonical import canonical_json
 from .keys import KeyRing
 from .manifest import image_digest
 from .merkle import MerkleLog
-from .service import query_one
 
 Problem = dict[str, Any]
 
@@ -50,7 +49,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], str, dict[str, str | _Extract]]] = {
 }
 
 
-def _rows(conn: sqlite3.Connection, table: str, where: str = "",
+def _rows(conn: Connection, table: str, where: str = "",
           params: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
     cur = conn.execute(f"SELECT * FROM {table} {where}", params)  # noqa: S608 - fixed names
     cols = [d[0] for d in cur.description]
@@ -58,7 +57,7 @@ def _rows(conn: sqlite3.Connection, table: str, where: str = "",
         yield dict(zip(cols, row, strict=True))
 
 
-def check_row(conn: sqlite3.Connection, keyring: KeyRing, table: str,
+def check_row(conn: Connection, keyring: KeyRing, table: str,
               row: dict[str, Any]) -> list[Problem]:
     pk_cols, kind, fields = CHECKS[table]
     key = "/".join(str(row[c]) for c in pk_cols)
@@ -95,7 +94,7 @@ def check_row(conn: sqlite3.Connection, keyring: KeyRing, table: str,
     return out
 
 
-def verify_rows(conn: sqlite3.Connection, keyring: KeyRing, digest: str | None = None,
+def verify_rows(conn: Connection, keyring: KeyRing, digest: str | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     problems: list[Problem] = []
     checked = 0
@@ -114,7 +113,7 @@ def verify_rows(conn: sqlite3.Connection, keyring: KeyRing, digest: str | None =
     return {"ok": not problems, "checked": checked, "problems": problems}
 
 
-def verify_ledger(conn: sqlite3.Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
+def verify_ledger(conn: Connection, keyring: KeyRing, origin: str) -> dict[str, Any]:
     log = MerkleLog(conn)
     size = log.size()
     problems: list[Problem] = list(log.verify_all())

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFY_FAILED
-from .client import ApiError, Client, DaemonUnreachable, UnixHTTPConnection
+from .client import ApiError, Client, DaemonUnreachable, Fail, UnixHTTPConnection
 from .render import block, emit_json, short, table
 
 TERMINAL = ("completed", "partial", "failed", "aborted")
@@ -44,8 +44,6 @@ class _Progress:
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> Exception:
-    from .main import Fail
-
     return Fail(message, code)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ..errors import EXIT_ERROR
+
 SYSTEM_SOCKET = Path("/run/imm/immd.sock")
 
 
@@ -139,6 +141,14 @@ class UnixHTTPConnection:
 
 class DaemonUnreachable(Exception):
     pass
+
+
+class Fail(Exception):
+    """A command that cannot go on: its message for the user and immctl's exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ApiError(Exception):

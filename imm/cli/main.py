@@ -20,16 +20,11 @@ from ..errors import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
-from .client import ApiError, Client, DaemonUnreachable, seg
+from . import audit_cmds, rollout_cmds
+from .client import ApiError, Client, DaemonUnreachable, Fail, seg
 from .render import block, emit_json, short, table
 
 Command = Callable[[Client, argparse.Namespace], int]
-
-
-class Fail(Exception):
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # -- status, keys ---------------------------------------------------------------------------
@@ -447,8 +442,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--to", type=int)
     add(led, "verify", cmd_ledger_verify, "recompute the tree and check every signature")
 
-    from . import extra
-    extra.register(sub, add, group)
+    rollout_cmds.register(sub, add, group)
+    audit_cmds.register(sub, add, group)
     return p
 
 

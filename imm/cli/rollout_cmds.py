@@ -8,10 +8,9 @@ import time
 from typing import Any
 
 from ..errors import EXIT_ERROR
+from ..rollout.states import ABORT, COMPLETED, PAUSE, PROMOTE, RESUME, STRATEGIES, TERMINAL
 from .client import Client, seg
 from .render import block, emit_json, short, table
-
-TERMINAL = ("completed", "rolled-back", "failed")
 
 
 def progress_line(r: dict[str, Any]) -> str:
@@ -44,11 +43,11 @@ def follow(c: Client, rid: str, as_json: bool) -> int:
         time.sleep(0.2)
     if as_json:
         emit_json(r)
-    elif r["state"] == "completed":
+    elif r["state"] == COMPLETED:
         print(f"rollout {rid} completed: {r['service']} runs {r['image_ref']} ({short(r['image'])})")
     else:
         print(f"rollout {rid} {r['state']}: {r['error']}", file=sys.stderr)
-    return 0 if r["state"] == "completed" else EXIT_ERROR
+    return 0 if r["state"] == COMPLETED else EXIT_ERROR
 
 
 def show(r: dict[str, Any]) -> None:
@@ -175,7 +174,7 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp = add(ro, "start", cmd_start, "start a rollout")
     sp.add_argument("service")
     sp.add_argument("--image", required=True, metavar="REF")
-    sp.add_argument("--strategy", choices=["blue-green", "rolling", "canary"])
+    sp.add_argument("--strategy", choices=STRATEGIES)
     sp.add_argument("--wait", action="store_true", help="follow progress until it ends")
     for name, fn, text in (("status", cmd_status, "one rollout: plan, steps, instances"),
                            ("watch", cmd_watch, "follow a rollout until it ends")):
@@ -184,10 +183,10 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp = add(ro, "list", cmd_list, "recent rollouts")
     sp.add_argument("--service")
     sp.add_argument("--limit", type=int, default=20)
-    for name, text in (("pause", "stop advancing after the current step"),
-                       ("resume", "carry on a paused rollout"),
-                       ("promote", "skip the remaining canary steps and pauses"),
-                       ("abort", "roll back now")):
+    for name, text in ((PAUSE, "stop advancing after the current step"),
+                       (RESUME, "carry on a paused rollout"),
+                       (PROMOTE, "skip the remaining canary steps and pauses"),
+                       (ABORT, "roll back now")):
         sp = add(ro, name, verb(name), text)
         sp.add_argument("id")
     sp = add(ro, "undo", cmd_undo, "roll a service back to its previous image (a new rollout)")

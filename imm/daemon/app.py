@@ -1,4 +1,8 @@
-"""The aiohttp application factory."""
+"""The aiohttp application factory.
+
+The daemon's parts (the rollout engine, then the audit schedule) start and stop with the app
+through ``cleanup_ctx`` (``Daemon.lifecycle``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from .core import Daemon
 from .http import json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON
-from .routes_audit import audit_context
 
 # the whole API, which the OpenAPI document describes
 ROUTES = [*routes.ROUTES, *routes_rollout.ROUTES, *routes_audit.ROUTES]
@@ -22,7 +25,7 @@ def make_app(daemon: Daemon) -> web.Application:
                                      daemon.metrics.observe),
     )
     app[DAEMON] = daemon
-    app.cleanup_ctx.append(audit_context)
+    app.cleanup_ctx.append(daemon.lifecycle)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     spec = document(ROUTES)

@@ -18,15 +18,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..config import AdminRule
 
-@dataclass(frozen=True)
-class AdminRule:
-    """Who may change things: root, members of ``group``, and (``owner_is_admin``) the user
-    immd runs as. A system install sets owner_is_admin = false: local instances run as immd's
-    user, and they must not be able to roll out or revoke."""
-
-    group: str
-    owner_is_admin: bool = True
+__all__ = ["AdminRule", "Peer", "is_admin", "make_peer", "tcp_peer", "unix_peer"]
 
 
 def is_admin(uid: int, groups: set[int] | frozenset[int], rule: AdminRule,

@@ -1,6 +1,9 @@
-"""The daemon's state: settings, store, keys, catalog, plugins, and configured providers/routers.
+"""The composition root: builds the store, keys, catalog, plugins, the domain's context, the
+rollout engine and the auditor, and holds them for the routes.
 
-The domain packages know nothing of HTTP; this object wires them together for the routes.
+``open`` does the blocking start-up work; ``lifecycle`` (an aiohttp ``cleanup_ctx``, see
+app.py) starts the engine and the auditor when the app starts and stops them, then closes the
+plugins and the store, when it stops. Nothing in the domain reaches back here.
 """
 
 from __future__ import annotations
@@ -9,40 +12,53 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from .. import __version__
+from ..audit.facts import RolloutLookup
+from ..audit.schema import SCHEMA as AUDIT_SCHEMA
+from ..audit.sweep import Auditor
 from ..catalog import packer
-from ..catalog.db import Database
 from ..catalog.digest import content_digest
 from ..catalog.keys import KeyRing
+from ..catalog.schema import SCHEMA as CATALOG_SCHEMA
 from ..catalog.service import Catalog
 from ..catalog.verify import verify_ledger, verify_rows
 from ..config import Settings
-from ..errors import BadRequest, ConfigError, PluginError
-from ..plugins.base import Provider, ProviderContext, Router, RouterContext
+from ..context import Context, Timings
+from ..errors import BadRequest, ConfigError
+from ..plugins.base import Feature
 from ..plugins.manager import Plugins
+from ..rollout import journal
+from ..rollout.engine import Engine
+from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
+from ..store.sqlite import Database
 from .metrics import Metrics
 
 log = logging.getLogger("imm.daemon")
 
+SCHEMAS = (CATALOG_SCHEMA, ROLLOUT_SCHEMA, AUDIT_SCHEMA)
+
 
 class Daemon:
-    def __init__(self, settings: Settings, extra_plugins: list[Any] | None = None) -> None:
+    def __init__(self, settings: Settings, extra_plugins: list[Any] | None = None,
+                 timings: Timings | None = None) -> None:
         self.settings = settings
         self.started = time.time()
         self.metrics = Metrics()
         self.extra_plugins = extra_plugins or []
+        self.timings = timings or Timings()
         self.db: Database
         self.keyring: KeyRing
         self.catalog: Catalog
         self.plugins: Plugins
-        self.providers: dict[str, Provider] = {}
-        self.routers: dict[str, Router] = {}
-        self._provider_limits: dict[str, asyncio.Semaphore] = {}
-        self.engine: Any = None
+        self.context: Context
+        self.engine: Engine
+        self.auditor: Auditor
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -54,7 +70,7 @@ class Daemon:
         self.keyring, created = KeyRing.load_or_create(s.keys_dir)
         if created:
             log.info("created signing key %s", self.keyring.keyid)
-        self.db = Database(s.db_path)
+        self.db = Database(s.db_path, SCHEMAS)
         applied = self.db.open()
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
@@ -64,63 +80,33 @@ class Daemon:
         if not isinstance(block, list):
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
         self.plugins = Plugins(block=block, extra=self.extra_plugins)
-        self._make_backends()
-        from ..rollout.engine import Engine
+        self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
+                                     self.timings)
+        self.engine = Engine(self.context)
+        self.auditor = Auditor(self.context, RolloutLookup(exists=journal.rollout_exists,
+                                                           active=journal.active_rollout))
 
-        self.engine = Engine(self)
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup_ctx: start the engine, then the audit schedule; stop in reverse.
 
-    async def start_rollout(self, actor: str, service: str, ref: str,
-                            strategy: str | None = None) -> dict[str, Any]:
-        return await self.engine.start(actor, service, ref, strategy)
-
-    def _make_backends(self) -> None:
-        s = self.settings
-        for name, entry in s.providers.items():
-            cls = self.plugins.providers.get(entry["kind"])
-            settings = {k: v for k, v in entry.items() if k != "kind"}
-            try:
-                self.providers[name] = cls(name, settings, ProviderContext(
-                    s.state_dir, logging.getLogger(f"imm.provider.{name}")))
-            except (TypeError, ValueError, KeyError) as e:
-                raise PluginError(f"provider {name!r} ({entry['kind']}) cannot start: {e}") from None
-            self._provider_limits[name] = asyncio.Semaphore(int(entry.get("concurrency", 8)))
-        for name, entry in s.routers.items():
-            rcls = self.plugins.routers.get(entry["kind"])
-            settings = {k: v for k, v in entry.items() if k != "kind"}
-            try:
-                self.routers[name] = rcls(name, settings, RouterContext(
-                    s.state_dir, logging.getLogger(f"imm.router.{name}")))
-            except (TypeError, ValueError, KeyError) as e:
-                raise PluginError(f"router {name!r} ({entry['kind']}) cannot start: {e}") from None
+        The engine outlives the auditor, which may start replacement rollouts.
+        """
+        await self.engine.startup()
+        try:
+            await self.auditor.start()  # a bad [audit] interval_s fails start-up, naming it
+        except BaseException:
+            await self.engine.shutdown()
+            raise
+        yield
+        try:
+            await self.auditor.stop()
+        finally:
+            await self.engine.shutdown()
 
     def close(self) -> None:
-        for p in self.providers.values():
-            try:
-                p.close()
-            except Exception:  # noqa: BLE001 - shutdown goes on
-                log.exception("closing provider %s", p.name)
-        for r in self.routers.values():
-            try:
-                r.close()
-            except Exception:  # noqa: BLE001
-                log.exception("closing router %s", r.name)
+        """Blocking: close the providers, routers and the store (after the app stopped)."""
+        self.context.close_plugins()
         self.db.close()
-
-    # -- provider calls off the loop ----------------------------------------------------------
-
-    async def provider_call(self, name: str, method: str, *args: Any, **kw: Any) -> Any:
-        provider = self.providers[name]
-
-        def call() -> Any:
-            result = getattr(provider, method)(*args, **kw)
-            # list_instances may be a generator that pages lazily: drain it here, in the
-            # thread, so no cloud call runs on the event loop.
-            if isinstance(result, Iterator):
-                return list(result)
-            return result
-
-        async with self._provider_limits[name]:
-            return await asyncio.to_thread(call)
 
     # -- catalog operations that need more than one transaction -------------------------------
 
@@ -131,9 +117,9 @@ class Daemon:
         kind, digest, _manifest = await asyncio.to_thread(content_digest, p)
         artifacts: list[tuple[str, str, str]] = []
         if kind == "tree":
-            for name, provider in self.providers.items():
-                if "store_image" in provider.capabilities():
-                    image_id = await self.provider_call(name, "store_image", p, digest)
+            for name, provider in self.context.providers.items():
+                if provider.supports(Feature.STORE_IMAGE):
+                    image_id = await provider.store_image(p, digest)
                     artifacts.append((name, "local", image_id))
         result = await self.db.write(self.catalog.add_image, actor, content_digest=digest,
                                      content_kind=kind, artifacts=artifacts, **spec)
@@ -182,17 +168,6 @@ class Daemon:
         return await self.db.read(verify_ledger, self.keyring, self.settings.ledger_origin)
 
     async def status(self) -> dict[str, Any]:
-        def counts(conn: Any) -> dict[str, int]:
-            return {
-                "images": conn.execute("SELECT count(*) FROM images").fetchone()[0],
-                "revoked": conn.execute("SELECT count(*) FROM revocations").fetchone()[0],
-                "artifacts": conn.execute("SELECT count(*) FROM artifacts").fetchone()[0],
-                "channels": conn.execute(
-                    "SELECT count(DISTINCT name) FROM channel_history").fetchone()[0],
-                "ledger_size": conn.execute(
-                    "SELECT count(*) FROM ledger_leaves").fetchone()[0],
-            }
-
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -201,11 +176,11 @@ class Daemon:
             "state_dir": str(self.settings.state_dir),
             "socket": str(self.settings.socket),
             "keyid": self.keyring.keyid,
-            "catalog": await self.db.read(counts),
+            "catalog": await self.db.read(self.catalog.counts),
             "plugins": self.plugins.listing(),
             "plugins_blocked": sorted(self.plugins.blocked),
-            "providers": {n: p.kind for n, p in self.providers.items()},
-            "routers": {n: r.kind for n, r in self.routers.items()},
-            "services": sorted(self.engine.services) if self.engine else [],
-            "rollouts_active": len(self.engine.tasks) if self.engine else 0,
+            "providers": {n: p.kind for n, p in self.context.providers.items()},
+            "routers": {n: r.kind for n, r in self.context.routers.items()},
+            "services": sorted(self.engine.services),
+            "rollouts_active": len(self.engine.tasks),
         }

@@ -126,7 +126,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         where += f" and tcp {settings.tcp}"
     log.info("immd %s serving on %s (state %s, key %s)", __version__, where, settings.state_dir,
              daemon.keyring.keyid[:16])
-    await daemon.engine.startup()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,7 +135,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         systemd.reloading()
         try:
             fresh = config.load(args.config, state_dir=args.state_dir, socket=args.socket)
-            services = load_services(fresh.services, set(daemon.providers), set(daemon.routers))
+            services = load_services(fresh.services, set(daemon.context.providers),
+                                     set(daemon.context.routers))
         except ImmError as e:
             log.error("reload refused, keeping the running config (services not changed): %s",
                       e.message)
@@ -161,8 +161,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     systemd.notify("STOPPING=1", "STATUS=stopping")
-    await daemon.engine.shutdown()
-    await runner.cleanup()
+    await runner.cleanup()  # stops the engine and the auditor (cleanup_ctx, see app.py)
     await asyncio.to_thread(daemon.close)
     if bound is not None:
         with contextlib.suppress(FileNotFoundError):

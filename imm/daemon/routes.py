@@ -264,16 +264,12 @@ async def ledger_verify(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     dm = d(request)
-
-    def gauges(conn: Any) -> dict[str, tuple[str, float]]:
-        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
-        return {
-            "images": ("Images in the catalog.", one("SELECT count(*) FROM images")),
-            "images_revoked": ("Revoked images.", one("SELECT count(*) FROM revocations")),
-            "ledger_size": ("Leaves in the Merkle ledger.", one("SELECT count(*) FROM ledger_leaves")),
-        }
-
-    g = await dm.db.read(gauges)
+    n = await dm.db.read(dm.catalog.counts)
+    g: dict[str, tuple[str, float]] = {
+        "images": ("Images in the catalog.", n["images"]),
+        "images_revoked": ("Revoked images.", n["revoked"]),
+        "ledger_size": ("Leaves in the Merkle ledger.", n["ledger_size"]),
+    }
     g["uptime_seconds"] = ("Seconds since immd started.", time.time() - dm.started)
     return web.Response(text=dm.metrics.render(g),
                         content_type="text/plain", charset="utf-8",

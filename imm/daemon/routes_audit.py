@@ -7,35 +7,20 @@ off the loop, so a million-line bundle needs neither the memory nor the event lo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
-import json
 import logging
-import sqlite3
-from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
+from ..audit import blast_radius as radius
 from ..audit.export import CONTENT_TYPES, FORMATS, BundleWriter, parse_time
+from ..audit.queries import MAX_CURSOR, list_findings, list_instances
 from ..audit.sweep import Auditor
 from ..audit.verdicts import VERDICTS
-from ..catalog.service import Catalog, query
-from ..errors import EXIT_ERROR, BadRequest, ImmError, NotFound
+from ..errors import BadRequest, NotFound
 from .http import body, field, json_response, query_int
-from .routes import DAEMON, Route, actor, d
+from .routes import Route, actor, d
 
 log = logging.getLogger("imm.daemon")
-MAX_CURSOR = (1 << 63) - 1  # 'after' cursors are SQLite integers
-
-
-class NotYet(ImmError):
-    """A documented feature whose machinery this immd does not have yet."""
-
-    code = "not-implemented"
-    status = 501
-    exit_code = EXIT_ERROR
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
@@ -51,7 +36,7 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
 
 
 def auditor(request: web.Request) -> Auditor:
-    return Auditor.of(d(request))
+    return d(request).auditor
 
 
 # -- sweeps ---------------------------------------------------------------------------------
@@ -60,7 +45,7 @@ async def audit_sweeps_start(request: web.Request) -> web.Response:
     await body(request)
     wait = query_bool(request, "wait")
     a = auditor(request)
-    sweep, started = await a.start(actor(request))
+    sweep, started = await a.start_sweep(actor(request))
     if wait:
         await a.wait()
     row = await a.sweep(sweep)
@@ -95,32 +80,6 @@ def _verdict(request: web.Request) -> str | None:
     return verdict
 
 
-def list_findings(conn: sqlite3.Connection, *, open_only: bool, verdict: str | None,
-                  instance: str | None, after: int, limit: int) -> dict[str, Any]:
-    where: list[str] = ["id > ?"]
-    params: list[Any] = [after]
-    if open_only:
-        where.append("status = 'open'")
-    if verdict:
-        where.append("verdict = ?")
-        params.append(verdict)
-    if instance:
-        where.append("instance_id = ?")
-        params.append(instance)
-    rows = query(conn, "SELECT id, provider, region, instance_id, image_id, service, verdict, "  # noqa: S608
-                       "detail, status, opened_at, resolved_at, resolution, open_ledger_index, "
-                       "resolve_ledger_index FROM findings WHERE " + " AND ".join(where)
-                 + " ORDER BY id LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    for r in rows:
-        r["detail"] = json.loads(r["detail"])
-    counts = dict(conn.execute("SELECT verdict, count(*) FROM findings WHERE status = 'open' "
-                               "GROUP BY verdict ORDER BY verdict").fetchall())
-    return {"findings": rows, "next": rows[-1]["id"] if more and rows else None,
-            "open": counts}
-
-
 async def audit_findings(request: web.Request) -> web.Response:
     dm = d(request)
     result = await dm.db.read(
@@ -129,46 +88,6 @@ async def audit_findings(request: web.Request) -> web.Response:
         after=query_int(request, "after", default=0, maximum=MAX_CURSOR) or 0,
         limit=query_int(request, "limit", default=1000, minimum=1, maximum=100000) or 1000)
     return json_response(result)
-
-
-def _as_of(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    rows = query(conn, "SELECT id, state, started_at, finished_at FROM sweeps "
-                       "WHERE state != 'running' ORDER BY id DESC LIMIT 1")
-    return rows[0] if rows else None
-
-
-_INSTANCE_COLS = """o.rowid AS cursor, o.provider, o.region, o.instance_id, o.image_id, o.digest,
-    i.name || '@' || i.version AS image, o.service, o.state, o.launched_at, o.first_seen,
-    o.last_seen, o.verdicts"""
-
-
-def _instance_rows(conn: sqlite3.Connection, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    rows = query(conn, f"SELECT {_INSTANCE_COLS} FROM observations o "  # noqa: S608
-                       f"LEFT JOIN images i ON i.digest = o.digest WHERE {where}", params)
-    for r in rows:
-        verdicts = json.loads(r.pop("verdicts"))
-        r["verdicts"] = [v["verdict"] for v in verdicts]
-        r["details"] = {v["verdict"]: v["detail"] for v in verdicts if v["detail"]}
-    return rows
-
-
-def list_instances(conn: sqlite3.Connection, *, verdict: str | None, service: str | None,
-                   after: int, limit: int) -> dict[str, Any]:
-    where: list[str] = ["o.closed_at IS NULL", "o.rowid > ?"]
-    params: list[Any] = [after]
-    if service:
-        where.append("o.service = ?")
-        params.append(service)
-    if verdict:
-        where.append("EXISTS (SELECT 1 FROM json_each(o.verdicts) j "
-                     "WHERE json_extract(j.value, '$.verdict') = ?)")
-        params.append(verdict)
-    rows = _instance_rows(conn, " AND ".join(where) + " ORDER BY o.rowid LIMIT ?",
-                          [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"instances": rows, "next": rows[-1]["cursor"] if more and rows else None,
-            "as_of": _as_of(conn)}
 
 
 async def audit_instances(request: web.Request) -> web.Response:
@@ -182,50 +101,10 @@ async def audit_instances(request: web.Request) -> web.Response:
 
 # -- blast radius ---------------------------------------------------------------------------
 
-def blast_radius(conn: sqlite3.Connection, catalog: Catalog, ref: str | None,
-                 limit: int) -> dict[str, Any]:
-    """Running instances on an image or its descendants (default: on any revoked image)."""
-    if ref:
-        root: str | None = catalog.resolve(conn, ref)
-        assert root is not None
-        digests = [root, *catalog.descendants(conn, root)]
-    else:
-        root = None
-        revoked = [r[0] for r in conn.execute("SELECT digest FROM revocations ORDER BY digest")]
-        seen = dict.fromkeys(revoked)
-        for dg in revoked:
-            seen.update(dict.fromkeys(catalog.descendants(conn, dg)))
-        digests = list(seen)
-    images: list[dict[str, Any]] = []
-    instances: list[dict[str, Any]] = []
-    total = 0
-    services: dict[str, int] = {}
-    for dg in digests:
-        img = query(conn, "SELECT i.name || '@' || i.version AS image, r.reason, r.root "
-                          "FROM images i LEFT JOIN revocations r ON r.digest = i.digest "
-                          "WHERE i.digest = ?", (dg,))
-        info = img[0] if img else {"image": None, "reason": None, "root": None}
-        images.append({"digest": dg, "image": info["image"],
-                       "revoked": info["reason"] is not None, "reason": info["reason"],
-                       "revoked_by": info["root"]})
-        for svc, n in conn.execute("SELECT coalesce(service, ''), count(*) FROM observations "
-                                   "WHERE closed_at IS NULL AND state = 'running' AND digest = ? "
-                                   "GROUP BY 1", (dg,)):
-            services[svc] = services.get(svc, 0) + n
-            total += n
-        if len(instances) < limit:
-            instances += _instance_rows(
-                conn, "o.closed_at IS NULL AND o.state = 'running' AND o.digest = ? "
-                      "ORDER BY o.rowid LIMIT ?", [dg, limit - len(instances)])
-    return {"ref": ref, "digest": root, "images": images, "instances": instances,
-            "total": total, "truncated": total > len(instances), "services": services,
-            "as_of": _as_of(conn)}
-
-
 async def audit_blast_radius(request: web.Request) -> web.Response:
     dm = d(request)
     limit = query_int(request, "limit", default=1000, minimum=1, maximum=100000) or 1000
-    return json_response(await dm.db.read(blast_radius, dm.catalog,
+    return json_response(await dm.db.read(radius.blast_radius, dm.catalog,
                                           request.query.get("ref") or None, limit))
 
 
@@ -234,33 +113,11 @@ async def audit_blast_radius_replace(request: web.Request) -> web.Response:
     data = await body(request)
     ref = field(data, "ref", str, required=True)
     replace = field(data, "replace", bool, default=False)
-    result = await dm.db.read(blast_radius, dm.catalog, ref, 100000)
     if not replace:
-        return json_response(result)
-    start = getattr(dm, "start_rollout", None)
-    if start is None:
-        raise NotYet("replacing the blast radius needs the rollout engine, which this immd "
-                     "does not have yet; 'immctl audit blast-radius REF' lists the instances "
-                     "to replace", detail={"services": result["services"]})
-    affected = {i["digest"] for i in result["images"]}
-    rollouts, refused = [], {}
-    for service in sorted(s for s in result["services"] if s):
-        channel = dm.settings.services.get(service, {}).get("channel")
-        if not channel:
-            refused[service] = "the service has no channel to take a replacement image from"
-            continue
-        try:
-            head = await dm.db.read(dm.catalog.channel, channel)
-            if head["digest"] in affected:
-                refused[service] = (f"channel {channel} still points at {head['digest']}, "
-                                    "which is in the blast radius; move it to a good image first")
-                continue
-            started = start(actor(request), service, head["digest"])
-            rollouts.append(await started if inspect.isawaitable(started) else started)
-        except ImmError as e:  # one service refused (no channel yet, policy, a rollout in flight)
-            refused[service] = e.message
-    result.update(rollouts=rollouts, refused=refused)
-    return json_response(result, status=201 if rollouts else 200)
+        return json_response(await dm.db.read(radius.blast_radius, dm.catalog, ref,
+                                              radius.REPLACE_LIMIT))
+    result = await radius.replace(dm.context, dm.engine.start, actor(request), ref)
+    return json_response(result, status=201 if result["rollouts"] else 200)
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -291,21 +148,6 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
                       "(it has no signature line, so it will not verify)", writer.lines)
         resp.force_close()
     return resp
-
-
-# -- the scheduler, in the app's lifetime -----------------------------------------------------
-
-async def audit_context(app: web.Application) -> AsyncIterator[None]:
-    """Scheduled sweeps (``[audit] interval_s``) while the app runs; stop any sweep at exit."""
-    a = Auditor.of(app[DAEMON])
-    a.interval()  # a bad value fails start-up, naming it
-    await a.recover()
-    task = asyncio.create_task(a.schedule(), name="audit-schedule")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await a.stop()
 
 
 STR = {"type": "string"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest
+from ..rollout.states import STRATEGIES, VERBS
 from .http import body, field, json_response, query_int
 from .routes import Route, actor, d
 
@@ -32,8 +33,9 @@ async def rollouts_show(request: web.Request) -> web.Response:
 async def rollouts_verb(request: web.Request) -> web.Response:
     await body(request)
     verb = request.match_info["verb"]
-    if verb not in ("pause", "resume", "promote", "abort"):
-        raise BadRequest(f"unknown rollout verb {verb!r}; use pause, resume, promote or abort")
+    if verb not in VERBS:
+        raise BadRequest(f"unknown rollout verb {verb!r}; use {', '.join(VERBS[:-1])} or "
+                         f"{VERBS[-1]}")
     return json_response(await d(request).engine.set_state(actor(request),
                                                            request.match_info["id"], verb))
 
@@ -46,10 +48,8 @@ async def services_undo(request: web.Request) -> web.Response:
 
 async def services_list(request: web.Request) -> web.Response:
     eng = d(request).engine
-    out = []
-    for svc in eng.services.values():
-        out.append({**svc.to_dict(), "count": svc.count})
-    return json_response({"services": out})
+    return json_response({"services": [eng.fleet.describe(svc)
+                                       for svc in eng.services.values()]})
 
 
 async def services_show(request: web.Request) -> web.Response:
@@ -57,15 +57,15 @@ async def services_show(request: web.Request) -> web.Response:
     svc = eng.service(request.match_info["name"])
     instances = [i.to_dict() for i in await eng.service_instances(svc)]
     rollouts = await eng.list(svc.name, 5)
-    return json_response({**svc.to_dict(), "count": svc.count, "instances": instances,
+    return json_response({**eng.fleet.describe(svc), "instances": instances,
                           "rollouts": rollouts})
 
 
 async def instances_list(request: web.Request) -> web.Response:
-    dm = d(request)
+    providers = d(request).context.providers
     out = []
-    for name in sorted(dm.providers):
-        for i in await dm.provider_call(name, "list_instances", None):
+    for name in sorted(providers):
+        for i in await providers[name].list_instances(None):
             out.append(i.to_dict())
     return json_response({"instances": out})
 
@@ -74,7 +74,7 @@ ROUTES = [
     Route("POST", "/v1/rollouts", rollouts_start, "Start a rollout of a service to an image",
           tag="rollouts", body={"type": "object", "required": ["service", "image"],
                                 "properties": {"service": STR, "image": STR, "strategy": {
-                                    "enum": ["blue-green", "rolling", "canary"]}}}),
+                                    "enum": list(STRATEGIES)}}}),
     Route("GET", "/v1/rollouts", rollouts_list, "Recent rollouts", tag="rollouts",
           query={"service": {"schema": STR},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
@@ -83,7 +83,7 @@ ROUTES = [
     Route("POST", "/v1/rollouts/{id}/{verb}", rollouts_verb,
           "pause, resume, promote or abort a rollout", tag="rollouts",
           query={"id": {"in": "path"}, "verb": {"in": "path", "schema": {
-              "enum": ["pause", "resume", "promote", "abort"]}}}, body={"type": "object"}),
+              "enum": list(VERBS)}}}, body={"type": "object"}),
     Route("GET", "/v1/services", services_list, "Configured services", tag="services"),
     Route("GET", "/v1/services/{name}", services_show, "A service with its live instances",
           tag="services", query={"name": {"in": "path"}}),

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -20,6 +22,19 @@ import pluggy
 from ..errors import PluginError
 from . import hookspecs
 from .registry import ProviderRegistry, RouterRegistry
+
+log = logging.getLogger("imm.plugins")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One plugin's "no" from a gate hook (``imm_health_gate``, ``imm_policy_check``)."""
+
+    plugin: str  # the plugin's registered name
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.plugin}: {self.reason}"
 
 
 def _blocked(config_block: Iterable[str]) -> set[str]:
@@ -102,12 +117,65 @@ class Plugins:
         out.sort(key=lambda p: str(p["name"]))
         return out
 
-    async def call_all(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation; await any that returned an awaitable."""
-        results = getattr(self.pm.hook, hook)(**kwargs)
-        out = []
-        for r in results:
-            if inspect.isawaitable(r):
-                r = await r
-            out.append(r)
+    # -- typed hooks: what the domain calls. Each implementation is called on its own, so one
+    # plugin's failure is named and does not hide the others' answers.
+
+    async def _each(self, hook: str, kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook`` in pluggy's order; ``(plugin, result or the
+        exception it raised)`` each, awaiting results that are awaitable."""
+        caller = getattr(self.pm.hook, hook)
+        out: list[tuple[str, Any]] = []
+        for impl in reversed(caller.get_hookimpls()):  # pluggy calls the last registered first
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                continue  # wrappers wrap a whole hook call; the typed hooks call one at a time
+            args = [kwargs[name] for name in impl.argnames]
+            try:
+                result = impl.function(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as e:  # noqa: BLE001 - a plugin's failure is reported by name
+                result = e
+            out.append((impl.plugin_name, result))
         return out
+
+    async def _observe(self, hook: str, kwargs: Mapping[str, Any]) -> None:
+        for plugin, result in await self._each(hook, kwargs):
+            if isinstance(result, Exception):
+                log.error("plugin %r failed in %s: %s: %s", plugin, hook, type(result).__name__,
+                          result)
+
+    async def _gate(self, hook: str, kwargs: Mapping[str, Any]) -> list[Refusal]:
+        """Gate hooks answer None (no opinion), True (pass) or a reason string. A plugin that
+        raises or answers anything else refuses: a gate fails closed."""
+        refusals = []
+        for plugin, result in await self._each(hook, kwargs):
+            if result is None or result is True:
+                continue
+            if isinstance(result, str):
+                refusals.append(Refusal(plugin, result))
+            elif isinstance(result, Exception):
+                refusals.append(Refusal(plugin, f"{hook} raised {type(result).__name__}: {result}"))
+            else:
+                refusals.append(Refusal(plugin, f"{hook} answered {result!r}; a gate answers "
+                                                f"None, True or a reason string"))
+        return refusals
+
+    async def health_gate(self, rollout: Mapping[str, Any], step: Mapping[str, Any],
+                          instances: Sequence[Mapping[str, Any]]) -> list[Refusal]:
+        """Every ``imm_health_gate`` judgement of a step; empty when all pass."""
+        return await self._gate("imm_health_gate", {
+            "rollout": dict(rollout), "step": dict(step), "instances": [dict(i) for i in instances]})
+
+    async def policy_check(self, image: Mapping[str, Any], service: Mapping[str, Any],
+                           rollout: Mapping[str, Any]) -> list[Refusal]:
+        """Every ``imm_policy_check`` refusal of a rollout about to start; empty to allow."""
+        return await self._gate("imm_policy_check", {
+            "image": dict(image), "service": dict(service), "rollout": dict(rollout)})
+
+    async def rollout_event(self, event: Mapping[str, Any]) -> None:
+        """Tell every ``imm_rollout_event`` observer; a failing observer is logged, not raised."""
+        await self._observe("imm_rollout_event", {"event": dict(event)})
+
+    async def audit_finding(self, finding: Mapping[str, Any]) -> None:
+        """Tell every ``imm_audit_finding`` observer; a failing observer is logged, not raised."""
+        await self._observe("imm_audit_finding", {"finding": dict(finding)})

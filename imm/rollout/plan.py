@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from .services import Service, parse_batch
+from .states import CANARY, ROLLING
 
 
 def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
     total = service.count
     steps: list[dict[str, Any]] = []
-    if strategy == "rolling":
+    if strategy == ROLLING:
         size = parse_batch(service.batch, total, f"service {service.name} batch")
         batches = [(b, min(size, total - b * size)) for b in range((total + size - 1) // size)]
         first = 0
@@ -37,7 +38,7 @@ def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
     else:
         steps += [{"op": "launch", "batch": 0, "slots": list(range(total))},
                   {"op": "attach", "batch": 0}]
-        if strategy == "canary":
+        if strategy == CANARY:
             for pct in service.canary_steps:
                 steps += [{"op": "shift", "pct": pct},
                           {"op": "pause", "seconds": service.canary_pause_s}]

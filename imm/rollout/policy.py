@@ -5,13 +5,13 @@ Each rule has a name; a refusal names the rule, the value and what to do.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from ..catalog.keys import KeyRing
-from ..catalog.service import Catalog, query, query_one
+from ..catalog.service import Catalog
 from ..catalog.verify import check_row
 from ..errors import PolicyRefused
+from ..store import Connection, query, query_one
 from .services import Service
 
 
@@ -19,7 +19,7 @@ def refuse(rule: str, message: str, **detail: Any) -> PolicyRefused:
     return PolicyRefused(f"refused by rule '{rule}': {message}", detail={"rule": rule, **detail})
 
 
-def check(conn: sqlite3.Connection, catalog: Catalog, keyring: KeyRing, service: Service,
+def check(conn: Connection, catalog: Catalog, keyring: KeyRing, service: Service,
           digest: str) -> dict[str, Any]:
     """Run the built-in rules; return the image row and its artifact per target. Raises."""
     row = query_one(conn, "SELECT * FROM images WHERE digest=?", (digest,))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
+from ..store import Connection, Schema, execute_script
 
-from ..catalog.db import execute_script, migration
+SCHEMA = Schema("rollout")
 
 
-@migration("0002-rollout")
-def _rollout(conn: sqlite3.Connection) -> None:
+# A migration is history: its SQL stays as it was applied. The index's states are
+# imm.rollout.states.ACTIVE (tests/unit/test_rollout_schema.py checks they agree).
+@SCHEMA.migration("0002-rollout")
+def _rollout(conn: Connection) -> None:
     execute_script(conn, """
         CREATE TABLE rollouts (
             id TEXT PRIMARY KEY, service TEXT NOT NULL, strategy TEXT NOT NULL,

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import BadRequest, ConfigError
+from .states import BLUE_GREEN, STRATEGIES
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-STRATEGIES = ("blue-green", "rolling", "canary")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Service:
     route: str | None
     route_settings: dict[str, Any] = field(default_factory=dict)
     size: str | None = None
-    strategy: str = "blue-green"
+    strategy: str = BLUE_GREEN
     health_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
     bake_time_s: float = 0.0
@@ -101,7 +101,7 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
     if router is not None and router not in routers:
         raise ConfigError(f"{where}: router {router!r} is not a configured router "
                           f"(have: {', '.join(sorted(routers)) or 'none'})")
-    strategy = raw.get("strategy", "blue-green")
+    strategy = raw.get("strategy", BLUE_GREEN)
     if strategy not in STRATEGIES:
         raise ConfigError(f"{where}: strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     steps = raw.get("canary_steps", [10, 50])

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import imm.catalog.schema  # noqa: F401 - registers the catalog's migrations
-from imm.catalog.db import connect, migrate
 from imm.catalog.keys import KeyRing
+from imm.catalog.schema import SCHEMA
 from imm.catalog.service import Catalog
 from imm.errors import PolicyRefused
 from imm.rollout import policy
 from imm.rollout.services import Service, Target
+from imm.store.sqlite import connect, migrate
 
 CONTENT = "sha256:" + hashlib.sha256(b"content").hexdigest()
 
@@ -25,7 +25,7 @@ CONTENT = "sha256:" + hashlib.sha256(b"content").hexdigest()
 @pytest.fixture
 def cat(tmp_path: Path):
     conn = connect(":memory:")
-    migrate(conn)
+    migrate(conn, [SCHEMA])
     ring = KeyRing(tmp_path, Ed25519PrivateKey.from_private_bytes(b"k" * 32))
     catalog = Catalog(ring, "imm.test/ledger")
     catalog.init_keys(conn, "alice")

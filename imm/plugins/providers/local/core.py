@@ -1,30 +1,4 @@
-"""The ``local`` provider, imm's embedded default: an instance is a process on this machine.
-
-An image is a directory holding ``imm-image.json``::
-
-    {"command": ["python3", "app.py"], "health_path": "/healthz", "volumes": ["data"]}
-
-``store_image`` copies it once into ``<root>/images/<image_id>/`` (read-only). ``launch`` copies
-the stored image into the instance's own ``<root>/instances/<id>/root/`` (read-only) and starts
-``command`` there, in a session of its own so the instance outlives immd (even ``kill -9``).
-What must survive the instance lives outside it: ``<root>/logs/<id>.log`` (stdout and stderr)
-and ``<root>/data/<service>/<volume>/`` for every declared volume (the persistent layer).
-
-The process gets a small environment, not immd's own (which may hold cloud credentials):
-``PATH``, locale and ``TZ`` from immd, ``PORT``, ``IMM_INSTANCE_ID``, ``IMM_SERVICE``,
-``IMM_SLOT``, ``IMM_DATA_DIR`` (the first volume), ``IMM_VOLUME_<NAME>`` per volume,
-``PYTHONDONTWRITEBYTECODE=1`` and ``PYTHONUNBUFFERED=1``, plus ``LaunchRequest.settings["env"]``.
-A leading ``python3`` (or ``python``) in the command is replaced by ``sys.executable``: images
-run on the same interpreter as immd, whatever ``PATH`` says.
-
-Read-only copies are a courtesy, not a guarantee: root ignores file modes. What proves an
-instance runs its image unchanged is ``rehash``, which the audit compares with the image's
-manifest (the ``tampered`` verdict).
-
-Instances are found again by scanning ``<root>/instances`` (after an immd restart too). A
-process counts as running only if its pid is alive with the start time (``/proc/<pid>/stat``
-field 22) and boot id recorded at launch, so a recycled pid is never mistaken for it.
-"""
+"""The local provider's settings, instance records and images (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -35,30 +9,24 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...catalog.digest import tree_digest, tree_manifest
-from ...errors import BadRequest, ConfigError, Conflict, NotFound, ProviderError
-from ..base import (
-    TAG_SERVICE,
-    TAG_SLOT,
+from ....catalog.digest import tree_digest, tree_manifest
+from ....errors import BadRequest, ConfigError, Conflict, NotFound, ProviderError
+from ...base import (
+    Feature,
     ImageInfo,
     Instance,
-    LaunchRequest,
+    PluginContext,
     Provider,
-    ProviderContext,
 )
-from ..hookspecs import hookimpl
-from ..registry import ProviderRegistry
+from ...statefile import write_json
 
 REGION = "local"
 IMAGE_SPEC_FILE = "imm-image.json"
@@ -155,18 +123,8 @@ def _find_process(instance_id: str) -> tuple[int, int] | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomically and durably (see imm.plugins.statefile)."""
+    write_json(path, obj, mode=0o644)
 
 
 def _make_readonly(root: Path) -> None:
@@ -207,7 +165,9 @@ def _env_name(volume: str) -> str:
     return "IMM_VOLUME_" + re.sub(r"[^A-Z0-9]", "_", volume.upper())
 
 
-class LocalProvider(Provider):
+class LocalCore(Provider):
+    """The local provider's settings, instance records and images"""
+
     """Instances are local processes started from read-only copies of directory images.
 
     Settings (all optional): ``root`` (default ``<state_dir>/local``), ``port_range``
@@ -217,8 +177,9 @@ class LocalProvider(Provider):
     """
 
     kind: ClassVar[str] = "local"
+    features = frozenset({Feature.REHASH, Feature.CLIENT_TOKEN, Feature.STORE_IMAGE, Feature.IMAGE_MANIFEST})
 
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(name, settings, context)
         self.log = context.log
         self.root = Path(self.settings.get("root") or Path(context.state_dir) / "local")
@@ -501,316 +462,7 @@ class LocalProvider(Provider):
         manifest: dict[str, Any] = meta["manifest"]
         return manifest
 
-    # -- instances -----------------------------------------------------------------------------
-
-    def capabilities(self) -> set[str]:
-        return {"rehash", "client_token", "store_image"}
-
     def _check_region(self, region: str, call: str) -> None:
         if region != REGION:
             raise BadRequest(f"{self._where(call)}: region {region!r} does not exist; the "
                              f"local provider has one region, {REGION!r}")
-
-    def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
-        _reap()
-        wanted = dict(tags or {})
-        found = [
-            self._to_instance(meta)
-            for meta in self._metas()
-            if all(meta.get("tags", {}).get(k) == v for k, v in wanted.items())
-        ]
-        return iter(found)  # built eagerly: the caller iterates on the event loop
-
-    def launch(self, request: LaunchRequest) -> list[Instance]:
-        call = "launch"
-        self._check_region(request.region, call)
-        if not isinstance(request.count, int) or request.count < 0:
-            raise BadRequest(f"{self._where(call)}: count {request.count!r} must be an integer "
-                             f">= 0")
-        if not request.client_token:
-            raise BadRequest(f"{self._where(call)}: a client_token is required so a retried "
-                             f"launch does not start instances twice")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in request.tags.items()):
-            raise BadRequest(f"{self._where(call)}: tags must map strings to strings")
-        image = self._image_meta(request.image_id)
-        if image is None:
-            raise NotFound(
-                f"{self._where(call)}: image {request.image_id!r} is not in "
-                f"{self.images_dir}; store the image with store_image first"
-            )
-        spec = image["spec"]
-        service = request.tags.get(TAG_SERVICE, "")
-        if spec.get("volumes") and not _NAME.fullmatch(service):
-            raise BadRequest(
-                f"{self._where(call)}: image {request.image_id} declares volumes "
-                f"{spec['volumes']}, which live under data/<service>/: tag {TAG_SERVICE} "
-                f"{service!r} must be a name (letters, digits, '.', '_', '-')"
-            )
-        extra_env = request.settings.get("env") or {}
-        if not isinstance(extra_env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in extra_env.items()
-        ):
-            raise BadRequest(f"{self._where(call)}: settings.env must map strings to strings")
-
-        with self._locked():
-            self._clean_leftovers(self.instances_dir)
-            metas = self._metas()
-            kept = []
-            for meta in metas:
-                if meta.get("client_token") != request.client_token:
-                    continue
-                pid, start = self._resolve_pid(meta)
-                if pid is None:  # immd died before the process started: start it again
-                    self._remove_instance(meta["id"])
-                    continue
-                if not meta.get("pid"):
-                    meta.update(pid=pid, pid_start=start)
-                    _write_json(self.instances_dir / meta["id"] / "meta.json", meta)
-                kept.append(meta)
-            kept.sort(key=lambda m: (m.get("launched_at", 0), m["id"]))
-            used_ports = {m["port"] for m in metas if m.get("port")}
-            started: list[dict[str, Any]] = []
-            try:
-                missing = request.count - len(kept)
-                if missing > 0:
-                    self._start_checked(request, image, missing, extra_env, used_ports, started)
-            except BaseException:
-                self._kill_and_remove([m["id"] for m in started])
-                raise
-        if started:
-            self.log.info("local provider %s: launched %s from %s", self.name,
-                          ", ".join(m["id"] for m in started), request.image_id)
-        return [self._to_instance(m) for m in kept] + [
-            self._to_instance(m, "running") for m in started]
-
-    def _start_checked(self, request: LaunchRequest, image: dict[str, Any], count: int,
-                       extra_env: dict[str, str], used_ports: set[int],
-                       started: list[dict[str, Any]]) -> None:
-        """Start ``count`` instances and see them survive their first moments.
-
-        They are appended to ``started`` as they start, so the caller can clean up on failure.
-        Instances that lost their port to another process between pick and bind are retried.
-        """
-        for attempt in range(PORT_RETRIES):
-            batch = [self._start(request, image, extra_env, used_ports) for _ in range(count)]
-            started.extend(batch)
-            deadline = time.monotonic() + self.start_check_s
-            exits: dict[str, int] = {}
-            while time.monotonic() < deadline and len(exits) < len(batch):
-                time.sleep(0.02)
-                for meta in batch:
-                    code = _child_exit(meta["pid"])
-                    if code is not None:
-                        exits.setdefault(meta["id"], code)
-            if not exits:
-                return
-            failed = [m for m in batch if m["id"] in exits]
-            tails = {m["id"]: _log_tail(self.logs_dir / f"{m['id']}.log") for m in failed}
-            for meta in failed:
-                started.remove(meta)
-                self._remove_instance(meta["id"])
-            fatal = [m for m in failed if "Address already in use" not in tails[m["id"]]]
-            if not fatal and attempt + 1 < PORT_RETRIES:
-                count = len(failed)
-                continue
-            meta = (fatal or failed)[0]
-            log = self.logs_dir / f"{meta['id']}.log"
-            raise ProviderError(
-                f"{self._where('launch')}: instance {meta['id']} of image "
-                f"{request.image_id} exited with status {exits[meta['id']]} right after start "
-                f"(command {meta['command']}); last lines of {log}:\n{tails[meta['id']]}\n"
-                f"check the image's {IMAGE_SPEC_FILE} command and the app's log",
-                detail={"instance": meta["id"], "image_id": request.image_id,
-                        "exit_status": exits[meta["id"]], "log": str(log)},
-            )
-
-    def _start(self, request: LaunchRequest, image: dict[str, Any],
-               extra_env: dict[str, str], used_ports: set[int]) -> dict[str, Any]:
-        spec = image["spec"]
-        iid = "i-" + secrets.token_hex(8)
-        final = self.instances_dir / iid
-        tmp = self.instances_dir / f".tmp-{iid}"
-        service = request.tags.get(TAG_SERVICE, "")
-        volumes = {v: str(self.data_dir / service / v) for v in spec.get("volumes", [])}
-        command = list(spec["command"])
-        if command[0] in ("python3", "python"):
-            command[0] = sys.executable
-        port = self._pick_port(used_ports)
-        meta: dict[str, Any] = {
-            "id": iid, "provider": self.name, "region": REGION, "image_id": request.image_id,
-            "content_digest": image.get("content_digest"), "tags": dict(request.tags),
-            "client_token": request.client_token, "port": port, "command": command,
-            "health_path": spec.get("health_path"), "volumes": volumes,
-            "launched_at": int(time.time()), "boot_id": _boot_id(), "pid": None,
-            "pid_start": None,
-        }
-        try:
-            tmp.mkdir()
-            shutil.copytree(self.images_dir / request.image_id, tmp / "root", symlinks=True)
-            _make_readonly(tmp / "root")
-            for path in volumes.values():
-                Path(path).mkdir(parents=True, exist_ok=True)
-            _write_json(tmp / "meta.json", meta)
-            tmp.rename(final)
-        except OSError as e:
-            _rmtree(tmp)
-            raise ProviderError(
-                f"{self._where('launch')}: preparing instance {iid} of image "
-                f"{request.image_id} under {self.root} failed: {e}; check free space and "
-                f"permissions"
-            ) from e
-        used_ports.add(port)
-
-        env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
-        env.update(extra_env)
-        env.update({
-            "PORT": str(port), "IMM_INSTANCE_ID": iid, "IMM_SERVICE": service,
-            "IMM_SLOT": request.tags.get(TAG_SLOT, ""),
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-        })
-        if volumes:
-            env["IMM_DATA_DIR"] = next(iter(volumes.values()))
-        env.update({_env_name(v): p for v, p in volumes.items()})
-        log_path = self.logs_dir / f"{iid}.log"
-        try:
-            with open(log_path, "ab") as logf:
-                logf.write(f"[imm-local] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                           f"start {iid} image={request.image_id} port={port} "
-                           f"command={command}\n".encode())
-                logf.flush()
-                proc = subprocess.Popen(
-                    command, cwd=final / "root", env=env, stdin=subprocess.DEVNULL,
-                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                )
-        except OSError as e:
-            self._remove_instance(iid)
-            raise ProviderError(
-                f"{self._where('launch')}: cannot start {command} for image "
-                f"{request.image_id}: {e}; fix the command in the image's {IMAGE_SPEC_FILE}",
-                detail={"image_id": request.image_id, "command": command},
-            ) from e
-        with _children_lock:
-            _children[proc.pid] = proc
-        st = _proc_stat(proc.pid)
-        meta.update(pid=proc.pid, pid_start=st[1] if st else None)
-        _write_json(final / "meta.json", meta)
-        return meta
-
-    def _pick_port(self, used: set[int]) -> int:
-        def bindable(port: int) -> bool:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    return False
-                return True
-
-        if self.port_range is None:
-            for _ in range(100):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", 0))
-                    port = int(s.getsockname()[1])
-                if port not in used:
-                    return port
-        else:
-            lo, hi = self.port_range
-            size = hi - lo + 1
-            first = secrets.randbelow(size)
-            for i in range(size):
-                port = lo + (first + i) % size
-                if port not in used and bindable(port):
-                    return port
-        raise ProviderError(
-            f"{self._where('launch')}: no free port on 127.0.0.1 in "
-            f"{self.port_range or 'the kernel range'} ({len(used)} used by instances); "
-            f"widen port_range or terminate instances"
-        )
-
-    def terminate(self, instance_ids: Sequence[str]) -> None:
-        ids = [i for i in dict.fromkeys(instance_ids) if _INSTANCE_ID.fullmatch(str(i))]
-        self._kill_and_remove(ids)
-        _reap()
-
-    def _kill_and_remove(self, ids: Sequence[str]) -> None:
-        """SIGTERM each instance's process group, SIGKILL after stop_timeout_s, remove dirs."""
-        procs: dict[str, tuple[int, int | None, str | None]] = {}
-        for iid in ids:
-            try:
-                meta = self._read_meta(iid)
-            except (OSError, ValueError):  # unreadable meta: find the process by its env
-                meta = {"id": iid}
-            if meta is None:
-                continue
-            pid, start = self._resolve_pid(meta)
-            if pid and _alive(pid, start, meta.get("boot_id")):
-                procs[iid] = (pid, start, meta.get("boot_id"))
-                self._signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout_s
-        pending = dict(procs)
-        while pending:
-            pending = {i: p for i, p in pending.items() if _alive(*p)}
-            if not pending:
-                break
-            if time.monotonic() >= deadline:
-                for iid, (pid, _, _) in pending.items():
-                    self.log.warning("local instance %s (pid %d) ignored SIGTERM for %.0f s: "
-                                     "killing it", iid, pid, self.stop_timeout_s)
-                    self._signal_group(pid, signal.SIGKILL)
-                kill_deadline = time.monotonic() + 5
-                while pending and time.monotonic() < kill_deadline:
-                    time.sleep(0.02)
-                    pending = {i: p for i, p in pending.items() if _alive(*p)}
-                break
-            time.sleep(0.02)
-        for pid, _, _ in procs.values():
-            # The group leader is gone: take down anything it left behind in its group.
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        for iid in ids:
-            if (self.instances_dir / iid).exists():
-                self._remove_instance(iid)
-                with contextlib.suppress(OSError), \
-                        open(self.logs_dir / f"{iid}.log", "a", encoding="utf-8") as f:
-                    f.write(f"[imm-local] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-                            f" terminated {iid}\n")
-        if pending:
-            raise ProviderError(
-                f"{self._where('terminate')}: instance(s) {', '.join(sorted(pending))} still "
-                f"run after SIGKILL; check them with ps (pids "
-                f"{', '.join(str(p[0]) for p in pending.values())})"
-            )
-
-    @staticmethod
-    def _signal_group(pid: int, sig: signal.Signals) -> None:
-        try:
-            os.killpg(pid, sig)  # start_new_session: the group id is the pid
-        except ProcessLookupError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)  # the app moved itself to another group
-
-    def _remove_instance(self, iid: str) -> None:
-        """Remove the instance dir (its logs and data stay); a rename first, so it is atomic."""
-        trash = self.instances_dir / f".trash-{iid}-{secrets.token_hex(4)}"
-        try:
-            (self.instances_dir / iid).rename(trash)
-        except FileNotFoundError:
-            return
-        _rmtree(trash)
-
-    def rehash(self, instance_id: str) -> tuple[str, dict[str, Any]]:
-        """``(tree_digest, tree_manifest)`` of the instance's root as it is now."""
-        root = self.instances_dir / instance_id / "root"
-        if not _INSTANCE_ID.fullmatch(instance_id) or not root.is_dir():
-            raise NotFound(f"{self._where('rehash')}: no instance {instance_id!r} under "
-                           f"{self.instances_dir}")
-        manifest = tree_manifest(root)
-        return tree_digest(manifest), manifest
-
-    def close(self) -> None:
-        """Instances outlive immd: nothing is stopped, finished children are reaped."""
-        _reap()
-
-
-@hookimpl(trylast=True)
-def imm_register_providers(registry: ProviderRegistry) -> None:
-    registry.add(LocalProvider)

@@ -4,6 +4,9 @@ Writes run in a single dedicated thread, each call in one ``BEGIN IMMEDIATE`` tr
 commits when the function returns and rolls back when it raises, so a failed operation leaves the
 catalog and ledger exactly as they were. Reads run on a small pool with their own connections
 (WAL mode lets them proceed while a write is in flight). Nothing here touches the event loop.
+
+The database applies the schemas it is given (the composition root passes every package's);
+it imports no domain package.
 """
 
 from __future__ import annotations
@@ -11,24 +14,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
+from .base import Connection, Migration, Schema
 
 T = TypeVar("T")
-
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(name: str) -> Callable[[Migration], Migration]:
-    def register(fn: Migration) -> Migration:
-        MIGRATIONS.append((name, fn))
-        return fn
-    return register
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -40,36 +33,43 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
+def ordered(schemas: Sequence[Schema]) -> list[Migration]:
+    """Every schema's migrations in name order; a name declared by two schemas is an error."""
+    seen: dict[str, str] = {}
+    out: list[Migration] = []
+    for schema in schemas:
+        for m in schema.migrations:
+            if m.name in seen:
+                raise ValueError(f"migration {m.name!r} is declared by both schema "
+                                 f"{seen[m.name]} and schema {schema.owner}")
+            seen[m.name] = schema.owner
+            out.append(m)
+    return sorted(out, key=lambda m: m.name)
+
+
+def migrate(conn: sqlite3.Connection, schemas: Sequence[Schema]) -> list[str]:
     """Apply pending migrations, each in its own transaction; return the names applied."""
-    db = sqlite_utils.Database(conn)
-    if "_migrations" not in db.table_names():
-        conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
+    migrations = ordered(schemas)
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, "
+                 "applied_at INTEGER)")
     done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
     applied = []
-    for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-        if name in done:
+    for m in migrations:
+        if m.name in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            fn(conn)
+            m.apply(conn)
             conn.execute(
                 "INSERT INTO _migrations(name, applied_at) VALUES (?, strftime('%s','now'))",
-                (name,),
+                (m.name,),
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        applied.append(name)
+        applied.append(m.name)
     return applied
-
-
-def execute_script(conn: sqlite3.Connection, sql: str) -> None:
-    """Run ``;``-separated DDL inside the caller's transaction (executescript would COMMIT)."""
-    for statement in sql.split(";"):
-        if statement.strip():
-            conn.execute(statement)
 
 
 def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -84,8 +84,13 @@ def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, **kw
 
 
 class Database:
-    def __init__(self, path: Path, readers: int = 4) -> None:
+    """The SQLite backend. ``write``/``read`` run ``fn(conn, ...)`` off the event loop, where
+    ``conn`` is a :class:`~imm.store.base.Connection` inside one transaction."""
+
+    def __init__(self, path: Path, schemas: Sequence[Schema], readers: int = 4) -> None:
         self.path = path
+        self.schemas = tuple(schemas)
+        ordered(self.schemas)  # two schemas claiming one migration name fail here, not later
         self._writer_conn: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="imm-db-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="imm-db-reader")
@@ -110,19 +115,9 @@ class Database:
         return conn
 
     def open(self) -> list[str]:
-        """Create the file and apply migrations (blocking; call before serving)."""
-        import importlib
-
-        # Each layer registers its own numbered migrations; they apply in name order.
-        for module in ("imm.catalog.schema", "imm.rollout.schema", "imm.audit.schema"):
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                if e.name != module:
-                    raise
-
+        """Create the file and apply pending migrations (blocking; call before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self._writer.submit(lambda: migrate(self._wconn())).result()
+        return self._writer.submit(lambda: migrate(self._wconn(), self.schemas)).result()
 
     async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(conn, *args)`` in the writer thread inside one transaction."""
@@ -166,3 +161,6 @@ class Database:
                     c.close()
                 except sqlite3.ProgrammingError:
                     pass  # closed from another thread: sqlite3 is fine with that at exit
+
+
+_: type[Connection] = sqlite3.Connection  # sqlite3's connection is a store Connection as it is

@@ -1,0 +1,124 @@
+"""What a sweep judges an instance against: catalog facts, memoized for one sweep.
+
+A fleet runs few distinct images, so each image's signed rows are re-verified once per sweep,
+not once per instance. Whether a rollout exists or is active is asked of the rollout package
+through :class:`RolloutLookup`, which the composition root hands over: audit does not read
+the rollout package's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..catalog.keys import KeyRing
+from ..catalog.verify import check_row
+from ..plugins.base import TAG_ROLLOUT, TAG_SERVICE, Instance
+from ..store import Connection, query_one
+from .verdicts import Facts, ImageFacts
+
+Rehash = tuple[str, Mapping[str, Any]]
+
+
+@dataclass
+class Observed:
+    """One listed instance, with what re-hashing it found (where the provider can)."""
+
+    instance: Instance
+    rehash: Rehash | None = None
+    image_manifest: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RolloutLookup:
+    """The rollout package's answers the audit needs, as plain functions on a connection."""
+
+    exists: Callable[[Connection, str], bool]  # a rollout with this id was ever started
+    active: Callable[[Connection, str], Mapping[str, Any] | None]  # the service's active one
+
+    @classmethod
+    def none(cls) -> RolloutLookup:
+        """No rollouts anywhere (an audit without a rollout engine, e.g. in a test)."""
+        return cls(exists=lambda _conn, _rid: False, active=lambda _conn, _service: None)
+
+
+class CatalogFacts:
+    """Catalog facts memoized for one sweep; used only on the writer thread."""
+
+    def __init__(self, keyring: KeyRing, services: Mapping[str, Mapping[str, Any]],
+                 rollouts: RolloutLookup) -> None:
+        self.keyring = keyring
+        self.services = services
+        self.rollouts = rollouts
+        self._artifacts: dict[tuple[str, str, str], tuple[str | None, tuple[str, ...]]] = {}
+        self._images: dict[str, ImageFacts] = {}
+        self._rollouts: dict[str, bool] = {}
+        self._active: dict[str, str | None] = {}
+        self._channels: dict[str, str | None] = {}
+
+    def artifact(self, conn: Connection, provider: str, region: str,
+                 image_id: str) -> tuple[str | None, tuple[str, ...]]:
+        """The digest an artifact row maps this image id to, and why that row does not verify."""
+        key = (provider, region, image_id)
+        if key not in self._artifacts:
+            row = query_one(conn, "SELECT * FROM artifacts WHERE provider=? AND region=? AND "
+                                  "image_id=?", key)
+            if row is None:
+                self._artifacts[key] = (None, ())
+            else:
+                problems = tuple(f"artifact {provider}/{region}/{image_id}: {p['problem']}"
+                                 for p in check_row(conn, self.keyring, "artifacts", row))
+                self._artifacts[key] = (str(row["digest"]), problems)
+        return self._artifacts[key]
+
+    def image(self, conn: Connection, digest: str) -> ImageFacts | None:
+        if digest not in self._images:
+            row = query_one(conn, "SELECT * FROM images WHERE digest=?", (digest,))
+            if row is None:
+                return None
+            problems = tuple(f"image {digest[:19]}…: {p['problem']}"
+                             for p in check_row(conn, self.keyring, "images", row))
+            rev = query_one(conn, "SELECT root, reason, actor, at FROM revocations "
+                                  "WHERE digest=?", (digest,))
+            self._images[digest] = ImageFacts(
+                digest=digest, name=str(row["name"]), version=str(row["version"]),
+                content_digest=str(row["content_digest"]),
+                content_kind=str(row["content_kind"]), revocation=rev, problems=problems)
+        return self._images[digest]
+
+    def rollout_known(self, conn: Connection, rollout: str) -> bool:
+        if rollout not in self._rollouts:
+            self._rollouts[rollout] = bool(self.rollouts.exists(conn, rollout))
+        return self._rollouts[rollout]
+
+    def active_rollout(self, conn: Connection, service: str) -> str | None:
+        if service not in self._active:
+            row = self.rollouts.active(conn, service)
+            self._active[service] = None if row is None else str(row["id"])
+        return self._active[service]
+
+    def channel_head(self, conn: Connection, name: str) -> str | None:
+        if name not in self._channels:
+            row = conn.execute("SELECT digest FROM channel_history WHERE name=? ORDER BY seq "
+                               "DESC LIMIT 1", (name,)).fetchone()
+            self._channels[name] = None if row is None else str(row[0])
+        return self._channels[name]
+
+    def facts(self, conn: Connection, provider: str, item: Observed, now: int) -> Facts:
+        inst = item.instance
+        digest, art_problems = self.artifact(conn, provider, inst.region, inst.image_id)
+        image = self.image(conn, digest) if digest else None
+        service_name = inst.tags.get(TAG_SERVICE)
+        service = self.services.get(service_name) if service_name else None
+        channel = service.get("channel") if service else None
+        channel = channel if isinstance(channel, str) and channel else None
+        rollout = inst.tags.get(TAG_ROLLOUT)
+        return Facts(
+            now=now, image=image, service=service, channel=channel,
+            channel_head=self.channel_head(conn, channel) if channel else None,
+            active_rollout=(self.active_rollout(conn, service_name)
+                            if channel and service_name else None),
+            rollout_known=bool(rollout) and self.rollout_known(conn, str(rollout)),
+            rehash=item.rehash, image_manifest=item.image_manifest,
+            artifact_problems=art_problems)

@@ -1,0 +1,294 @@
+"""A sweep's writes: each chunk of instances judged and recorded in one transaction.
+
+``apply_chunk`` opens, refreshes or closes observations, opens or resolves findings, and commits
+the events of all that by one signed ledger record (``events.record_events``); ``close_unseen``
+closes what a completed listing did not see. Both run on the database's writer thread. The
+``sweeps`` table functions keep each sweep's row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..catalog.canonical import canonical_json
+from ..catalog.service import Catalog
+from ..plugins.base import TAG_SERVICE, Instance
+from ..store import Connection, query, query_one
+from . import events
+from .facts import CatalogFacts, Observed
+from .verdicts import judge
+
+CHUNK = 1000  # instances per transaction: ~tens of ms of writer time, then the loop breathes
+
+OK: list[tuple[str, dict[str, Any]]] = [("ok", {})]
+OK_TEXT = json.dumps([{"verdict": "ok", "detail": {}}], sort_keys=True)
+
+
+def _now() -> tuple[str, int]:
+    ts = int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)), ts
+
+
+@dataclass
+class ChunkResult:
+    instances: int = 0
+    observations_opened: int = 0
+    observations_closed: int = 0
+    opened: list[dict[str, Any]] = field(default_factory=list)  # hook payloads
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+    more: bool = False
+
+
+@dataclass
+class SweepRun:
+    """What one sweep's chunk writers share."""
+
+    id: int
+    actor: str
+    catalog: Catalog
+    facts: CatalogFacts
+
+
+# -- event bodies (the signed, exported facts) ------------------------------------------------
+
+def _obs_event(event: str, provider: str, region: str, iid: str, image_id: str,
+               digest: str | None, service: str | None, at: str, sweep: int,
+               **extra: Any) -> dict[str, Any]:
+    return {"type": "observation", "event": event, "provider": provider, "region": region,
+            "instance_id": iid, "image_id": image_id, "digest": digest, "service": service,
+            "at": at, "sweep": sweep, **extra}
+
+
+def _finding_payload(row: Mapping[str, Any], status: str) -> dict[str, Any]:
+    """The ``imm_audit_finding`` hook's view of a finding."""
+    detail = row["detail"]
+    return {"id": row["id"], "instance": row["instance_id"], "provider": row["provider"],
+            "region": row["region"], "verdict": row["verdict"],
+            "detail": json.loads(detail) if isinstance(detail, str) else detail,
+            "status": status, "opened_at": row["opened_at"],
+            "resolved_at": row.get("resolved_at")}
+
+
+def _in(conn: Connection, sql: str, head: tuple[Any, ...],
+        ids: list[str]) -> list[dict[str, Any]]:
+    marks = ",".join("?" * len(ids))
+    return query(conn, sql.replace("(?*)", f"({marks})"), (*head, *ids))
+
+
+class _Writer:
+    """Accumulates one transaction's events and row changes, then writes them together."""
+
+    def __init__(self, conn: Connection, run: SweepRun, provider: str) -> None:
+        self.conn, self.run, self.provider = conn, run, provider
+        self.at, self.ts = _now()
+        self.index = events.next_index(conn)
+        self.bodies: list[dict[str, Any]] = []
+        self.ends: list[tuple[str, int, int]] = []
+        self.obs_upserts: list[tuple[Any, ...]] = []
+        self.obs_refresh: list[tuple[Any, ...]] = []
+        self.obs_closes: list[tuple[Any, ...]] = []
+        self.finding_inserts: list[tuple[Any, ...]] = []
+        self.finding_resolves: list[tuple[Any, ...]] = []
+        self.result = ChunkResult()
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM findings").fetchone()
+        self.next_finding = int(row[0]) + 1
+
+    def _event(self, body: dict[str, Any]) -> int:
+        self.bodies.append(body)
+        return len(self.bodies) - 1
+
+    def close_observation(self, obs: Mapping[str, Any], reason: str) -> None:
+        p = self.provider
+        entry = self._event(_obs_event(
+            "close", p, obs["region"], obs["instance_id"], obs["image_id"], obs["digest"],
+            obs["service"], self.at, self.run.id, first_seen=obs["first_seen"],
+            last_seen=obs["last_seen"], reason=reason))
+        self.ends.append((self.at, obs["ledger_index"], obs["entry"]))
+        self.obs_closes.append((self.at, self.index, entry, p, obs["region"],
+                                obs["instance_id"], obs["image_id"]))
+        self.result.observations_closed += 1
+
+    def open_observation(self, inst: Instance, digest: str | None, service: str | None,
+                         verdicts: str) -> None:
+        entry = self._event(_obs_event(
+            "open", self.provider, inst.region, inst.id, inst.image_id, digest, service,
+            self.at, self.run.id, launched_at=int(inst.launched_at or 0)))
+        self.obs_upserts.append((
+            self.provider, inst.region, inst.id, inst.image_id, digest, service, inst.state,
+            int(inst.launched_at or 0), self.at, self.at, self.run.id, verdicts, self.index,
+            entry))
+        self.result.observations_opened += 1
+
+    def open_finding(self, inst: Instance, service: str | None, verdict: str,
+                     detail: dict[str, Any]) -> None:
+        fid = self.next_finding
+        self.next_finding += 1
+        entry = self._event({
+            "type": "finding", "event": "open", "id": fid, "provider": self.provider,
+            "region": inst.region, "instance_id": inst.id, "image_id": inst.image_id,
+            "service": service, "verdict": verdict, "detail": detail, "at": self.at,
+            "sweep": self.run.id})
+        detail_text = canonical_json(detail).decode("utf-8")  # refuses floats: it is signed
+        self.finding_inserts.append((fid, self.provider, inst.region, inst.id, inst.image_id,
+                                     service, verdict, detail_text, self.at, self.index, entry))
+        self.result.opened.append(_finding_payload(
+            {"id": fid, "instance_id": inst.id, "provider": self.provider,
+             "region": inst.region, "verdict": verdict, "detail": detail,
+             "opened_at": self.at}, "open"))
+
+    def resolve_finding(self, row: Mapping[str, Any], reason: str) -> None:
+        entry = self._event({
+            "type": "finding", "event": "resolve", "id": row["id"], "provider": self.provider,
+            "region": row["region"], "instance_id": row["instance_id"],
+            "image_id": row["image_id"], "service": row["service"], "verdict": row["verdict"],
+            "opened_at": row["opened_at"], "at": self.at, "reason": reason,
+            "sweep": self.run.id})
+        self.ends.append((self.at, row["open_ledger_index"], row["open_entry"]))
+        self.finding_resolves.append((self.at, reason, self.index, entry, row["id"]))
+        self.result.resolved.append(_finding_payload({**row, "resolved_at": self.at},
+                                                     "resolved"))
+
+    def flush(self) -> ChunkResult:
+        conn, r = self.conn, self.result
+        if self.bodies:
+            events.record_events(conn, self.run.catalog, self.run.id, self.run.actor,
+                                 self.bodies, expect=self.index)
+            r.records = 1
+        conn.executemany(
+            "UPDATE observations SET closed_at=?, close_ledger_index=?, close_entry=? "
+            "WHERE provider=? AND region=? AND instance_id=? AND image_id=?", self.obs_closes)
+        conn.executemany("""
+            INSERT INTO observations (provider, region, instance_id, image_id, digest, service,
+                state, launched_at, first_seen, last_seen, last_sweep, verdicts, ledger_index,
+                entry)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            ON CONFLICT (provider, region, instance_id, image_id) DO UPDATE SET
+                digest=excluded.digest, service=excluded.service, state=excluded.state,
+                launched_at=excluded.launched_at, first_seen=excluded.first_seen,
+                last_seen=excluded.last_seen, closed_at=NULL, last_sweep=excluded.last_sweep,
+                verdicts=excluded.verdicts, ledger_index=excluded.ledger_index,
+                entry=excluded.entry, close_ledger_index=NULL, close_entry=NULL""",
+            self.obs_upserts)
+        conn.executemany(
+            "UPDATE observations SET last_seen=?, state=?, verdicts=?, last_sweep=?, digest=?, "
+            "service=? WHERE provider=? AND region=? AND instance_id=? AND image_id=?",
+            self.obs_refresh)
+        conn.executemany(
+            "INSERT INTO findings (id, provider, region, instance_id, image_id, service, "
+            "verdict, detail, status, opened_at, open_ledger_index, open_entry) "
+            "VALUES (?,?,?,?,?,?,?,?,'open',?,?,?)", self.finding_inserts)
+        conn.executemany(
+            "UPDATE findings SET status='resolved', resolved_at=?, resolution=?, "
+            "resolve_ledger_index=?, resolve_entry=? WHERE id=?", self.finding_resolves)
+        events.end_events(conn, self.ends)
+        conn.execute(
+            "UPDATE sweeps SET instances=instances+?, findings_opened=findings_opened+?, "
+            "findings_resolved=findings_resolved+?, observations_opened=observations_opened+?,"
+            " observations_closed=observations_closed+?, records=records+? WHERE id=?",
+            (r.instances, len(r.opened), len(r.resolved), r.observations_opened,
+             r.observations_closed, r.records, self.run.id))
+        if self.bodies:
+            self.run.catalog.checkpoint(conn)
+        return r
+
+
+_OBS_COLS = ("region, instance_id, image_id, digest, service, first_seen, last_seen, "
+             "ledger_index, entry")
+_FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict, detail, "
+                 "opened_at, open_ledger_index, open_entry")
+
+
+def apply_chunk(conn: Connection, run: SweepRun, provider: str,
+                items: list[Observed]) -> ChunkResult:
+    """Judge one chunk of a provider's instances and record what changed (one transaction)."""
+    w = _Writer(conn, run, provider)
+    ids = [it.instance.id for it in items]
+    open_obs = {(r["region"], r["instance_id"]): r for r in _in(
+        conn, f"SELECT {_OBS_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
+              "provider=? AND instance_id IN (?*)", (provider,), ids)}
+    open_findings: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
+                       "provider=? AND instance_id IN (?*)", (provider,), ids):
+        open_findings.setdefault((r["region"], r["instance_id"]), {})[r["verdict"]] = r
+    for item in items:
+        inst = item.instance
+        verdicts = judge(inst, run.facts.facts(conn, provider, item, w.ts))
+        facts_image = run.facts.artifact(conn, provider, inst.region, inst.image_id)[0]
+        service = inst.tags.get(TAG_SERVICE)
+        verdict_text = (OK_TEXT if verdicts == OK else json.dumps(
+            [{"verdict": v, "detail": d} for v, d in verdicts], sort_keys=True, ensure_ascii=False))
+        key = (inst.region, inst.id)
+        obs = open_obs.get(key)
+        if obs is not None and obs["image_id"] != inst.image_id:
+            w.close_observation(obs, "image changed")
+            obs = None
+        if obs is None:
+            w.open_observation(inst, facts_image, service, verdict_text)
+        else:
+            w.obs_refresh.append((w.at, inst.state, verdict_text, run.id, facts_image, service,
+                                  provider, inst.region, inst.id, inst.image_id))
+        current = open_findings.get(key, {})
+        names = {v for v, _ in verdicts}
+        for verdict, detail in verdicts:
+            if verdict != "ok" and verdict not in current:
+                w.open_finding(inst, service, verdict, detail)
+        for verdict, row in current.items():
+            if verdict not in names:
+                w.resolve_finding(row, "the cause is gone")
+    w.result.instances = len(items)
+    return w.flush()
+
+
+def close_unseen(conn: Connection, run: SweepRun, provider: str,
+                 limit: int = CHUNK) -> ChunkResult:
+    """Close up to ``limit`` observations of ``provider`` this sweep did not see."""
+    w = _Writer(conn, run, provider)
+    rows = query(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
+                       "closed_at IS NULL AND last_sweep < ? LIMIT ?", (provider, run.id, limit))
+    if not rows:
+        return w.result
+    findings: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
+                       "provider=? AND instance_id IN (?*)", (provider,),
+                 [r["instance_id"] for r in rows]):
+        findings.setdefault((r["region"], r["instance_id"]), []).append(r)
+    for obs in rows:
+        w.close_observation(obs, "gone")
+        for f in findings.pop((obs["region"], obs["instance_id"]), []):
+            w.resolve_finding(f, "the instance is gone")
+    w.result.more = len(rows) == limit
+    return w.flush()
+
+
+# -- sweeps table ------------------------------------------------------------------------------
+
+def new_sweep(conn: Connection, actor: str) -> int:
+    at, _ = _now()
+    cur = conn.execute("INSERT INTO sweeps (started_at, state, actor) VALUES (?, 'running', ?)",
+                       (at, actor))
+    assert cur.lastrowid is not None
+    return int(cur.lastrowid)
+
+
+def finish_sweep(conn: Connection, sweep: int, state: str, error: str | None) -> None:
+    at, _ = _now()
+    conn.execute("UPDATE sweeps SET state=?, finished_at=?, error=? WHERE id=?",
+                 (state, at, error, sweep))
+
+
+def abort_stale(conn: Connection) -> int:
+    at, _ = _now()
+    return conn.execute(
+        "UPDATE sweeps SET state='aborted', finished_at=?, error='immd stopped during the sweep'"
+        " WHERE state='running'", (at,)).rowcount
+
+
+def sweep_row(conn: Connection, sweep: int | None = None) -> dict[str, Any] | None:
+    if sweep is None:
+        return query_one(conn, "SELECT * FROM sweeps ORDER BY id DESC LIMIT 1")
+    return query_one(conn, "SELECT * FROM sweeps WHERE id=?", (sweep,))

@@ -1,0 +1,98 @@
+"""Rolling back: give the old instances their traffic back, then remove every new one.
+
+The old set gets its weight back *before* any new instance is drained, so the route is never
+left without a healthy backend. If retire steps had already removed old instances, as many as
+are missing are relaunched from the previous image first. Every action is idempotent: a
+rollback interrupted by a crash or an outage is simply run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from ..context import Context
+from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
+from .fleet import Fleet
+from .journal import Journal
+from .services import Service
+from .states import BEGIN, DONE, OP_LAUNCH, OP_RETIRE, ROLLBACK_SLOT, ROLLED_BACK
+from .steps import Rollout, Steps
+
+
+def launched_by(r: Rollout) -> set[str]:
+    """The instance ids the rollout's launch steps reported, from its journal."""
+    return {i for j in r["journal"] if j["action"] == DONE and j["step"].endswith(f"-{OP_LAUNCH}")
+            for i in j["detail"].get("instances", [])}
+
+
+class Rollback:
+    def __init__(self, ctx: Context, journal: Journal, fleet: Fleet, steps: Steps,
+                 checkpoint: Callable[[str, str], None] = lambda _step, _when: None) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.fleet = fleet
+        self.steps = steps
+        self.checkpoint = checkpoint
+
+    async def run(self, r: Rollout) -> None:
+        rid = r["id"]
+        svc = self.fleet.service(r["service"])
+        await self.journal.record(rid, "rollback", BEGIN, {"reason": r["error"]})
+        everything = await self.fleet.instances(svc)
+        new = [i for i in everything if i.tags.get(TAG_ROLLOUT) == rid
+               and i.tags.get(TAG_SLOT) != ROLLBACK_SLOT]
+        old = [i for i in everything if i not in new]
+        missing = svc.count - len(old)
+        if missing > 0 and r["previous_digest"] and any(
+                j["action"] == DONE and j["step"].endswith(f"-{OP_RETIRE}")
+                for j in r["journal"]):
+            old += await self.relaunch_previous(svc, r, missing)
+        routed = self.fleet.router(svc)
+        if routed is not None:
+            router, route = routed
+            present = {b.name: b for b in await router.backends(route)}
+            for i in old:
+                if i.id not in present and i.address:
+                    await router.add(route, i.id, i.address)
+            if old:
+                deadline = time.monotonic() + svc.health_timeout_s
+                while router.checks_health and time.monotonic() < deadline:
+                    health = await router.health(route)
+                    if any(health.get(i.id) for i in old):
+                        break
+                    await asyncio.sleep(self.ctx.timings.poll_s)
+                health = await router.health(route)
+                healthy_old = [i.id for i in old
+                               if health.get(i.id) or not router.checks_health]
+                w = {i: 100 for i in healthy_old}
+                w.update({i.id: 0 for i in new if i.id in present})
+                if healthy_old:
+                    await router.set_weights(route, w)
+            for i in new:
+                if i.id in present:
+                    await router.drain(route, i.id)
+            # backends of instances this rollout launched that are already gone (a rollback
+            # interrupted after terminating them) leave the route too
+            gone = sorted((launched_by(r) & set(present)) - {i.id for i in new})
+            await self.steps.remove(router, route, [i.id for i in new] + gone,
+                                    [{"id": i.id, "provider": i.provider} for i in new])
+        else:
+            await self.steps.terminate([{"id": i.id, "provider": i.provider} for i in new])
+        self.checkpoint("rollback", "after")
+        await self.journal.record(rid, "rollback", DONE, {"removed": sorted(i.id for i in new)},
+                                  state=ROLLED_BACK)
+
+    async def relaunch_previous(self, svc: Service, r: Rollout, missing: int) -> list[Instance]:
+        prev = r["previous_digest"]
+        arts = await self.journal.artifacts(prev)
+        t = svc.targets[0]
+        image_id = arts.get(f"{t.provider}/{t.region}")
+        if image_id is None:
+            return []
+        req = LaunchRequest(region=t.region, image_id=image_id, count=missing,
+                            tags={TAG_SERVICE: svc.name, TAG_ROLLOUT: r["id"],
+                                  TAG_SLOT: ROLLBACK_SLOT, TAG_DIGEST: prev},
+                            client_token=f"{r['id']}-{ROLLBACK_SLOT}", size=svc.size)
+        return list(await self.ctx.provider(t.provider).launch(req))

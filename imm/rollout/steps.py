@@ -1,0 +1,227 @@
+"""The step actions of a plan: launch, attach (with its health gate), shift, pause/bake, retire.
+
+Each action is idempotent: it finds its instances again by their tags and its backends by name,
+so running a step a second time after a crash does no harm. A step that cannot be carried out
+raises :class:`StepFailed`; the engine then rolls the rollout back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..context import Context, RouterHandle
+from ..errors import ImmError
+from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
+from .fleet import Fleet
+from .journal import Journal
+from .plan import weights
+from .services import Service
+from .states import (
+    OP_ATTACH,
+    OP_LAUNCH,
+    OP_PAUSE,
+    OP_RETIRE,
+    OP_SHIFT,
+    RUNNING,
+    WAITS,
+    StepFailed,
+)
+
+log = logging.getLogger("imm.rollout")
+
+Rollout = dict[str, Any]  # a rollouts row with its params and journal (journal.load)
+Step = dict[str, Any]  # one step of the plan (plan.make_plan)
+
+
+def slot_of(step: Step) -> str:
+    return f"b{step['batch']}"
+
+
+class Steps:
+    def __init__(self, ctx: Context, journal: Journal, fleet: Fleet) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.fleet = fleet
+
+    async def decide(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
+        """The concrete decision of a step, journalled before it is acted on."""
+        if step["op"] == OP_RETIRE:
+            old = [i for i in await self.fleet.instances(svc)
+                   if i.tags.get(TAG_ROLLOUT) != r["id"]]
+            old.sort(key=lambda i: (i.launched_at, i.id))
+            n = len(old) if step["count"] == "all" else min(int(step["count"]), len(old))
+            return {"retire": [{"id": i.id, "provider": i.provider} for i in old[:n]]}
+        if step["op"] == OP_LAUNCH:
+            return {"tokens": [f"{r['id']}-{slot_of(step)}-{t.provider}-{t.region}"
+                               for t in svc.targets]}
+        return {}
+
+    async def execute(self, svc: Service, r: Rollout, step: Step,
+                      decision: dict[str, Any]) -> dict[str, Any]:
+        op = step["op"]
+        if op == OP_LAUNCH:
+            return await self.launch(svc, r, step)
+        if op == OP_ATTACH:
+            return await self.attach(svc, r, step)
+        if op == OP_SHIFT:
+            return await self.shift(svc, r, step["pct"])
+        if op in WAITS:
+            return await self.wait(svc, r, step)
+        if op == OP_RETIRE:
+            return await self.retire(svc, decision["retire"])
+        raise StepFailed(f"unknown step {op!r}")
+
+    async def _interrupted(self, rid: str) -> dict[str, Any] | None:
+        """``{"interrupted": state}`` when an operator paused or aborted the rollout meanwhile."""
+        cur = await self.journal.load(rid)
+        return {"interrupted": cur["state"]} if cur["state"] != RUNNING else None
+
+    async def launch(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
+        slots = [(t.provider, t.region) for t in svc.targets for _ in range(t.count)]
+        want: dict[tuple[str, str], int] = {}
+        for s in step["slots"]:
+            want[slots[s]] = want.get(slots[s], 0) + 1
+        launched = []
+        for (provider, region), count in want.items():
+            image_id = r["params"]["artifacts"][f"{provider}/{region}"]
+            req = LaunchRequest(
+                region=region, image_id=image_id, count=count,
+                tags={TAG_SERVICE: svc.name, TAG_ROLLOUT: r["id"], TAG_SLOT: slot_of(step),
+                      TAG_DIGEST: r["digest"]},
+                client_token=f"{r['id']}-{slot_of(step)}-{provider}-{region}", size=svc.size,
+                settings=dict(svc.settings.get("launch", {})))
+            try:
+                got = await self.ctx.provider(provider).launch(req)
+            except ImmError as e:
+                raise StepFailed(f"launch on {provider}/{region} failed: {e.message}") from None
+            launched += [i.id for i in got]
+        return {"instances": launched}
+
+    async def attach(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
+        """Add the batch's instances to the route at weight 0 and wait for their health."""
+        new = [i for i in await self.fleet.instances(svc, r["id"])
+               if i.tags.get(TAG_SLOT) == slot_of(step)]
+        routed = self.fleet.router(svc)
+        if routed is None:
+            return {"instances": [i.id for i in new]}
+        router, route = routed
+        present = {b.name for b in await router.backends(route)}
+        for i in new:
+            if i.id not in present:
+                if not i.address:
+                    raise StepFailed(f"instance {i.id} has no address the router can reach")
+                await router.add(route, i.id, i.address)
+        deadline = time.monotonic() + svc.health_timeout_s
+        ids = {i.id for i in new}
+        while router.checks_health:
+            health = await router.health(route)
+            bad = [n for n in ids if health.get(n) is not True]
+            if not bad:
+                break
+            if time.monotonic() > deadline:
+                raise StepFailed(
+                    f"{len(bad)} of {len(ids)} new instance(s) did not pass the health check of "
+                    f"route {route} within {svc.health_timeout_s:g}s: {', '.join(sorted(bad))}")
+            stop = await self._interrupted(r["id"])
+            if stop:
+                return stop
+            await asyncio.sleep(self.ctx.timings.poll_s)
+        await self.gate(svc, r, step, new)
+        return {"instances": sorted(ids), "healthy": True}
+
+    async def gate(self, svc: Service, r: Rollout, step: Step, instances: list[Instance]) -> None:
+        """Ask the ``imm_health_gate`` plugins; any refusal fails the step."""
+        view = {"id": r["id"], "service": svc.name, "image": r["digest"],
+                "strategy": r["strategy"]}
+        refusals = await self.ctx.plugins.health_gate(
+            view, {"name": step["name"], "op": step["op"]}, [i.to_dict() for i in instances])
+        if refusals:
+            raise StepFailed(f"health gate at {step['name']} failed: "
+                             + "; ".join(str(x) for x in refusals))
+
+    async def shift(self, svc: Service, r: Rollout, pct: int | str) -> dict[str, Any]:
+        routed = self.fleet.router(svc)
+        if routed is None:
+            return {}
+        router, route = routed
+        backends = await router.backends(route)
+        mine = {i.id for i in await self.fleet.instances(svc, r["id"])}
+        new = [b.name for b in backends if b.name in mine]
+        old = [b.name for b in backends if b.name not in mine and b.state != "maint"]
+        w = {n: 100 for n in new} if pct == "even" else weights(int(pct), new, old)
+        try:
+            await router.set_weights(route, w)
+        except ImmError as e:
+            raise StepFailed(f"setting weights on route {route} failed: {e.message}") from None
+        return {"weights": w}
+
+    async def wait(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
+        """Wait the step's seconds (promote cuts it short); a ``pause`` then gates again."""
+        deadline = time.monotonic() + float(step.get("seconds", 0))
+        while time.monotonic() < deadline:
+            cur = await self.journal.load(r["id"])
+            if cur["state"] != RUNNING:
+                return {"interrupted": cur["state"]}  # paused or aborted: the wait is not done
+            if cur["params"].get("promote"):
+                break
+            await asyncio.sleep(self.ctx.timings.poll_s)
+        if step["op"] == OP_PAUSE:
+            mine = await self.fleet.instances(svc, r["id"])
+            routed = self.fleet.router(svc)
+            if routed is not None and routed[0].checks_health:
+                health = await routed[0].health(routed[1])
+                sick = [i.id for i in mine if health.get(i.id) is not True]
+                if sick:
+                    raise StepFailed(f"new instance(s) unhealthy after {step['name']}: "
+                                     + ", ".join(sick))
+            await self.gate(svc, r, step, mine)
+        return {}
+
+    async def terminate(self, items: list[dict[str, str]]) -> None:
+        by_provider: dict[str, list[str]] = {}
+        for it in items:
+            by_provider.setdefault(it["provider"], []).append(it["id"])
+        for provider, ids in by_provider.items():
+            await self.ctx.provider(provider).terminate(ids)
+
+    async def retire(self, svc: Service, items: list[dict[str, str]]) -> dict[str, Any]:
+        """Drain, remove from the route and terminate ``items``; never the last healthy one."""
+        routed = self.fleet.router(svc)
+        ids = {it["id"] for it in items}
+        if routed is not None and ids:
+            router, route = routed
+            backends = await router.backends(route)
+            serving = [b for b in backends if b.name not in ids and b.weight > 0
+                       and (b.healthy or (b.healthy is None and not router.checks_health))]
+            if not serving:
+                raise StepFailed(f"refusing to retire {len(ids)} instance(s): route {route} would "
+                                 "be left without a healthy backend")
+            present = {b.name for b in backends}
+            for name in sorted(ids & present):
+                await router.drain(route, name)
+            await self.remove(router, route, sorted(ids & present), items)
+        else:
+            await self.terminate(items)
+        return {"retired": sorted(ids)}
+
+    async def remove(self, router: RouterHandle, route: str, names: list[str],
+                     items: list[dict[str, str]]) -> None:
+        """Remove drained backends, then terminate the instances.
+
+        A router may refuse to delete a backend whose sessions outlived the drain timeout (it
+        stays in maintenance, taking no traffic); terminating the instance ends those sessions,
+        so the removal is tried again afterwards.
+        """
+        stuck = []
+        for name in names:
+            try:
+                await router.remove(route, name)
+            except ImmError as e:
+                log.warning("route %s: %s; retrying after terminating it", route, e.message)
+                stuck.append(name)
+        await self.terminate(items)
+        for name in stuck:
+            await router.remove(route, name)

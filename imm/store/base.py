@@ -1,0 +1,98 @@
+"""What the domain sees of the store: a small connection protocol and helpers over it.
+
+Domain functions take a :class:`Connection` (whatever a backend hands them inside a
+transaction) and write SQL with ``?`` placeholders. ``sqlite3.Connection`` satisfies the
+protocol as it is; a PostgreSQL backend hands over a thin wrapper around a psycopg connection
+(see docs/architecture.md). Nothing here imports a driver.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+# A unique or foreign-key constraint refused a write. Backends raise this class (or a
+# subclass): the SQLite driver's own; a PostgreSQL wrapper re-raises psycopg's as it.
+IntegrityError = sqlite3.IntegrityError
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the domain uses."""
+
+    @property
+    def description(self) -> Any: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """One connection inside one transaction (the backend begins and ends it)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+def now() -> str:
+    """The store's timestamp format: UTC, seconds, ISO 8601 with ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def query(conn: Connection, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts keyed by column name."""
+    cur = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def query_one(conn: Connection, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+    rows = query(conn, sql, params)
+    return rows[0] if rows else None
+
+
+def execute_script(conn: Connection, sql: str) -> None:
+    """Run ``;``-separated DDL inside the caller's transaction (sqlite3's executescript would
+    commit first)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str  # "NNNN-what": migrations of all schemas apply in name order
+    apply: Callable[[Connection], None]
+
+
+class Schema:
+    """One package's tables, as numbered migrations. The package declares it; the composition
+    root hands every schema to the database, which applies what is pending."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.migrations: list[Migration] = []
+
+    def migration(self, name: str) -> Callable[[Callable[[Connection], None]],
+                                               Callable[[Connection], None]]:
+        def register(fn: Callable[[Connection], None]) -> Callable[[Connection], None]:
+            if any(m.name == name for m in self.migrations):
+                raise ValueError(f"schema {self.owner}: migration {name!r} is declared twice")
+            self.migrations.append(Migration(name, fn))
+            return fn
+        return register
+
+    def __repr__(self) -> str:
+        return f"Schema({self.owner!r}, {[m.name for m in self.migrations]})"
