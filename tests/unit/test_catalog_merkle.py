@@ -284,7 +284,7 @@ def test_roots_match_pymerkle_and_rfc(tree70):
     assert log.root() == pm.get_root()
 
 
-@pytest.mark.parametrize("n", [127, 128, 129, 255, 256, 257, 1000, 1023, 1025, 3000])
+@pytest.mark.parametrize("n", [127, 128, 129, 255, 256, 257, 1000, 1023, 1025])
 def test_roots_match_pymerkle_larger(n):
     _, log, leaves = build(n)
     pm = InmemoryTree()
@@ -314,10 +314,10 @@ def test_single_and_bulk_appends_store_the_same_tree():
 # Inclusion proofs
 
 
-def test_inclusion_proofs_every_leaf_sizes_1_to_70(tree70):
+def test_inclusion_proofs_every_leaf_sizes_1_to_40(tree70):
     log, pm, leaves = tree70
     checked = 0
-    for n in range(1, 71):
+    for n in range(1, 41):
         root = pm.get_root(n)
         for m in range(n):
             path = log.inclusion_proof(m, n)
@@ -333,12 +333,12 @@ def test_inclusion_proofs_every_leaf_sizes_1_to_70(tree70):
             # 3. imm's own verifier agrees.
             assert verify_inclusion(lh, m, n, path, root)
             checked += 1
-    assert checked == 70 * 71 // 2
+    assert checked == 40 * 41 // 2
 
 
 def test_inclusion_proofs_match_rfc_path_over_pymerkle_ranges(tree70):
     log, _, leaves = tree70
-    for n in (1, 2, 3, 5, 8, 13, 31, 32, 33, 70):
+    for n in (1, 2, 3, 5, 8, 13, 31, 32, 33):
         for m in range(n):
             assert log.inclusion_proof(m, n) == rfc_path(m, leaves[:n], pm_mth), (m, n)
 
@@ -392,11 +392,11 @@ def test_bad_inclusion_proofs_fail(tree70):
 # Consistency proofs
 
 
-def test_consistency_proofs_all_pairs_up_to_40(tree70):
+def test_consistency_proofs_all_pairs_up_to_24(tree70):
     log, pm, leaves = tree70
-    roots = [pm.get_root(n) for n in range(0, 41)]
+    roots = [pm.get_root(n) for n in range(0, 25)]
     checked = 0
-    for n in range(1, 41):
+    for n in range(1, 25):
         for m in range(0, n + 1):
             path = log.consistency_proof(m, n)
             if m == 0 or m == n:
@@ -413,7 +413,7 @@ def test_consistency_proofs_all_pairs_up_to_40(tree70):
             # 4. Sanity on the reference: pymerkle proves the same roots consistent.
             pm.prove_consistency(m, n).verify(roots[m], roots[n], m, n)
             checked += 1
-    assert checked == sum(n - 1 for n in range(1, 41))
+    assert checked == sum(n - 1 for n in range(1, 25))
 
 
 def test_consistency_proof_defaults_and_edges(tree70):
@@ -542,7 +542,7 @@ def test_failed_bulk_append_rolls_back_with_the_transaction():
     log.append(data(0), 1)
 
     def items():
-        for i in range(1, 20_000):
+        for i in range(1, 8_200):  # one chunk of 8192 rows is written before the failure
             yield data(i), 1
         raise RuntimeError("caller failed half-way")
 
@@ -596,7 +596,7 @@ def vm_steps(conn: sqlite3.Connection, fn) -> int:
 
 def test_appends_and_proofs_do_not_scan_the_log():
     costs = {}
-    for k in (10, 15):
+    for k in (9, 13):
         n = (1 << k) - 1  # 0b11...1: k perfect subtrees, the worst case for roots and proofs
         conn, log, _ = build(n)
         costs[k] = {
@@ -606,9 +606,9 @@ def test_appends_and_proofs_do_not_scan_the_log():
             # leaf index n = 0b11...1 closes k levels: the worst case for an append
             "append": vm_steps(conn, lambda log=log, n=n: log.append(data(n), 1)),
         }
-    # 32x more leaves: O(n) would cost ~32x more, O(log n) about 1.5x (15 vs 10 levels).
-    for op, small in costs[10].items():
-        big = costs[15][op]
+    # 16x more leaves: O(n) would cost ~16x more, O(log n) about 1.4x (13 vs 9 levels).
+    for op, small in costs[9].items():
+        big = costs[13][op]
         assert big < 2.5 * small, (op, small, big)
 
 
