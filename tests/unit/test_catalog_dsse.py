@@ -181,3 +181,14 @@ def test_body_of_does_not_verify():
     assert dsse.body_of(env) == BODY
     with exactly("no valid signature: someone (unknown key)"):
         dsse.verify(env, lookup)
+
+
+def test_a_signature_with_characters_outside_base64_does_not_verify():
+    # lenient decoding would drop the stray characters and accept the signature underneath
+    env = envelope("application/vnd.imm.image.v1+json", CANONICAL)
+    sig = env["signatures"][0]["sig"]
+    for bad in (sig[:10] + "!" + sig[10:], sig + "\n", " " + sig):
+        tampered = {**env, "signatures": [{"keyid": KEYID, "sig": bad}]}
+        with exactly(f"no valid signature: {KEYID[:16]} (bad signature)"):
+            dsse.verify(tampered, lookup)
+    assert dsse.verify(env, lookup)[0] == "image"
