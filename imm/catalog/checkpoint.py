@@ -131,7 +131,8 @@ def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:
         raise ValueError(f"malformed note: more than {MAX_SIGNATURES} signature lines")
 
     want = key_hash(name, pub)
-    verified = 0
+    verified = False
+    signers = []  # "<name>+<key hash>" of every line, for the error when none is ours
     for number, line in enumerate(lines, 1):
         if not line.startswith(SIG_PREFIX):
             raise ValueError(
@@ -157,6 +158,7 @@ def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:
                 f"malformed note: signature line {number} ({sig_name}) is too short to hold a key "
                 "hash and a signature"
             )
+        signers.append(f"{sig_name}+{blob[:4].hex()}")
         if sig_name != name or blob[:4] != want:
             continue  # another key: ignored, as the spec requires
         try:
@@ -166,18 +168,11 @@ def verify_note(note: str | bytes, name: str, pub: Ed25519PublicKey) -> str:
                 f"bad signature: signature line {number} from key {name}+{want.hex()} does not "
                 "verify over the note text (the note was altered or signed by another key)"
             ) from None
-        verified += 1
+        verified = True
     if not verified:
-        others = ", ".join(line[len(SIG_PREFIX) :].split(" ")[0] + "+" + _keyhash_hex(line) for line in lines)
-        raise ValueError(f"no signature line for key {name}+{want.hex()} (the note is signed by: {others})")
+        raise ValueError(f"no signature line for key {name}+{want.hex()} (the note is signed by: "
+                         f"{', '.join(signers)})")
     return text
-
-
-def _keyhash_hex(line: str) -> str:
-    try:
-        return base64.b64decode(line.rsplit(" ", 1)[-1], validate=True)[:4].hex()
-    except (binascii.Error, ValueError):
-        return "?"
 
 
 def parse_body(text: str) -> tuple[str, int, bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import sqlite3
 
 import pytest
@@ -257,3 +258,169 @@ def test_a_text_with_blank_lines_is_split_at_the_last_one(key):
     text = "first\n\nthird\n"
     note = checkpoint.sign_note(text, "k", key)
     assert checkpoint.verify_note(note, "k", key.public_key()) == text
+
+
+# --------------------------------------------------------------------------------------------
+# Exact refusals: the messages are part of the contract (operators read them), so each is
+# pinned whole.
+
+
+def exactly(message: str):
+    return pytest.raises(ValueError, match="^" + re.escape(message) + "$")
+
+
+def test_key_names_must_be_plain_non_empty_strings(key):
+    pub = key.public_key()
+    for bad in ("", None, 7):
+        with exactly("key name must be a non-empty string"):
+            checkpoint.vkey(bad, pub)  # type: ignore[arg-type]
+    for bad in ("a b", "a+b", "tab\tname", "nbsp\u00a0name", "del\x7f"):
+        with exactly(f"key name {bad!r} must not contain spaces, '+' or control characters "
+                     "(signed-note)"):
+            checkpoint.sign_note("text\n", bad, key)
+
+
+def test_body_refuses_each_bad_field_by_name():
+    with exactly("checkpoint origin must be a non-empty string"):
+        checkpoint.body("", 1, ROOT)
+    with exactly("checkpoint origin must be a non-empty string"):
+        checkpoint.body(None, 1, ROOT)  # type: ignore[arg-type]
+    for origin in ("a\nb", "del\x7f", "bell\x07"):
+        with exactly(f"checkpoint origin {origin!r} must be one line without control characters"):
+            checkpoint.body(origin, 1, ROOT)
+    for size in (True, -1, 1 << 64, "7", 7.0):
+        with exactly(f"checkpoint tree size must be an integer in 0..2^64-1, not {size!r}"):
+            checkpoint.body(ORIGIN, size, ROOT)  # type: ignore[arg-type]
+    assert checkpoint.body(ORIGIN, (1 << 64) - 1, ROOT).split("\n")[1] == str((1 << 64) - 1)
+    for root in (ROOT[:31], ROOT + b"\0", ROOT.hex()):
+        with exactly(f"checkpoint root must be 32 bytes, not {root!r}"):
+            checkpoint.body(ORIGIN, 1, root)  # type: ignore[arg-type]
+
+
+def test_sign_note_needs_a_newline_terminated_text_without_control_characters(key):
+    for text in ("no newline", "tab\there\n", "del\x7f\n"):
+        with exactly("note text must end with a newline and contain no control characters"):
+            checkpoint.sign_note(text, "k", key)
+
+
+def test_a_note_whose_text_is_one_empty_line(key):
+    note = checkpoint.sign_note("\n", "k", key)
+    assert note.startswith("\n\n\u2014 k ")
+    assert checkpoint.verify_note(note, "k", key.public_key()) == "\n"
+
+
+def test_verify_note_refuses_what_is_not_text(key):
+    with exactly("malformed note: expected text, got int"):
+        checkpoint.verify_note(5, "k", key.public_key())  # type: ignore[arg-type]
+    with exactly("malformed note: contains control characters other than newline"):
+        checkpoint.verify_note("a\x7f\n\n\u2014 k AAAAAAAA\n", "k", key.public_key())
+
+
+def signature_line(name: str, blob: bytes) -> str:
+    return f"\u2014 {name} {base64.b64encode(blob).decode()}\n"
+
+
+def test_malformed_signature_lines_are_named_exactly(key):
+    pub = key.public_key()
+    note = checkpoint.sign(ORIGIN, 7, ROOT, ORIGIN, key)
+    text, good = note.split("\n\n")
+    long_name = "n" * 100
+    cases = {
+        text + "\n": "malformed note: no blank line separating the text from the signatures",
+        note + "\n": "malformed note: no signature lines after the last blank line",
+        note.rstrip("\n"): "malformed note: the last signature line does not end with a newline",
+        f"{text}\n\n- {long_name} AAAA\n":
+            f"malformed note: signature line 1 does not start with an em dash and a space: "
+            f"{('- ' + long_name + ' AAAA')[:80]!r}",
+        f"{text}\n\n{good}\u2014 {ORIGIN} \n":
+            f"malformed note: signature line 2 is not '— <key name> <base64>': "
+            f"{chr(0x2014) + ' ' + ORIGIN + ' '!r}",
+        f"{text}\n\n\u2014  {good[2 + len(ORIGIN) + 1:]}":
+            f"malformed note: signature line 1 is not '— <key name> <base64>': "
+            f"{(good[:2] + ' ' + good[2 + len(ORIGIN) + 1:-1])[:80]!r}",
+        f"{text}\n\n\u2014 {long_name} \n":
+            f"malformed note: signature line 1 is not '— <key name> <base64>': "
+            f"{(chr(0x2014) + ' ' + long_name + ' ')[:80]!r}",
+        f"{text}\n\n\u2014 a+b AAAAAAAA\n":
+            "malformed note: bad key name 'a+b' on signature line 1",
+        f"{text}\n\n\u2014 a\u00a0b AAAAAAAA\n":
+            "malformed note: bad key name 'a\\xa0b' on signature line 1",
+        f"{text}\n\n\u2014 k AAAA!\n":
+            "malformed note: signature line 1 (k) is not valid base64",
+        f"{text}\n\n\u2014 k -_-_\n":
+            "malformed note: signature line 1 (k) is not valid base64",
+        f"{text}\n\n{signature_line('k', b'1234')}":
+            "malformed note: signature line 1 (k) is too short to hold a key hash and a signature",
+    }
+    for bad, message in cases.items():
+        with exactly(message):
+            checkpoint.verify(bad, ORIGIN, pub)
+
+
+def test_an_unknown_five_byte_signature_is_ignored(key):
+    note = checkpoint.sign(ORIGIN, 7, ROOT, ORIGIN, key)
+    assert checkpoint.verify(note + signature_line("w", b"12345"), ORIGIN, key.public_key()) \
+        == (ORIGIN, 7, ROOT)
+
+
+def test_a_five_byte_signature_from_the_trusted_key_is_a_bad_signature(key):
+    pub = key.public_key()
+    note = checkpoint.sign(ORIGIN, 7, ROOT, ORIGIN, key)
+    want = checkpoint.key_hash(ORIGIN, pub)
+    with exactly(f"bad signature: signature line 2 from key {ORIGIN}+{want.hex()} does not verify "
+                 "over the note text (the note was altered or signed by another key)"):
+        checkpoint.verify(note + signature_line(ORIGIN, want + b"x"), ORIGIN, pub)
+
+
+def test_at_most_100_signature_lines(key):
+    pub = key.public_key()
+    note = checkpoint.sign(ORIGIN, 7, ROOT, ORIGIN, key)
+    others = "".join(signature_line(f"w{i}", bytes([i]) * 68) for i in range(99))
+    assert checkpoint.verify(note + others, ORIGIN, pub) == (ORIGIN, 7, ROOT)
+    with exactly("malformed note: more than 100 signature lines"):
+        checkpoint.verify(note + others + signature_line("w", b"\0" * 68), ORIGIN, pub)
+
+
+def test_no_signature_from_the_key_lists_the_signers(key):
+    pub = key.public_key()
+    text = checkpoint.body(ORIGIN, 7, ROOT)
+    witness = Ed25519PrivateKey.generate()
+    wline = checkpoint.sign_note(text, "witness.example", witness).split("\n\n")[1]
+    note = text + "\n" + wline + signature_line("x", b"\xab\xcd\xef\x01\x02")
+    whash = checkpoint.key_hash("witness.example", witness.public_key()).hex()
+    want = checkpoint.key_hash(ORIGIN, pub).hex()
+    with exactly(f"no signature line for key {ORIGIN}+{want} (the note is signed by: "
+                 f"witness.example+{whash}, x+abcdef01)"):
+        checkpoint.verify(note, ORIGIN, pub)
+
+
+def test_parse_body_refusals_are_exact():
+    b64 = base64.b64encode(ROOT).decode()
+    long_size = "0" + "1" * 50
+    long_root = "A" * 72
+    cases = {
+        f"{ORIGIN}\n7\n{b64}": "malformed checkpoint: the text does not end with a newline",
+        f"{ORIGIN}\n7\n": "malformed checkpoint: expected at least 3 lines (origin, size, root), "
+                          "got 2",
+        f"\n7\n{b64}\n": "malformed checkpoint: the origin line is empty",
+        f"{ORIGIN}\n{long_size}\n{b64}\n": f"bad tree size {long_size[:40]!r}: expected a decimal "
+                                           "number without leading zeros",
+        f"{ORIGIN}\n{'9' * 50}\n{b64}\n": f"bad tree size {'9' * 40}: larger than 2^64-1",
+        f"{ORIGIN}\n{1 << 64}\n{b64}\n": f"bad tree size {1 << 64}: larger than 2^64-1",
+        f"{ORIGIN}\n7\n{long_root[:-2]}!\n": f"bad root hash {long_root[:60]!r}: not standard base64",
+        f"{ORIGIN}\n7\n{long_root[:-2]}\n": f"bad root hash {long_root[:60]!r}: not standard base64",
+        f"{ORIGIN}\n7\n{long_root}\n": f"bad root hash {long_root[:60]!r}: expected the base64 of "
+                                       "32 bytes, got 54 bytes",
+        f"{ORIGIN}\n7\n{b64}\n\n": "malformed checkpoint: empty extension line",
+        f"{ORIGIN}\n7\n{b64}\next\n\nmore\n": "malformed checkpoint: empty extension line",
+    }
+    for text, message in cases.items():
+        with exactly(message):
+            checkpoint.parse_body(text)
+    noncanon = b64[:-2] + chr(ord(b64[-2]) + 1) + "="
+    with exactly(f"bad root hash {noncanon!r}: expected the base64 of 32 bytes, got 32 bytes in a "
+                 "non-canonical encoding"):
+        checkpoint.parse_body(f"{ORIGIN}\n7\n{noncanon}\n")
+    assert checkpoint.parse_body(f"{ORIGIN}\n{(1 << 64) - 1}\n{b64}\n") == (ORIGIN, (1 << 64) - 1,
+                                                                           ROOT)
+    assert checkpoint.parse_body(f"{ORIGIN}\n0\n{b64}\n") == (ORIGIN, 0, ROOT)
