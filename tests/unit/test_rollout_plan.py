@@ -52,14 +52,19 @@ def test_an_unknown_strategy_name_plans_like_blue_green():
 
 
 def test_canary_shifts_each_step_then_pauses_then_goes_to_100():
+    # 4 instances, surge 1: at 5 % and 25 % the new set is 2 and the old 3; at 60 % 4 and 1
     plan = make_plan(service(4, canary_steps=[5, 25, 60], canary_pause_s=7.0), "canary")
     assert plan == named([
-        {"op": "launch", "batch": 0, "slots": [0, 1, 2, 3]},
+        {"op": "launch", "batch": 0, "slots": [0, 1]},
         {"op": "attach", "batch": 0},
+        {"op": "retire", "count": 1},
         {"op": "shift", "pct": 5},
         {"op": "pause", "seconds": 7.0},
         {"op": "shift", "pct": 25},
         {"op": "pause", "seconds": 7.0},
+        {"op": "launch", "batch": 1, "slots": [2, 3]},
+        {"op": "attach", "batch": 1},
+        {"op": "retire", "count": 2},
         {"op": "shift", "pct": 60},
         {"op": "pause", "seconds": 7.0},
         {"op": "shift", "pct": 100},

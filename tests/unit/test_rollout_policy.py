@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imm.catalog.keys import KeyRing
 from imm.catalog.schema import SCHEMA
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.catalog.service import Catalog
 from imm.errors import PolicyRefused
 from imm.rollout import policy
@@ -25,7 +26,7 @@ CONTENT = "sha256:" + hashlib.sha256(b"content").hexdigest()
 @pytest.fixture
 def cat(tmp_path: Path):
     conn = connect(":memory:")
-    migrate(conn, [SCHEMA])
+    migrate(conn, [SCHEMA, TRUST_SCHEMA])
     ring = KeyRing(tmp_path, Ed25519PrivateKey.from_private_bytes(b"k" * 32))
     catalog = Catalog(ring, "imm.test/ledger")
     catalog.init_keys(conn, "alice")
