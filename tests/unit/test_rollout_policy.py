@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imm.catalog.keys import KeyRing
 from imm.catalog.schema import SCHEMA
-from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.catalog.service import Catalog
+from imm.catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from imm.errors import PolicyRefused
 from imm.rollout import policy
 from imm.rollout.services import Service, Target
