@@ -20,7 +20,7 @@ from .canonical import canonical_json
 PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
     "image", "artifact", "channel", "revocation", "rollout", "approval", "audit-bundle", "key",
-    "audit-finding", "audit-batch",
+    "audit-finding", "audit-batch", "heal",
 )
 
 
