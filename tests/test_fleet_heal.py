@@ -39,8 +39,7 @@ def test_a_killed_instance_is_replaced_and_quarantined(tmp_path: Path) -> None:
            f'route_settings = {{ bind = "127.0.0.1:{port}", health_path = "/healthz", '
            "check_interval_ms = 200, rise = 1, fall = 1 }\n"
            "health_timeout_s = 10\ndrain_timeout_s = 1\nheal_grace_s = 2\n")
-    (tmp_path / "d").mkdir()
-    d = Immd(tmp_path / "d", cfg).start()
+    d = Immd(tmp_path, cfg).start()
     try:
         d.run("image", "add", str(images / "v1"), "--name", "web", "--version", "v1")
         r = d.json("rollout", "start", "web", "--image", "web@v1", "--wait")
