@@ -87,6 +87,7 @@ class Timings:
     view_ttl_s: float = 1.0  # how long status shares one listing of a service's instances
     retry_min_s: float = 0.5  # backoff between attempts to finish a rollback
     retry_max_s: float = 30.0  # ... its ceiling, and the wait before a crashed run restarts
+    heal_interval_s: float = 5.0  # how often the reconciler compares each service with its desired state
 
 
 class _Limited:

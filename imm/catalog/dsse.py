@@ -21,7 +21,7 @@ from .keys import SigningKey
 PAYLOAD_PREFIX = "application/vnd.imm."
 KINDS = (
     "image", "artifact", "channel", "revocation", "rollout", "approval", "audit-bundle", "key",
-    "audit-finding", "audit-batch", "fleet", "operator", "change", "channel-head",
+    "audit-finding", "audit-batch", "fleet", "heal", "operator", "change", "channel-head",
     "lifecycle", "attestation",
 )
 

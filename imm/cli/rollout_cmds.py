@@ -305,6 +305,16 @@ def cmd_service_show(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_instance_list(c: Client, a: argparse.Namespace) -> int:
+    if a.quarantined:
+        path = "/v1/instances?quarantined=1" + (f"&service={seg(a.service)}" if a.service else "")
+        held = c.request("GET", path)["instances"]
+        if a.json:
+            emit_json(held)
+            return 0
+        table(held, [("instance", "ID"), ("provider", "PROVIDER"), ("region", "REGION"),
+                     ("service", "SERVICE"), ("at", "SINCE"), ("reason", "REASON")],
+              empty="no quarantined instances")
+        return 0
     r = c.request("GET", "/v1/instances")
     if a.json:
         emit_list(r["instances"])
@@ -383,7 +393,10 @@ def register(sub: Any, add: Any, group: Any) -> None:
     sp.add_argument("name", help="a configured service")
     sp.add_argument("--reason", help="why, kept in the ledger")
     ins = group("instance", "instances across every provider")
-    add(ins, "list", cmd_instance_list, "every instance", "immctl instance list")
+    sp = add(ins, "list", cmd_instance_list, "every instance", "immctl instance list")
+    sp.add_argument("--quarantined", action="store_true",
+                    help="only the instances taken out of traffic and kept for inspection")
+    sp.add_argument("--service", help="with --quarantined: only this service's")
     sp = add(ins, "terminate", cmd_instance_terminate,
              "terminate one instance (refused while a rollout owns it), recorded in the ledger",
              "immctl instance terminate i-3f2a9c01")

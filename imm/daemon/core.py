@@ -38,6 +38,7 @@ from ..plugins.manager import Plugins
 from ..plugins.notify import Dispatcher
 from ..rollout import journal
 from ..rollout.engine import Engine
+from ..rollout.reconcile import Reconciler
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
 from ..store import Backend
 from ..store.sqlite import Database as SqliteDatabase
@@ -67,6 +68,7 @@ class Daemon:
         self.notifications: Dispatcher
         self.auditor: Auditor
         self.tokens: TokenStore | None = None
+        self.reconciler: Reconciler
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -105,26 +107,34 @@ class Daemon:
         self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
                                      self.timings)
         self.engine = Engine(self.context)
+        self.reconciler = Reconciler(self.context, self.engine.fleet)
         self.auditor = Auditor(self.context, RolloutLookup(exists=journal.rollout_exists,
                                                            active=journal.active_rollout))
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: start the engine, then the audit schedule; stop in reverse.
+        """aiohttp cleanup_ctx: start the engine, the reconciler, then the audit schedule; stop
+        in reverse.
 
-        The engine outlives the auditor, which may start replacement rollouts.
+        The engine outlives the auditor, which may start replacement rollouts, and the
+        reconciler, which leaves a service alone while a rollout runs.
         """
         await self.engine.startup()
         try:
+            await self.reconciler.start()
             await self.auditor.start()  # a bad [audit] interval_s fails start-up, naming it
         except BaseException:
+            await self.reconciler.stop()
             await self.engine.shutdown()
             raise
         yield
         try:
             await self.auditor.stop()
         finally:
-            await self.engine.shutdown()
-            await self.notifications.close()
+            try:
+                await self.reconciler.stop()
+            finally:
+                await self.engine.shutdown()
+                await self.notifications.close()
 
     def close(self) -> None:
         """Blocking: close the providers, routers and the store (after the app stopped)."""

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..catalog import lifecycle
 from ..errors import BadRequest
+from ..rollout import reconcile
 from ..rollout.states import STRATEGIES, TERMINAL, VERBS
 from .http import body, field, json_response, query_int
 from .routes import Route, actor, d
@@ -96,11 +97,19 @@ async def services_show(request: web.Request) -> web.Response:
     svc = eng.service(request.match_info["name"])
     instances = [i.to_dict() for i in await eng.service_instances(svc)]
     rollouts = await eng.list(svc.name, 5)
+    heal = await d(request).context.store.read(reconcile.events, svc.name, 10)
     return json_response({**eng.fleet.describe(svc), "instances": instances,
-                          "rollouts": rollouts})
+                          "rollouts": rollouts, "heal": heal})
 
 
 async def instances_list(request: web.Request) -> web.Response:
+    flag = request.query.get("quarantined", "")
+    if flag not in ("", "0", "1", "true", "false"):
+        raise BadRequest(f"quarantined={flag!r}: use 1 or 0")
+    if flag in ("1", "true"):
+        held = await d(request).context.store.read(
+            reconcile.quarantined, request.query.get("service") or None)
+        return json_response({"instances": held})
     providers = d(request).context.providers
     out = []
     for name in sorted(providers):
@@ -135,6 +144,9 @@ ROUTES = [
     Route("POST", "/v1/services/{name}/undo", services_undo,
           "Roll a service back to the image before its last rollout", tag="services",
           query={"name": {"in": "path"}}, body={"type": "object"}),
-    Route("GET", "/v1/instances", instances_list, "Every instance of every provider",
-          tag="instances"),
+    Route("GET", "/v1/instances", instances_list,
+          "Every instance of every provider, or (quarantined=1) those the reconciler took out "
+          "of traffic and keeps for inspection", tag="instances",
+          query={"quarantined": {"schema": {"enum": ["0", "1", "true", "false"]}},
+                 "service": {"schema": STR}}),
 ]

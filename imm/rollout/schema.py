@@ -26,3 +26,20 @@ def _rollout(conn: Connection) -> None:
             at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL,
             PRIMARY KEY (rollout, seq))
         """)
+
+
+@SCHEMA.migration("0003-heal")
+def _heal(conn: Connection) -> None:
+    execute_script(conn, """
+        CREATE TABLE heal_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT NULL, action TEXT NOT NULL,
+            instance TEXT, provider TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL,
+            at TEXT NOT NULL, ledger_index INTEGER NOT NULL, envelope TEXT NOT NULL);
+        CREATE INDEX heal_events_service ON heal_events(service, seq);
+        CREATE TABLE quarantine (
+            instance TEXT NOT NULL, provider TEXT NOT NULL, service TEXT NOT NULL,
+            region TEXT NOT NULL, digest TEXT, reason TEXT NOT NULL, at TEXT NOT NULL,
+            state TEXT NOT NULL, ledger_index INTEGER NOT NULL,
+            PRIMARY KEY (provider, instance));
+        CREATE INDEX quarantine_service ON quarantine(service, at)
+        """)

@@ -19,6 +19,9 @@
     min_ladder_step = 0             # refuse images below this ladder step
     channel = "web/production"      # only images published on this channel may roll out
     max_instance_age_s = 0          # audit: instances older than this are 'too-old' (0 = off)
+    heal_grace_s = 30               # outside rollouts: replace an instance unhealthy this long
+    heal_max_per_min = 3            # ... at most this many replacements a minute, then a finding
+    quarantine_keep = 3             # replaced instances kept stopped for inspection (oldest go)
 
     [[services.web.analysis]]       # any number; see imm/rollout/analysis.py
     name = "error-ratio"
@@ -141,6 +144,9 @@ class Service:
     min_ladder_step: int = 0
     channel: str | None = None
     max_instance_age_s: int = 0
+    heal_grace_s: float = 30.0
+    heal_max_per_min: int = 3
+    quarantine_keep: int = 3
     settings: dict[str, Any] = field(default_factory=dict)
     analysis: list[AnalysisSpec] = field(default_factory=list)
 
@@ -159,6 +165,12 @@ def _num(where: str, value: Any, lo: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
         raise ConfigError(f"{where} must be a number ≥ {lo}, got {value!r}")
     return float(value)
+
+
+def _int(where: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{where} must be an integer ≥ {lo}, got {value!r}")
+    return value
 
 
 def parse_service(name: str, raw: dict[str, Any], providers: set[str],
@@ -231,6 +243,9 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
         min_ladder_step=ladder, channel=raw.get("channel") or None,
         max_instance_age_s=int(raw.get("max_instance_age_s", 0)), settings=dict(raw),
         analysis=analysis,
+        heal_grace_s=_num(f"{where} heal_grace_s", raw.get("heal_grace_s", 30), 0),
+        heal_max_per_min=_int(f"{where} heal_max_per_min", raw.get("heal_max_per_min", 3), 1),
+        quarantine_keep=_int(f"{where} quarantine_keep", raw.get("quarantine_keep", 3), 0),
     )
 
 

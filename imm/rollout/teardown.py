@@ -68,6 +68,10 @@ async def service_down(engine: Engine, actor: str, name: str,
     instances = await engine.service_instances(svc)
     idx = await _record(engine, "service-down", actor, service=svc.name, reason=reason,
                         instances=[_described(i) for i in instances])
+    last = await engine.journal.list(svc.name, 1)
+    if last:  # the reconciler heals no service whose latest rollout has a later "down" entry
+        await engine.journal.record(last[0]["id"], "down", "down",
+                                    {"reason": reason, "ledger_index": idx}, actor=actor)
     if instances:
         await _drain_and_remove(engine, engine.fleet.router(svc), instances)
     ids = sorted(i.id for i in instances)
