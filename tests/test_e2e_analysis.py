@@ -172,7 +172,7 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
         cp = d.run("rollout", "start", "web", "--image", "web@v4", "--wait", check=False)
         stats = load.stop()
     assert cp.returncode == 1, cp.stdout + cp.stderr
-    rid = d.json("rollout", "list", "--service", "web")[0]["id"]
+    rid = d.items("rollout", "list", "--service", "web")[0]["id"]
     st = d.json("rollout", "status", rid)
     assert st["state"] == "rolled-back"
     m = re.match(r"analysis error-ratio \(prometheus\) failed: result = ([0-9.e-]+) meets "

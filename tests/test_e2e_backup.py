@@ -64,7 +64,7 @@ def test_backup_during_writes_restores_into_a_fresh_state_dir(immd: Immd, tmp_pa
         assert r2.ledger_size() == size
         assert r2.run("ledger", "verify").returncode == 0
         assert r2.run("image", "verify", "--all").returncode == 0
-        assert len(r2.json("image", "list")["images"]) == images
+        assert len(r2.json("image", "list")["items"]) == images
         add(r2, tmp_path, "web", "restored")  # it keeps appending after the restore
         assert r2.run("ledger", "verify").returncode == 0
     finally:

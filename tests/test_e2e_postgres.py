@@ -45,7 +45,7 @@ def test_the_catalog_through_immctl_on_postgresql(pg_cluster: Any, tmp_path: Pat
     v2 = add(d, tmp_path, "web", "2")
     d.run("channel", "set", "web/prod", "web@1")
     d.run("channel", "set", "web/prod", "web@2")
-    assert [h["digest"] for h in d.json("channel", "history", "web/prod")["history"]] == \
+    assert [h["digest"] for h in d.items("channel", "history", "web/prod")] == \
         [v1["digest"], v2["digest"]]
     old_pem = d.run("keys", "export").stdout
     rot = d.json("keys", "rotate")
@@ -139,11 +139,11 @@ def test_two_immd_on_one_postgresql_lose_no_update(pg_cluster: Any, tmp_path: Pa
         t.join()
     assert not errors, errors[:3]
     for d in (a, b):
-        names = {i["name"] for i in d.json("image", "list", "--limit", "100")["images"]}
+        names = {i["name"] for i in d.items("image", "list", "--limit", "100")}
         assert names == {f"svc{n}" for n in range(20)}
-        hist = d.json("channel", "history", "shared/prod")["history"]
+        hist = d.items("channel", "history", "shared/prod")
         assert sorted(h["digest"] for h in hist) == sorted(digests)  # 20 moves, none lost
-        assert len(d.json("channel", "list")) == 21
+        assert len(d.items("channel", "list")) == 21
         assert d.run("ledger", "verify").returncode == 0
     rows = pg_cluster.sql("SELECT count(*), count(DISTINCT idx), max(idx) FROM ledger_leaves", db)
     n, distinct, top = rows[0]

@@ -70,7 +70,7 @@ def test_a_health_check_that_hangs_fails_and_the_rollout_rolls_back(
     assert versions(stats) == {"v1"}
     live = instances(d, "web")
     assert len(live) == 2
-    first = d.json("rollout", "list", "--service", "web")[-1]
+    first = d.items("rollout", "list", "--service", "web")[-1]
     assert {i["tags"]["imm:rollout"] for i in live} == {first["id"]}
     # haproxy saw the new servers' checks time out (not refused, not a 5xx)
     assert "L7TOUT" in statuses, statuses

@@ -318,10 +318,10 @@ def test_tcp_refuses_a_user_without_a_token_and_honours_scoped_tokens(
     assert d.json("image", "show", "web@1")["revocation"]["actor"].startswith("root")
 
     # listed by id (never the token), revocable by its owner, then refused
-    mine = d.json("token", "list", user=reader.uid, group=reader.gid)
+    mine = d.items("token", "list", user=reader.uid, group=reader.gid)
     assert [t["user"] for t in mine] == [reader.name] and "token" not in mine[0]
-    assert len(d.json("token", "list")) == 2  # an admin sees every token
-    d.fails("token", "revoke", d.json("token", "list")[1]["id"], code=3, user=reader.uid,
+    assert len(d.items("token", "list")) == 2  # an admin sees every token
+    d.fails("token", "revoke", d.items("token", "list")[1]["id"], code=3, user=reader.uid,
             group=reader.gid)  # not the reader's own
     d.run("token", "revoke", mine[0]["id"], user=reader.uid, group=reader.gid)
     status, body = get(outsider, "/v1/status", token)
@@ -425,7 +425,7 @@ def test_a_non_root_admin_cannot_make_immd_read_what_it_cannot(
     cp = as_user(admin, script, str(d.sock), str(reader_copy()), groups=[admin_gid],
                  check=True)
     assert cp.stdout.count("400 ") == 2 and "not opened for reading" in cp.stdout, cp.stdout
-    assert d.json("image", "list")["images"][0]["name"] == "tree"
+    assert d.items("image", "list")[0]["name"] == "tree"
     assert time.monotonic() - t0 < 600
 
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def mine(d: Immd) -> list[dict[str, Any]]:
-    return [i for i in d.json("instance", "list") if i["tags"].get("imm:service") == "web"]
+    return [i for i in d.items("instance", "list") if i["tags"].get("imm:service") == "web"]
 
 
 def test_a_killed_instance_is_replaced_and_quarantined(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_killed_instance_is_replaced_and_quarantined(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             live = [i for i in mine(d) if i["state"] == "running"]
-            held = d.json("instance", "list", "--quarantined")
+            held = d.items("instance", "list", "--quarantined")
             if len(live) == 2 and held and victim not in {i["id"] for i in live}:
                 break
             assert time.monotonic() < deadline, (live, held)

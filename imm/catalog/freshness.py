@@ -124,7 +124,10 @@ def sign_head(conn: Connection, catalog: Catalog, head: dict[str, Any], ttl_s: i
             "seq": head["seq"], "digest": head["digest"], "ledger_index": head["ledger_index"],
             "issued": iso(now), "expires": iso(now + ttl_s)}
     env = catalog._sign_with(catalog.keyring.private, "channel-head", body)
-    conn.execute("INSERT OR REPLACE INTO channel_heads VALUES (?,?,?,?,?,?)",
+    conn.execute("INSERT INTO channel_heads VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE "
+                 "SET seq = excluded.seq, digest = excluded.digest, issued_at = "
+                 "excluded.issued_at, expires_at = excluded.expires_at, envelope = "
+                 "excluded.envelope",
                  (head["name"], head["seq"], head["digest"], now, now + ttl_s,
                   canonical_json(env).decode()))
     return env

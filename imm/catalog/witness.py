@@ -145,7 +145,8 @@ def add_checkpoint(conn: Connection, logs: dict[str, tuple[str, Ed25519PublicKey
                        "bad proof)", detail={"size": have_size})
     now = unix_now() if now is None else now
     line = cosign(text, name, key, now)
-    conn.execute("INSERT OR REPLACE INTO witness_state VALUES (?,?,?,?)",
+    conn.execute("INSERT INTO witness_state VALUES (?,?,?,?) ON CONFLICT (origin) DO UPDATE "
+                 "SET size = excluded.size, root = excluded.root, at = excluded.at",
                  (origin, size, root, now))
     return {"origin": origin, "size": size, "cosignature": line, "timestamp": now}
 
@@ -154,7 +155,8 @@ def add_checkpoint(conn: Connection, logs: dict[str, tuple[str, Ed25519PublicKey
 
 def record_cosignature(conn: Connection, body: str, witness: str, line: str,
                        size: int, timestamp: int) -> None:
-    conn.execute("INSERT OR REPLACE INTO witness_cosignatures VALUES (?,?,?,?,?)",
+    conn.execute("INSERT INTO witness_cosignatures VALUES (?,?,?,?,?) ON CONFLICT (body, witness) "
+                 "DO UPDATE SET line = excluded.line, size = excluded.size, at = excluded.at",
                  (body, witness, line, size, timestamp))
 
 

@@ -309,7 +309,7 @@ def cmd_instance_list(c: Client, a: argparse.Namespace) -> int:
         path = "/v1/instances?quarantined=1" + (f"&service={seg(a.service)}" if a.service else "")
         held = c.request("GET", path)["instances"]
         if a.json:
-            emit_json(held)
+            emit_list(held)
             return 0
         table(held, [("instance", "ID"), ("provider", "PROVIDER"), ("region", "REGION"),
                      ("service", "SERVICE"), ("at", "SINCE"), ("reason", "REASON")],
