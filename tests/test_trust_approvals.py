@@ -183,10 +183,10 @@ def test_expired_cancelled_and_misconfigured_changes(protected: Immd,
     assert d.ledger_size() == size
 
     ch = d.json("channel", "set", "web/production", "web@v3")
-    assert [c["id"] for c in d.json("change", "list")] == [ch["id"]]
+    assert [c["id"] for c in d.items("change", "list")] == [ch["id"]]
     d.run("change", "cancel", ch["id"])
-    assert d.json("change", "list") == []
-    assert d.json("change", "list", "--all")[0]["state"] == "cancelled"
+    assert d.items("change", "list") == []
+    assert d.items("change", "list", "--all")[0]["state"] == "cancelled"
     cp = d.fails("approve", ch["id"], "--key", str(team["sre-1"]), code=4)
     assert "is cancelled" in cp.stderr
     cp = d.fails("approve", ch["id"], code=2)
@@ -234,11 +234,11 @@ def test_protected_rollout_start_and_undo(tmp_path: Path, team: dict[str, Path])
         d.run("image", "add", str(images / v), "--name", "web", "--version", v)
     v1 = d.json("image", "show", "web@v1")["digest"]
     for v in ("v1", "v2"):
-        before = len(d.json("rollout", "list"))
+        before = len(d.items("rollout", "list"))
         ch = d.json("rollout", "start", "web", "--image", f"web@{v}", "--wait")
         assert ch["pending"] and ch["action"] == "rollout-start"
         r = d.json("approve", ch["id"], "--key", str(team["sre-1"]))
-        assert r["state"] == "pending" and len(d.json("rollout", "list")) == before
+        assert r["state"] == "pending" and len(d.items("rollout", "list")) == before
         r = d.json("approve", ch["id"], "--key", str(team["sre-2"]))
         assert r["state"] == "applied", r
         assert d.json("rollout", "watch", r["result"]["rollout"])["state"] == "completed"
@@ -306,4 +306,4 @@ def test_an_approved_rollout_survives_a_kill_before_it_starts(tmp_path: Path,
         time.sleep(0.3)
     done = d.json("rollout", "watch", view["result"]["rollout"])
     assert done["state"] == "completed" and f"via change {ch['id']}" in done["actor"]
-    assert len(d.json("rollout", "list")) == 1
+    assert len(d.items("rollout", "list")) == 1

@@ -79,7 +79,7 @@ def test_attestations_verify_independently_and_gate_rollouts(tmp_path: Path) -> 
     envf.write_text(json.dumps(builder_env(builder, content_hex, "https://example.com/test/v1")))
     r = d.json("image", "import-attestation", str(envf))
     assert r["signer"] == "builder:ci" and r["digest"] == img["digest"]
-    listed = d.json("image", "attestations", "web@1")["attestations"]
+    listed = d.items("image", "attestations", "web@1")
     assert [(a["predicate_type"], a["verified"]) for a in listed] == [
         (SLSA, True), ("https://example.com/test/v1", True)]
     assert d.run("image", "verify", "--all").returncode == 0
@@ -126,7 +126,7 @@ def test_packer_import_attaches_its_build_as_an_attestation(immd: Immd, tmp_path
     out = immd.json("image", "import-packer", str(manifest), "--attest")
     (img,) = out["images"]
     assert img["attestation"]["created"]
-    (att,) = immd.json("image", "attestations", img["digest"])["attestations"]
+    (att,) = immd.items("image", "attestations", img["digest"])
     assert att["verified"] and att["predicate_type"].endswith("/packer-build/v1")
     pb = json_format.Parse(base64.b64decode(att["envelope"]["payload"]),
                            statement_pb2.Statement())

@@ -37,7 +37,7 @@ def service(name: str, port: int, timeout_s: int) -> str:
 def step_change(d: Immd, rid: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        for c in d.json("change", "list", "--all"):  # --all: it may expire before we look
+        for c in d.items("change", "list", "--all"):  # --all: it may expire before we look
             if c["action"] == "rollout-step" and c["terms"]["rollout"] == rid:
                 return c
         st = d.json("rollout", "status", rid)
@@ -85,7 +85,7 @@ def test_approve_step_waits_resumes_and_expires(tmp_path: Path) -> None:
     time.sleep(1)
     again = step_change(d, rid)
     assert again["id"] == change["id"]
-    assert len([c for c in d.json("change", "list") if c["action"] == "rollout-step"]) == 1
+    assert len([c for c in d.items("change", "list") if c["action"] == "rollout-step"]) == 1
     d.json("approve", change["id"], "--key", str(keys["sre-1"]))
     time.sleep(1)
     assert d.json("rollout", "status", rid)["state"] == "running"  # one of two: still waiting
@@ -102,6 +102,6 @@ def test_approve_step_waits_resumes_and_expires(tmp_path: Path) -> None:
     done = json.loads(cp.stdout)
     assert done["state"] == "rolled-back"
     assert "not given in time" in done["error"] and change["id"] in done["error"]
-    live = [i for i in d.json("instance", "list") if i["tags"].get("imm:service") == "api"]
+    live = [i for i in d.items("instance", "list") if i["tags"].get("imm:service") == "api"]
     v1 = d.json("image", "show", "web@v1")["digest"]
     assert live and all(i["tags"].get("imm:digest") == v1 for i in live)

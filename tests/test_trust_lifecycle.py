@@ -33,7 +33,7 @@ def test_expire_and_revoke_at_are_refused_while_running(tmp_path: Path) -> None:
         d.run("image", "add", str(images / v), "--name", "web", "--version", v)
     d.run("rollout", "start", "web", "--image", "web@v1", "--wait")
     d.run("audit", "run", "--wait")
-    (inst,) = [i for i in d.json("instance", "list") if i["tags"].get("imm:service") == "web"]
+    (inst,) = [i for i in d.items("instance", "list") if i["tags"].get("imm:service") == "web"]
 
     size = d.ledger_size()
     cp = d.fails("image", "expire", "web@v1", "--at", "+1h", code=4)

@@ -22,7 +22,7 @@ def test_operator_add_list_remove(immd: Immd, tmp_path: Path) -> None:
     assert r["key_type"] == "ssh-ed25519" and r["fingerprint"].startswith("SHA256:")
     immd.json("operator", "add", "bob", "--ssh-key", f"{bob}.pub")
     assert immd.ledger_size() == size + 2
-    rows = immd.json("operator", "list")
+    rows = immd.items("operator", "list")
     assert [o["name"] for o in rows] == ["alice", "bob"]
     table = immd.run("operator", "list").stdout
     assert r["fingerprint"] in table
@@ -36,7 +36,7 @@ def test_operator_add_list_remove(immd: Immd, tmp_path: Path) -> None:
 
     gone = immd.json("operator", "remove", "bob")
     assert gone["removed"] and immd.ledger_size() == size + 3
-    assert [o["name"] for o in immd.json("operator", "list")] == ["alice"]
+    assert [o["name"] for o in immd.items("operator", "list")] == ["alice"]
     cp = immd.fails("operator", "remove", "bob", code=3)
     assert "no operator named 'bob'" in cp.stderr
 

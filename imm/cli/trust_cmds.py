@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import EXIT_USAGE
 from .client import Client, seg
-from .render import block, emit_json, table
+from .render import block, emit_json, emit_list, table
 
 
 class Usage(Exception):
@@ -70,7 +70,7 @@ def cmd_operator_add(c: Client, a: argparse.Namespace) -> int:
 def cmd_operator_list(c: Client, a: argparse.Namespace) -> int:
     rows = c.request("GET", "/v1/operators")["operators"]
     if a.json:
-        emit_json(rows)
+        emit_list(rows)
     else:
         table(rows, [("name", "NAME"), ("key_type", "TYPE"), ("fingerprint", "FINGERPRINT"),
                      ("added_at", "ADDED"), ("actor", "BY"), ("ledger_index", "LEAF")],
@@ -136,7 +136,7 @@ def show_change(r: dict[str, Any]) -> None:
 def cmd_change_list(c: Client, a: argparse.Namespace) -> int:
     rows = c.request("GET", "/v1/changes", query={"all": "1" if a.all else None})["changes"]
     if a.json:
-        emit_json(rows)
+        emit_list(rows)
         return 0
     for r in rows:
         r["what"] = describe(r)
@@ -282,7 +282,7 @@ def cmd_image_attest(c: Client, a: argparse.Namespace) -> int:
 def cmd_image_attestations(c: Client, a: argparse.Namespace) -> int:
     r = c.request("GET", f"/v1/images/{seg(a.ref)}/attestations")
     if a.json:
-        emit_json(r)
+        emit_list(r["attestations"])
         return 0
     for x in r["attestations"]:
         x["ok"] = "verified" if x["verified"] else f"FAILED: {x.get('problem')}"
