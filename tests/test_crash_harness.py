@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from imm.cli.client import Client
+from imm.cli.client import Client, DaemonUnreachable
 from imm.plugins.routers.haproxy import parse_servers_state
 
 from backends import LoadClient, free_port
@@ -222,7 +222,15 @@ class Track:
 def api(d: Immd, method: str, path: str, body: Any = None, **query: Any) -> Any:
     """One call to immd's API over its socket (immctl's own client, without a process start
     per call: on a busy machine those dominate the harness's time)."""
-    return Client(str(d.sock), timeout=120).request(method, path, body=body, query=query)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return Client(str(d.sock), timeout=120).request(method, path, body=body, query=query)
+        except DaemonUnreachable:
+            # just after a kill the next immd may not listen yet: it is up within seconds
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def check_settled(d: Immd, root: Path, t: Track) -> None:
