@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from conftest import Immd
+from harness import Immd
 from test_e2e_catalog import add
 
 

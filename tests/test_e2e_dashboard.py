@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from backends import free_port
-from conftest import Immd, have
+from harness import Immd, have
 from test_e2e_rollout import BASE, service
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 from softhsm import PIN, Token, init_token
 
-from conftest import Immd
+from harness import Immd
 from test_e2e_catalog import add, c2sp_verify
 
 

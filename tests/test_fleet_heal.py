@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from backends import LoadClient, free_port
-from conftest import Immd, have
+from harness import Immd, have
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have("haproxy"), reason="haproxy is not installed")]

@@ -1,15 +1,22 @@
 """Registering many images at once: ``immctl image add`` of several paths, one request per
-batch, each image its own signed record; a bad one registers none."""
+batch, each image its own signed record; a bad one registers none. Several paths go by path, not
+as descriptors, so immd reads them only under ``[daemon] image_roots`` (tmp_path here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from conftest import Immd
+from harness import Immd
+
+
+def rooted(make_immd: Any, root: Path) -> Immd:
+    return make_immd(f'[daemon]\nimage_roots = ["{root}"]\n').start()
 
 
 def test_many_paths_register_in_one_request_each_its_own_signed_record(
-        immd: Immd, tmp_path: Path) -> None:
+        make_immd: Any, tmp_path: Path) -> None:
+    immd = rooted(make_immd, tmp_path)
     files = []
     for i in range(5):
         f = tmp_path / f"disk-{i}.raw"
@@ -29,7 +36,8 @@ def test_many_paths_register_in_one_request_each_its_own_signed_record(
     assert [r["created"] for r in again["images"]] == [False] * 5
 
 
-def test_a_bad_image_in_a_batch_registers_none_and_is_named(immd: Immd, tmp_path: Path) -> None:
+def test_a_bad_image_in_a_batch_registers_none_and_is_named(make_immd: Any, tmp_path: Path) -> None:
+    immd = rooted(make_immd, tmp_path)
     good, other, dup = (tmp_path / f"{n}.raw" for n in ("good", "other", "dup"))
     for f in (good, other, dup):
         f.write_bytes(f.name.encode())
