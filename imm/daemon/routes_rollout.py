@@ -54,16 +54,20 @@ async def rollouts_watch(request: web.Request) -> web.StreamResponse:
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     last = None
-    while True:
-        key = (status["state"], len(status.get("journal") or ()), status.get("step"))
-        if key != last:
-            await resp.write(json.dumps(status, ensure_ascii=False, default=str).encode() + b"\n")
-            last = key
-        if status["state"] in TERMINAL:
-            break
-        await engine.changed(rid, 5.0)  # a heartbeat re-check every 5 s at most
-        status = await engine.status(rid)
-    await resp.write_eof()
+    try:
+        while True:
+            key = (status["state"], len(status.get("journal") or ()), status.get("step"))
+            if key != last:
+                await resp.write(json.dumps(status, ensure_ascii=False,
+                                            default=str).encode() + b"\n")
+                last = key
+            if status["state"] in TERMINAL:
+                break
+            await engine.changed(rid, 5.0)  # a heartbeat re-check every 5 s at most
+            status = await engine.status(rid)
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the watcher went away (Ctrl-C): the rollout goes on, nobody is left to tell
     return resp
 
 
