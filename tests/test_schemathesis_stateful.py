@@ -78,6 +78,9 @@ def count(out: str) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("IMM_FUZZ") != "1",
+                    reason="the 10x stateful fuzz of both roles takes many minutes on 2 cores: "
+                           "IMM_FUZZ=1 ./scripts/test tests/test_schemathesis_stateful.py runs it")
 def test_schemathesis_stateful_finds_no_server_error(tmp_path: Path) -> None:
     """A reader and an admin fuzz the same immd at once (one schemathesis each)."""
     root = Path(tempfile.mkdtemp(prefix="imm-fuzz-images-"))
