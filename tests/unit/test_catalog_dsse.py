@@ -60,7 +60,8 @@ def test_payload_types_and_kinds():
         assert ptype == f"application/vnd.imm.{kind}.v1+json"
         assert dsse.kind_of(ptype) == kind
     assert dsse.KINDS == ("image", "artifact", "channel", "revocation", "rollout", "approval",
-                          "audit-bundle", "key", "audit-finding", "audit-batch")
+                          "audit-bundle", "key", "audit-finding", "audit-batch", "fleet", "heal",
+                          "operator", "change", "channel-head", "lifecycle", "attestation")
     with pytest.raises(ValueError, match=r"^unknown record kind 'bogus'$"):
         dsse.payload_type("bogus")
     for bad in ("application/json", "application/vnd.imm.image.v2+json",
