@@ -41,7 +41,6 @@ from ..rollout.engine import Engine
 from ..rollout.reconcile import Reconciler
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
 from ..store import Backend
-from ..store.sqlite import Database as SqliteDatabase
 from ..store.url import open_state
 from .metrics import Metrics
 from .tokens import TokenStore
@@ -97,10 +96,9 @@ class Daemon:
         self.tokens = TokenStore(s.state_dir / "tokens.json")
         # From here on, one checkpoint per committed batch of writes (or per interval), signed
         # in the batch's transaction, instead of one per record.
-        if isinstance(self.db, SqliteDatabase):  # PostgreSQL signs one per write, as before
-            self.db.add_batch_hook(self.catalog.checkpoint_if_behind,
-                                   s.checkpoint_interval_ms / 1000)
-            self.catalog.defer_checkpoints = True
+        self.db.add_batch_hook(self.catalog.checkpoint_if_behind,
+                               s.checkpoint_interval_ms / 1000)
+        self.catalog.defer_checkpoints = True
         self.notifications = Dispatcher(s.notifications, self.plugins.notifiers,
                                         s.state_dir / "notifications.jsonl")
         self.plugins.register(self.notifications, name="notifications")

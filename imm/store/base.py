@@ -70,6 +70,10 @@ class Backend(Protocol):
 
     def read_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
 
+    def add_batch_hook(self, fn: Callable[[Any], Any], min_interval_s: float = 0.0) -> None:
+        """Run ``fn(conn)`` inside the transaction that commits a batch of writes (at most once
+        per ``min_interval_s`` where the backend groups writes)."""
+
     def close(self) -> None: ...
 
 

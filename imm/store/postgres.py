@@ -226,6 +226,7 @@ class Database:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="imm-pg-reader")
         self._lock = threading.Lock()
         self._closed = False
+        self._hooks: list[Callable[[Any], Any]] = []
 
     def __repr__(self) -> str:
         return f"Database({redact(self.url)!r})"
@@ -256,11 +257,23 @@ class Database:
             raise RuntimeError("Database.open() was not called")
         return self._pool
 
+    def add_batch_hook(self, fn: Callable[[Any], Any], min_interval_s: float = 0.0) -> None:
+        """Run ``fn(conn)`` at the end of every write's transaction. PostgreSQL commits each
+        write on its own (several immd share the database), so every write is its own batch
+        and the interval has nothing to group: the hook runs each time."""
+        if min_interval_s < 0:
+            raise ValueError(f"batch hook interval {min_interval_s!r} must be >= 0 seconds")
+        self._hooks.append(fn)
+
     def _write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         try:
             with self._p().connection() as raw, raw.transaction():
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (LEDGER_HEAD_LOCK,))
-                return fn(PgConnection(raw), *args, **kw)
+                conn = PgConnection(raw)
+                result = fn(conn, *args, **kw)
+                for hook in self._hooks:
+                    hook(conn)
+                return result
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
             raise Unavailable(f"the state database {redact(self.url)} is unreachable: "
                               f"{' '.join(str(e).split())}; nothing was written") from None

@@ -149,3 +149,33 @@ def test_a_password_env_that_is_not_set_is_named(monkeypatch: Any) -> None:
     with pytest.raises(ConfigError, match="IMM_NO_SUCH_PW"):
         open_state("postgresql://imm@h/imm", SCHEMAS, state_dir=Path("/"),
                    password_env="IMM_NO_SUCH_PW")
+
+
+def test_the_batch_hook_runs_inside_each_write_and_is_rolled_back_with_it(
+        pg_cluster: Any, tmp_path: Path) -> None:
+    """immd signs its checkpoint from the batch hook on both backends: on PostgreSQL the hook
+    runs in every write's own transaction, so a failed write leaves no checkpoint of its own."""
+    db, catalog = _catalog_db(pg_cluster.dsn(pg_cluster.new_database()), tmp_path / "keys")
+    try:
+        db.add_batch_hook(catalog.checkpoint_if_behind)
+        catalog.defer_checkpoints = True
+
+        def add(conn: Any, name: str, fail: bool = False) -> None:
+            catalog.add_image(conn, "test", name=name, version="1",
+                              content_digest="sha256:" + "ab" * 32, content_kind="file",
+                              layers=[], boot_actions=[], parent=None, labels={}, provenance={},
+                              artifacts=[])
+            if fail:
+                raise RuntimeError("boom")
+
+        db.write_sync(add, "web")
+        size = db.read_sync(lambda c: MerkleLog(c).size())
+        note = db.read_sync(lambda c: query(c, "SELECT value FROM meta WHERE key='checkpoint'"))
+        assert f"\n{size}\n" in note[0]["value"]  # the hook signed the tree the write left
+        with pytest.raises(RuntimeError):
+            db.write_sync(add, "api", True)
+        assert db.read_sync(lambda c: MerkleLog(c).size()) == size
+        again = db.read_sync(lambda c: query(c, "SELECT value FROM meta WHERE key='checkpoint'"))
+        assert again == note
+    finally:
+        db.close()
