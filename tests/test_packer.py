@@ -456,3 +456,9 @@ def test_the_config_maps_builders_to_providers(tmp_path: Path) -> None:
     d = Immd(tmp_path, cfg).start()
     d.run("image", "import-packer", str(EXAMPLE))
     assert {a["provider"] for a in d.json("image", "show", "web@1.4.2")["artifacts"]} == {"aws-dr"}
+
+
+def test_a_manifest_nested_too_deeply_is_refused_naming_the_file() -> None:
+    deep = '{"builds": ' + "[" * 100000 + "]" * 100000 + "}"
+    with pytest.raises(BadRequest, match=r"^old-manifest\.json: nests too deeply"):
+        parse(deep, "old-manifest.json")

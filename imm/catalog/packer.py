@@ -64,6 +64,10 @@ def parse(data: bytes | str, source: str) -> dict[str, Any]:
         )
     try:
         doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest(f"{source}: nests too deeply to be a Packer manifest; give the file "
+                         "Packer's manifest post-processor writes",
+                         detail={"source": source}) from None
     except json.JSONDecodeError as e:
         end = text.rstrip()
         truncated = e.pos >= len(end) or not end.endswith("}")

@@ -214,14 +214,10 @@ async def images_import_packer(request: web.Request) -> web.Response:
     data = await body(request)
     text = field(data, "manifest", str, required=True)
     source = field(data, "source", str, default="packer manifest")
-    try:
-        images = await d(request).import_packer(
-            actor(request), text, source, field(data, "name", str),
-            field(data, "version", str), field(data, "all_runs", bool, default=False),
-            field(data, "provider", str))
-    except RecursionError:
-        raise BadRequest(f"{source}: the Packer manifest nests too deeply to be one; give the "
-                         "manifest post-processor's file") from None
+    images = await d(request).import_packer(
+        actor(request), text, source, field(data, "name", str),
+        field(data, "version", str), field(data, "all_runs", bool, default=False),
+        field(data, "provider", str))
     if field(data, "attest", bool, default=False):
         for img in images:  # idempotent: the same build gives the same signed statement
             img["attestation"] = await request.app[TRUST].attest_packer(actor(request), img)
