@@ -175,9 +175,10 @@ class Reconciler:
         backends: set[str] = set()
         if routed is not None:
             router, route = routed
-            backends = {b.name for b in await router.backends(route)}
+            listed_backends = await router.backends(route)  # one call: names and health both
+            backends = {b.name for b in listed_backends}
             if router.checks_health:
-                health = await router.health(route)
+                health = {b.name: b.healthy for b in listed_backends}
         records: list[dict[str, Any]] = []
         t = self.clock()
         bad: list[tuple[Instance, str]] = []
