@@ -159,7 +159,9 @@ class Immd:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
-        self._logf.close()
+        if self._logf is not None:  # a subclass may start immd its own way, without one
+            self._logf.close()
+            self._logf = None
         return rc
 
     def reap(self) -> None:

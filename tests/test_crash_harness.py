@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -95,20 +94,6 @@ class WarmImmd(Immd):
         wait_for_socket(self.sock, proc, timeout=120)  # a busy machine: be patient
         self.spare = self._spawn()
         return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
-        self.proc = None
-        return rc
 
     def discard_spare(self) -> None:
         if self.spare is not None:
