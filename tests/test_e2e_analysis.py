@@ -183,7 +183,7 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
     assert 0.05 <= ratio <= 0.2, ratio
     assert m.group(2) == st["image"], "the query was templated with v4's digest"
     assert st["analysis"]["step"] == "4-pause", "the first canary step"
-    runs = d.json("rollout", "analysis", rid)
+    runs = d.items("rollout", "analysis", rid)
     assert [(a["name"], a["verdict"]) for a in runs] == [("error-ratio", "failed")]
     body = ledger_body(d, runs[0]["ledger_index"])
     assert body["action"] == "analysis" and body["rollout"] == rid
@@ -201,7 +201,7 @@ def test_error_ratio_analysis_rolls_v4_back_and_lets_v2_through(
         stats = load.stop()
     assert r["state"] == "completed", r["error"]
     assert stats.failed == 0 and stats.ok > 100, stats
-    runs = d.json("rollout", "analysis", r["id"])
+    runs = d.items("rollout", "analysis", r["id"])
     assert [(a["name"], a["verdict"], a["dry_run"]) for a in runs] == [
         ("error-ratio", "successful", False), ("vs-stable", "successful", False),
         ("api-ratio", "successful", False), ("rate-trial", "failed", True)]

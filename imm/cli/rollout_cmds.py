@@ -203,7 +203,7 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
 def cmd_analysis(c: Client, a: argparse.Namespace) -> int:
     r = c.request("GET", f"/v1/rollouts/{seg(a.id)}/analysis")
     if a.json:
-        emit_json(r["analysis"])
+        emit_list(r["analysis"])
         return 0
     rows = []
     for x in r["analysis"]:
