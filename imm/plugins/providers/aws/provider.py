@@ -19,6 +19,7 @@ from ...base import (
 from ...cloud import (
     CloudProviderError,
 )
+from ...cloud.terminate import screen
 from .core import (
     _LAUNCH_SETTINGS,
     FILTER_VALUES_MAX,
@@ -142,17 +143,9 @@ class AWSProvider(AWSCore):
         if not ids:
             return
         located = self._locate(ids)
-        gone = set(ids) - {i for found in located.values() for i in found}
-        if gone:
-            self.context.log.info("%s: %s already gone", self.where, ", ".join(sorted(gone)))
-        if not self.terminate_untagged:
-            foreign = sorted(i for found in located.values() for i, inst in found.items()
-                             if TAG_SERVICE not in inst.tags)
-            if foreign:
-                raise BadRequest(
-                    f"{self.where}: refusing to terminate {', '.join(foreign)}: no "
-                    f"{TAG_SERVICE} tag, so imm did not launch them (set terminate_untagged = "
-                    f"true on the provider to allow it)")
+        screen(self.where, ids, {i: inst.tags for found in located.values()
+                                 for i, inst in found.items()},
+               terminate_untagged=self.terminate_untagged, log=self.context.log)
         for region, found in located.items():
             live = [i for i, inst in found.items() if inst.state != "terminated"]
             for start in range(0, len(live), TERMINATE_BATCH):

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ....errors import BadRequest, ProviderError, Unsupported
-from ...base import TAG_SERVICE, Feature, ImageInfo, Instance, LaunchRequest
+from ...base import Feature, ImageInfo, Instance, LaunchRequest
+from ...cloud.terminate import screen
 from .core import (
     _GALLERY_IMAGE,
     _GALLERY_VERSION,
@@ -216,17 +217,8 @@ class AzureProvider(AzureCore):
             got = self._get_vm(self.locations[0], vm_id, label=label)
             if got:
                 vms[vm_id] = got
-        gone = [i for i in ids if i not in vms]
-        if gone:
-            self.context.log.info("%s: %s already gone", self.where, ", ".join(gone))
-        if not self.terminate_untagged:
-            foreign = sorted(i for i, vm in vms.items() if TAG_SERVICE not in (vm.get("tags")
-                                                                               or {}))
-            if foreign:
-                raise BadRequest(
-                    f"{self.where}: refusing to delete {', '.join(foreign)}: no {TAG_SERVICE} "
-                    f"tag, so imm did not launch them (set terminate_untagged = true on the "
-                    f"provider to allow it)")
+        screen(self.where, ids, {i: vm.get("tags") or {} for i, vm in vms.items()},
+               terminate_untagged=self.terminate_untagged, log=self.context.log, verb="delete")
         for vm_id, vm in vms.items():  # every DELETE first: Azure deletes them in parallel
             if str((vm.get("properties") or {}).get("provisioningState", "")).lower() != \
                     "deleting":

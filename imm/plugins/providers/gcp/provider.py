@@ -15,6 +15,7 @@ from ...base import (
     LaunchRequest,
 )
 from ...cloud.gcp import GOOGLE_API
+from ...cloud.terminate import screen
 from .core import (
     _LAUNCH_SETTINGS,
     ALIVE,
@@ -229,21 +230,13 @@ class GCPProvider(GCPCore):
         for inst in self._list(self.zones):
             if inst.id in names:
                 located.setdefault(inst.id, []).append(inst)
-        gone = [n for n in names if n not in located]
-        if gone:
-            self.context.log.info("%s: %s already gone", self.where, ", ".join(gone))
         twice = sorted(n for n, found in located.items() if len(found) > 1)
         if twice:
             raise BadRequest(f"{self.where}: instance name(s) {', '.join(twice)} exist in "
                              f"several zones; delete them by hand")
-        if not self.terminate_untagged:
-            foreign = sorted(n for n, found in located.items()
-                             if TAG_SERVICE not in found[0].tags)
-            if foreign:
-                raise BadRequest(
-                    f"{self.where}: refusing to terminate {', '.join(foreign)}: no "
-                    f"{TAG_SERVICE} tag (metadata imm-service), so imm did not launch them (set "
-                    f"terminate_untagged = true on the provider to allow it)")
+        screen(self.where, names, {n: found[0].tags for n, found in located.items()},
+               terminate_untagged=self.terminate_untagged, log=self.context.log,
+               marked_by="tag (metadata imm-service)")
         by_zone: dict[str, list[str]] = {}
         for name, found in located.items():
             by_zone.setdefault(found[0].region, []).append(name)

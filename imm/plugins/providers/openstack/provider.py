@@ -20,6 +20,7 @@ from ...base import (
 from ...cloud import (
     CloudProviderError,
 )
+from ...cloud.terminate import screen
 from .core import (
     _IMAGE_KEYS,
     _LAUNCH_SETTINGS,
@@ -268,17 +269,10 @@ class OpenStackProvider(OpenStackCore):
             return found
 
         located = self._per_region(locate)
-        gone = set(ids) - {i for found in located.values() for i in found}
-        if gone:
-            self.context.log.info("%s: %s already gone", self.where, ", ".join(sorted(gone)))
-        if not self.terminate_untagged:
-            foreign = sorted(i for found in located.values() for i, inst in found.items()
-                             if TAG_SERVICE not in inst.tags)
-            if foreign:
-                raise BadRequest(
-                    f"{self.where}: refusing to terminate {', '.join(foreign)}: no "
-                    f"{TAG_SERVICE} metadata, so imm did not launch them (set "
-                    f"terminate_untagged = true on the provider to allow it)")
+        screen(self.where, ids, {i: inst.tags for found in located.values()
+                                 for i, inst in found.items()},
+               terminate_untagged=self.terminate_untagged, log=self.context.log,
+               marked_by="metadata")
         for region, found in located.items():
             live = [i for i, inst in found.items() if inst.state != "terminated"]
             self._destroy(region, live)
