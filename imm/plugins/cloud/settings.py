@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import urllib.parse
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Set
 from typing import Any
 
 from ...errors import ConfigError
+
+
+def warn_unknown(settings: Mapping[str, Any], known: Set[str], where: str,
+                 log: logging.Logger) -> None:
+    """A setting the plugin does not know (a typo, most often) is logged by name, not dropped
+    silently."""
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
 
 
 def setting_str(settings: Mapping[str, Any], key: str, where: str,

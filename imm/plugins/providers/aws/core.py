@@ -35,6 +35,7 @@ from ...cloud import (
     setting_str,
     setting_str_list,
 )
+from ...cloud.settings import warn_unknown
 
 TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, for idempotency where ClientToken is ignored
 TAG_COPIED_FROM = "imm:copied-from"  # "<region>/<ami>" on AMIs copy_image made
@@ -86,9 +87,7 @@ class AWSCore(Provider):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"aws provider {name}"
-        unknown = sorted(set(s) - _KNOWN_SETTINGS)
-        if unknown:
-            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        warn_unknown(s, _KNOWN_SETTINGS, where, context.log)
         regions = setting_str_list(s, "regions", where)
         if not regions:
             raise ConfigError(f"{where}: set regions, e.g. regions = [\"us-east-1\"]")

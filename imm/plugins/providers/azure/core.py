@@ -33,6 +33,7 @@ from ...cloud import (
     setting_str,
     setting_str_list,
 )
+from ...cloud.settings import warn_unknown
 
 TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a secret
 DEFAULT_SIZE = "Standard_B1s"
@@ -141,9 +142,7 @@ class AzureCore(Provider):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"azure provider {name}"
-        unknown = sorted(set(s) - _KNOWN_SETTINGS - {"kind"})
-        if unknown:
-            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        warn_unknown(s, _KNOWN_SETTINGS | {"kind"}, where, context.log)
         self.subscription_id = self._arm_name_setting(s, "subscription_id")
         self.tenant_id = self._arm_name_setting(s, "tenant_id")
         self.resource_group = self._arm_name_setting(s, "resource_group")

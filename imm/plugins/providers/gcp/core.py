@@ -36,6 +36,7 @@ from ...cloud import (
     setting_str_list,
 )
 from ...cloud.gcp import CLIENT_SECRET, GOOGLE_API, GCPAuth, with_reason
+from ...cloud.settings import warn_unknown
 
 TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a secret
 META_IMAGE = "imm-image"
@@ -151,9 +152,7 @@ class GCPCore(Provider):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"gcp provider {name}"
-        unknown = sorted(set(s) - _KNOWN_SETTINGS)
-        if unknown:
-            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        warn_unknown(s, _KNOWN_SETTINGS, where, context.log)
         zones = setting_str_list(s, "zones", where)
         if not zones:
             raise ConfigError(f"{where}: set zones, e.g. zones = [\"us-central1-a\"] (a GCE zone "

@@ -39,6 +39,7 @@ from ...cloud import (
     setting_str,
     setting_str_list,
 )
+from ...cloud.settings import warn_unknown
 
 TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, not a credential
 CREDENTIALS = (CredentialSpec("password", "password", "OS_PASSWORD"),)
@@ -128,9 +129,7 @@ class OpenStackCore(Provider):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"openstack provider {name}"
-        unknown = sorted(set(s) - _KNOWN_SETTINGS)
-        if unknown:
-            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        warn_unknown(s, _KNOWN_SETTINGS, where, context.log)
         self.auth_url = self._auth_url(setting_str(s, "auth_url", where))
         self.username = required(s, "username", where)
         self.project = required(s, "project", where)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from ....errors import BadRequest, ConfigError, Conflict, NotFound
 from ...base import Backend, PluginContext, Router, RouterFeature
 from ...cloud import CloudRouterError, setting_num, setting_str
+from ...cloud.settings import warn_unknown
 from ...statefile import RouteState
 
 GONE_CODES = {"InvalidTarget", "InvalidInstance", "InvalidEndPoint"}  # deregistering the absent
@@ -112,9 +113,7 @@ class CloudLBRouter(Router):
         super().__init__(name, settings, context)
         s = self.settings
         where = self.where = f"cloudlb router {name}"
-        unknown = sorted(set(s) - self.known_settings)
-        if unknown:
-            context.log.warning("%s: ignoring unknown settings %s", where, ", ".join(unknown))
+        warn_unknown(s, self.known_settings, where, context.log)
         safe = name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".") else \
             urllib.parse.quote(name, safe="")
         self.state = RouteState(context.state_dir / "cloudlb" / f"{safe}.json", where,
