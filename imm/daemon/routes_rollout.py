@@ -44,26 +44,26 @@ async def rollouts_analysis(request: web.Request) -> web.Response:
     return json_response({"analysis": await d(request).engine.analyses(request.match_info["id"])})
 
 
+WATCH_EVERY_S = 1.0  # a line at least this often: live counts and countdowns move between steps
+
+
 async def rollouts_watch(request: web.Request) -> web.StreamResponse:
-    """The rollout as it changes: one JSON object per line (chunked), a line whenever its
-    journal gets an entry, until it ends. No polling: the engine wakes this on each entry."""
+    """The rollout as it goes: one JSON object per line (chunked) at once when its journal gets
+    an entry (the engine wakes this), and at least every second in between, because what a
+    watcher shows (healthy instances, traffic, a pause's countdown) moves without journal
+    entries, and a long pause or approval must not look like a dead connection."""
     engine = d(request).engine
     rid = request.match_info["id"]
     status = await engine.status(rid)  # an unknown id is a 404 before the stream starts
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    last = None
     try:
         while True:
-            key = (status["state"], len(status.get("journal") or ()), status.get("step"))
-            if key != last:
-                await resp.write(json.dumps(status, ensure_ascii=False,
-                                            default=str).encode() + b"\n")
-                last = key
+            await resp.write(json.dumps(status, ensure_ascii=False, default=str).encode() + b"\n")
             if status["state"] in TERMINAL:
                 break
-            await engine.changed(rid, 5.0)  # a heartbeat re-check every 5 s at most
+            await engine.changed(rid, WATCH_EVERY_S)
             status = await engine.status(rid)
         await resp.write_eof()
     except ConnectionResetError:
