@@ -40,7 +40,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .catalog.keys import KeyRing
 from .catalog.service import Catalog
@@ -90,13 +90,19 @@ class Timings:
     heal_interval_s: float = 5.0  # how often the reconciler compares each service with its desired state
 
 
-class _Limited:
-    """Runs blocking plugin calls in a thread under a concurrency limit and a timeout."""
+P = TypeVar("P", Provider, Router)
+
+
+class _Limited(Generic[P]):
+    """A configured plugin whose blocking calls run in a thread under a concurrency limit and a
+    timeout."""
 
     what: str  # "provider" or "router", for messages
     error: type[ImmError]
 
-    def __init__(self, name: str, concurrency: int, timeout_s: float) -> None:
+    def __init__(self, plugin: P, concurrency: int = DEFAULT_CONCURRENCY,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        name = plugin.name
         if concurrency < 1:
             raise ConfigError(f"[{self.what}s.{name}] concurrency must be ≥ 1, got {concurrency}")
         if timeout_s <= 0:
@@ -105,9 +111,15 @@ class _Limited:
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self._limit: asyncio.Semaphore | None = None
+        self.plugin: P = plugin
+
+    @property
+    def kind(self) -> str:
+        return self.plugin.kind
 
     def close(self) -> None:
         """Release the plugin's connections and helpers (blocking)."""
+        self.plugin.close()
 
     def _semaphore(self) -> asyncio.Semaphore:
         # created on first use, so a handle can be built outside a running loop
@@ -155,20 +167,11 @@ def _take(it: Iterator[T], n: int) -> list[T]:
     return out
 
 
-class ProviderHandle(_Limited):
+class ProviderHandle(_Limited[Provider]):
     """A configured provider, called off the event loop under its limit and timeout."""
 
     what = "provider"
     error = ProviderError
-
-    def __init__(self, provider: Provider, concurrency: int = DEFAULT_CONCURRENCY,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(provider.name, concurrency, timeout_s)
-        self.plugin = provider
-
-    @property
-    def kind(self) -> str:
-        return self.plugin.kind
 
     def supports(self, feature: Feature) -> bool:
         return self.plugin.supports(feature)
@@ -229,24 +232,12 @@ class ProviderHandle(_Limited):
         p = self.plugin
         return await self._call("image_manifest", lambda: p.image_manifest(image_id))
 
-    def close(self) -> None:
-        self.plugin.close()
 
-
-class RouterHandle(_Limited):
+class RouterHandle(_Limited[Router]):
     """A configured router, called off the event loop under its limit and timeout."""
 
     what = "router"
     error = RouterError
-
-    def __init__(self, router: Router, concurrency: int = DEFAULT_CONCURRENCY,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(router.name, concurrency, timeout_s)
-        self.plugin = router
-
-    @property
-    def kind(self) -> str:
-        return self.plugin.kind
 
     @property
     def checks_health(self) -> bool:
@@ -286,9 +277,6 @@ class RouterHandle(_Limited):
     async def health(self, route: str) -> dict[str, bool | None]:
         r = self.plugin
         return await self._call("health", lambda: dict(r.health(route)))
-
-    def close(self) -> None:
-        self.plugin.close()
 
 
 def _limits(what: str, name: str, entry: Mapping[str, Any]) -> tuple[int, float]:
@@ -368,7 +356,9 @@ class Context:
 
     def close_plugins(self) -> None:
         """Close every provider and router (blocking; at shutdown). Errors are logged."""
-        for handle in (*self.providers.values(), *self.routers.values()):
+        handles: list[ProviderHandle | RouterHandle] = [*self.providers.values(),
+                                                         *self.routers.values()]
+        for handle in handles:
             try:
                 handle.close()
             except Exception:  # noqa: BLE001 - shutdown goes on
