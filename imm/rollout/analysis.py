@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from ..context import Context
 from ..plugins.analysis import AnalysisTarget, MeasureError
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT
+from ..plugins.statefile import atomic_write
 from .fleet import Fleet
 from .journal import Journal
 from .services import AnalysisSpec, Service
@@ -251,12 +251,9 @@ class Analysis:
                         "imm_service": svc.name, "imm_rollout": rid,
                         "imm_digest": i.tags.get(TAG_DIGEST, ""), "imm_role": role,
                         "imm_instance": i.id}})
-            await asyncio.to_thread(_write_atomically, Path(str(path)), groups)
+            # Prometheus (another user) reads it: world-readable, written the plugins' one way
+            await asyncio.to_thread(atomic_write, Path(str(path)),
+                                    json.dumps(groups, sort_keys=True, indent=1), mode=0o644)
         except Exception as e:  # noqa: BLE001 - discovery is best effort; analysis reports gaps
             log.warning("could not write the Prometheus targets to %s: %s", path, e)
 
-
-def _write_atomically(path: Path, groups: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(groups, sort_keys=True, indent=1))
-    os.replace(tmp, path)

@@ -213,6 +213,7 @@ def test_discovery_file_labels_canary_and_stable(tmp_path: Path) -> None:
     final = json.loads(sd.read_text())
     assert {g["labels"]["imm_role"] for g in final} == {"stable"}
     assert len(final) == 2
+    assert sd.stat().st_mode & 0o044 == 0o044  # Prometheus, another user, must read it
 
 
 @pytest.mark.parametrize(("entry", "message"), [
