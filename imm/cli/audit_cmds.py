@@ -7,13 +7,12 @@ imports its verifier only when it runs so immctl stays quick to start for everyt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFY_FAILED
-from .client import ApiError, Client, DaemonUnreachable, Fail, UnixHTTPConnection
+from .client import Client, Fail
 from .render import block, emit_json, emit_list, short, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
@@ -222,23 +221,7 @@ def cmd_export(c: Client, a: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
     path = "/v1/audit/export" + ("?" + urlencode(query) if query else "")
-    conn = UnixHTTPConnection(c.socket_path, c.timeout)
-    try:
-        conn.request("GET", path, headers={"Accept": "application/x-ndjson, text/csv"})
-        resp = conn.getresponse()
-    except FileNotFoundError:
-        raise DaemonUnreachable(f"no immd socket at {c.socket_path}; start the daemon with "
-                                "'immd', or pass --socket PATH / IMM_SOCKET") from None
-    except OSError as e:
-        raise DaemonUnreachable(f"cannot talk to immd at {c.socket_path}: {e}") from None
-    if resp.status >= 400:
-        raw = resp.read()
-        try:
-            err = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            err = {"code": "http-error", "message": raw.decode(errors="replace")[:300]}
-        raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""),
-                       err.get("detail"))
+    conn, resp = c.open_stream("GET", path, "application/x-ndjson, text/csv")
     to_stdout = a.out == "-"
     part = a.out + ".part"
     out = sys.stdout.buffer if to_stdout else open(part, "wb")  # noqa: SIM115 - closed below
@@ -260,6 +243,7 @@ def cmd_export(c: Client, a: argparse.Namespace) -> int:
         raise _fail(f"export interrupted after {lines} lines: {e}") from None
     finally:
         progress.done()
+        conn.close()
         if not to_stdout:
             out.close()
     last = tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]

@@ -189,26 +189,51 @@ class Client:
         self.timeout = timeout
         self._conn: UnixHTTPConnection | None = None
 
+    def unreachable(self, e: BaseException) -> DaemonUnreachable:
+        """The one message for a socket immctl cannot talk through, by what went wrong."""
+        if isinstance(e, FileNotFoundError):
+            return DaemonUnreachable(
+                f"no immd socket at {self.socket_path}; start the daemon with 'immd', or point "
+                "immctl at it with --socket PATH or IMM_SOCKET")
+        if isinstance(e, PermissionError):
+            return DaemonUnreachable(
+                f"permission denied on {self.socket_path}; ask for membership of the socket's "
+                "group")
+        return DaemonUnreachable(f"cannot talk to immd at {self.socket_path}: {e}")
+
+    def open_stream(self, method: str, path: str, accept: str,
+                    body: Any = None) -> tuple[UnixHTTPConnection, Any]:
+        """Send one request on a connection of its own and return it with the response, whose
+        body the caller reads as it arrives (an export, a backup, a watch) and then closes the
+        connection. A refused request raises ApiError, its connection already closed."""
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        headers = {"Accept": accept}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            if resp.status < 400:
+                return conn, resp
+            raw = resp.read()
+        except (ConnectionError, OSError, ValueError) as e:
+            conn.close()
+            raise self.unreachable(e) from None
+        conn.close()
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            err = {"code": "http-error", "message": raw.decode(errors="replace")[:300]}
+        raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""),
+                       err.get("detail"))
+
     def stream_lines(self, path: str) -> Iterator[Any]:
         """GET ``path`` and yield each JSON line of its (chunked) answer as it arrives, on a
         connection of its own that is closed at the end."""
-        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        conn, resp = self.open_stream("GET", path, "application/x-ndjson")
         try:
-            try:
-                conn.request("GET", path, headers={"Accept": "application/x-ndjson"})
-                resp = conn.getresponse()
-            except FileNotFoundError:
-                raise DaemonUnreachable(f"no immd socket at {self.socket_path}") from None
-            except (ConnectionError, OSError, ValueError) as e:
-                raise DaemonUnreachable(f"cannot talk to immd at {self.socket_path}: {e}") from None
-            if resp.status >= 400:
-                raw = resp.read()
-                try:
-                    err = json.loads(raw).get("error", {})
-                except ValueError:
-                    err = {}
-                raise ApiError(resp.status, err.get("code", "http-error"),
-                               err.get("message", raw.decode(errors="replace")), err.get("detail"))
             buf = b""
             while True:
                 data = resp.read1(1 << 16)
@@ -251,19 +276,11 @@ class Client:
             if resp.will_close:
                 self._conn.close()
                 self._conn = None
-        except FileNotFoundError:
-            raise DaemonUnreachable(
-                f"no immd socket at {self.socket_path}; start the daemon with 'immd', or point "
-                "immctl at it with --socket PATH or IMM_SOCKET") from None
-        except PermissionError:
-            raise DaemonUnreachable(
-                f"permission denied on {self.socket_path}; ask for membership of the socket's "
-                "group") from None
         except (ConnectionError, OSError, ValueError) as e:
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
-            raise DaemonUnreachable(f"cannot talk to immd at {self.socket_path}: {e}") from None
+            raise self.unreachable(e) from None
         ctype = resp.getheader("Content-Type") or ""
         if "json" not in ctype:
             if resp.status >= 400:

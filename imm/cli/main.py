@@ -105,38 +105,18 @@ def cmd_keys_export(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_state_backup(c: Client, a: argparse.Namespace) -> int:
     """Stream immd's consistent copy of the state into FILE (written as the caller, mode 0600)."""
-    import json
-
-    from .client import UnixHTTPConnection
-
     part = a.file + ".part"
     try:  # before asking immd for a copy: an unwritable FILE costs nothing
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as e:
         raise Fail(f"cannot write {part}: {e.strerror}; choose a FILE you can write",
                    EXIT_USAGE) from None
-    conn = UnixHTTPConnection(c.socket_path, c.timeout)
     try:
-        conn.request("POST", "/v1/state/backup", body=b"{}",
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-    except OSError as e:
+        conn, resp = c.open_stream("POST", "/v1/state/backup", "application/octet-stream", {})
+    except (ApiError, DaemonUnreachable):
         os.close(fd)
         os.unlink(part)
-        if isinstance(e, FileNotFoundError):
-            raise DaemonUnreachable(f"no immd socket at {c.socket_path}; start the daemon with "
-                                    "'immd', or pass --socket PATH / IMM_SOCKET") from None
-        raise DaemonUnreachable(f"cannot talk to immd at {c.socket_path}: {e}") from None
-    if resp.status >= 400:
-        os.close(fd)
-        os.unlink(part)
-        raw = resp.read()
-        try:
-            err = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            err = {"code": "http-error", "message": raw.decode(errors="replace")[:300]}
-        raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""),
-                       err.get("detail"))
+        raise
     expected = int(resp.getheader("content-length") or -1)
     size, head = 0, b""
     try:
