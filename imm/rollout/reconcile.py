@@ -46,14 +46,13 @@ from ..store import Connection, now, query, query_one
 from .fleet import LIVE_STATES, Fleet
 from .journal import active_rollout
 from .services import Service
-from .states import COMPLETED
+from .states import COMPLETED, DOWN, OPERATOR_TERMINATE
 
 log = logging.getLogger("imm.rollout.reconcile")
 
 WINDOW_S = 60.0  # the crash-loop budget is counted over this many seconds
 QUARANTINED = "quarantined"
 TERMINATED = "terminated"
-DOWN = "down"  # the journal action of a service taken down on purpose
 
 
 def desired(conn: Connection, service: str) -> dict[str, Any] | None:
@@ -71,7 +70,15 @@ def desired(conn: Connection, service: str) -> dict[str, Any] | None:
                         (service, DOWN)).fetchone()[0]
     if down is not None and down >= (last["finished_at"] or ""):
         return None
-    return {"id": last["id"], "digest": last["digest"],
+    # instances an operator terminated since: the service runs that many fewer there
+    fewer: dict[str, int] = {}
+    for row in query(conn, "SELECT j.detail FROM rollout_journal j JOIN rollouts r "
+                           "ON r.id = j.rollout WHERE r.service=? AND j.action=? AND j.at >= ?",
+                     (service, OPERATOR_TERMINATE, last["finished_at"] or "")):
+        d = json.loads(row["detail"])
+        where = f"{d.get('provider')}/{d.get('region')}"
+        fewer[where] = fewer.get(where, 0) + 1
+    return {"id": last["id"], "digest": last["digest"], "fewer": fewer,
             "artifacts": json.loads(last["params"]).get("artifacts", {})}
 
 
@@ -208,7 +215,8 @@ class Reconciler:
         for target in svc.targets:
             have = [i for i in alive if i.provider == target.provider
                     and i.region == target.region]
-            missing = target.count - len(have)
+            missing = (target.count - len(have)
+                       - want.get("fewer", {}).get(f"{target.provider}/{target.region}", 0))
             if missing > 0:
                 records += await self._replace(svc, routed, want, target.provider, target.region,
                                                missing, have or members, reasons)

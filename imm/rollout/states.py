@@ -49,6 +49,8 @@ BEGIN: Final = "begin"  # a step's decision, recorded before it is acted on
 DONE: Final = "done"  # a step carried out
 FAIL: Final = "fail"  # a step failed: the rollout rolls back
 ANALYSIS: Final = "analysis"  # one analysis run and its measurements (analysis.py)
+DOWN: Final = "down"  # a service taken down on purpose (teardown.py): never healed back
+OPERATOR_TERMINATE: Final = "operator-terminate"  # an operator terminated an instance: not replaced
 
 # the slot tag of instances relaunched from the previous image during a rollback
 ROLLBACK_SLOT: Final = "rollback"

@@ -15,7 +15,7 @@ from ..errors import Ambiguous, Conflict, NotFound
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, Instance
 from ..store import Connection, now, query_one
 from .journal import active_rollout
-from .states import ACTIVE
+from .states import ACTIVE, DOWN, OPERATOR_TERMINATE
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -70,7 +70,7 @@ async def service_down(engine: Engine, actor: str, name: str,
                         instances=[_described(i) for i in instances])
     last = await engine.journal.list(svc.name, 1)
     if last:  # the reconciler heals no service whose latest rollout has a later "down" entry
-        await engine.journal.record(last[0]["id"], "down", "down",
+        await engine.journal.record(last[0]["id"], DOWN, DOWN,
                                     {"reason": reason, "ledger_index": idx}, actor=actor)
     if instances:
         await _drain_and_remove(engine, engine.fleet.router(svc), instances)
@@ -120,6 +120,11 @@ async def terminate_instance(engine: Engine, actor: str, instance_id: str,
     idx = await _record(engine, "instance-terminate", actor, reason=reason,
                         instance=_described(inst))
     svc = engine.services.get(service) if service else None
+    last = await engine.journal.list(svc.name, 1) if svc is not None else []
+    if last:  # the reconciler keeps the service that many instances fewer there
+        await engine.journal.record(last[0]["id"], OPERATOR_TERMINATE, OPERATOR_TERMINATE,
+                                    {"instance": inst.id, "provider": inst.provider,
+                                     "region": inst.region, "ledger_index": idx}, actor=actor)
     await _drain_and_remove(engine, engine.fleet.router(svc) if svc is not None else None,
                             [inst])
     log.info("instance %s (%s/%s%s) terminated by %s%s", inst.id, inst.provider, inst.region,

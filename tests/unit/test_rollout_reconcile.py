@@ -12,7 +12,7 @@ from rollout_world import FAST, SERVICE, World, run, settle, wait_for
 
 from imm.catalog.verify import verify_ledger
 from imm.context import Timings
-from imm.rollout import reconcile
+from imm.rollout import reconcile, teardown
 from imm.rollout.reconcile import Reconciler
 from imm.rollout.states import ACTIVE, COMPLETED
 
@@ -223,6 +223,23 @@ def test_a_service_taken_down_after_its_rollout_is_not_healed(tmp_path: Path) ->
                                       actor="alice")
         w.provider.instances.pop(ids[0])
         assert await rec.tick() == {}
+        assert len(w.provider.instances) == 1
+
+    run(w, body)
+
+
+def test_an_instance_an_operator_terminated_is_not_replaced(tmp_path: Path) -> None:
+    w, rec, _ = world(tmp_path)
+
+    async def body() -> None:
+        ids = await steady(w)
+        await teardown.terminate_instance(w.engine, "bob", ids[0], None, "too many")
+        assert sorted(w.provider.instances) == [ids[1]]
+        assert await rec.tick() == {}, "one fewer on purpose is not a fault to heal"
+        assert sorted(w.provider.instances) == [ids[1]]
+        w.provider.instances.pop(ids[1])  # the other one vanishing is still healed
+        done = (await rec.tick())["web"]
+        assert [r["action"] for r in done] == ["vanished", "replace"]
         assert len(w.provider.instances) == 1
 
     run(w, body)
