@@ -174,12 +174,14 @@ class Engine:
         backoff = timings.retry_min_s
         try:
             while True:
+                # cleared before the state is read, so a verb that lands while it is being read
+                # (resume, promote) is not lost: its wake-up stays set for the wait below
+                self.wake[rid].clear()
                 r = await self.journal.load(rid)
                 state = r["state"]
                 if state in TERMINAL:
                     return
                 if state == PAUSED:
-                    self.wake[rid].clear()
                     await self.wake[rid].wait()
                     continue
                 if state == ROLLING_BACK:

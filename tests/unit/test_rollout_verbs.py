@@ -124,6 +124,37 @@ def test_promote_a_paused_rollout_and_not_a_finished_one(tmp_path: Path) -> None
     run(w, body)
 
 
+def test_a_promote_landing_while_the_paused_task_reads_its_state_is_not_lost(
+        tmp_path: Path) -> None:
+    w = World(tmp_path, SLOW)
+    w.old_fleet(w.image("1"))
+    w.image("2")
+    load = w.engine.journal.load
+
+    async def body() -> None:
+        rid = (await w.engine.start("alice", "web", "app@2"))["id"]
+        await w.engine.set_state("bob", rid, "pause")
+        await wait_for(lambda: not w.engine.wake[rid].is_set())  # the task sleeps, paused
+        task = w.engine.tasks[rid]
+        landed: list[str] = []
+
+        async def stale_load(r: str) -> dict:
+            got = await load(r)
+            if asyncio.current_task() is task and not landed and got["state"] == PAUSED:
+                # the promote lands after the task read "paused" and before it acts on it
+                landed.append("promoting")
+                landed[0] = (await w.engine.set_state("bob", rid, "promote"))["state"]
+            return got
+
+        w.engine.journal.load = stale_load  # type: ignore[method-assign]
+        w.engine.wake[rid].set()  # the task wakes once, reads the state it is about to miss
+        await wait_for(lambda: landed == [RUNNING])
+        st = await settle(w.engine, rid)
+        assert st["state"] == COMPLETED
+
+    run(w, body)
+
+
 def test_abort_twice_and_after_the_end_is_a_conflict(tmp_path: Path) -> None:
     w = World(tmp_path, SLOW)
     w.old_fleet(w.image("1"))
