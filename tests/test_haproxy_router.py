@@ -146,8 +146,11 @@ def test_bad_settings_are_refused_with_the_key_named(workdir: Path) -> None:
     ctx = PluginContext(workdir, logging.getLogger("t"))
     with pytest.raises(BadRequest, match="unknown setting.*colour"):
         HAProxyRouter("r", {"colour": "blue"}, ctx)
-    with pytest.raises(BadRequest, match="longer than the 107"):
+    with pytest.raises(BadRequest, match="longer than the 97 haproxy allows"):
         HAProxyRouter("r", {"dir": "/tmp/" + "x" * 120}, ctx)
+    # an external haproxy's socket is only connected to: the whole sun_path is usable
+    with pytest.raises(BadRequest, match="longer than the 107 a unix socket allows"):
+        HAProxyRouter("r", {"admin_socket": "/tmp/" + "x" * 120}, ctx)
     r = HAProxyRouter("r", {"dir": str(workdir / "r")}, ctx)
     with pytest.raises(BadRequest, match="'bind' must be"):
         r.ensure_route("web", {"health_path": "/healthz"})
@@ -164,6 +167,36 @@ def test_bad_settings_are_refused_with_the_key_named(workdir: Path) -> None:
 
 
 # -- embedded mode -----------------------------------------------------------------------------
+
+
+def test_the_longest_admin_socket_path_haproxy_takes_is_taken_and_one_more_is_refused(
+        make_router: Callable[..., HAProxyRouter], workdir: Path) -> None:
+    # haproxy binds "<path>.<pid>.tmp" then renames it, so it refuses paths over 97 bytes
+    pad = 97 - len(str(workdir / "admin.sock")) - 1
+    longest = workdir / ("d" * pad)
+    assert len(str(longest / "admin.sock")) == 97
+    r = make_router(dir=str(longest))
+    r.start()
+    assert (longest / "admin.sock").is_socket()
+    with pytest.raises(BadRequest, match=r"admin\.sock is 98 bytes, longer than the 97"):
+        make_router(dir=str(workdir / ("d" * (pad + 1))))
+
+
+def test_a_config_haproxy_rejects_is_refused_with_haproxys_own_words(
+        make_router: Callable[..., HAProxyRouter], workdir: Path) -> None:
+    # the real haproxy, given one more config file holding a directive it does not know
+    extra = workdir / "extra.cfg"
+    extra.write_text("global\n    no-such-directive 1\n")
+    wrapper = workdir / "haproxy-plus"
+    wrapper.write_text(f'#!/bin/sh\nexec haproxy "$@" -f {extra}\n')
+    wrapper.chmod(0o755)
+    r = make_router(binary=str(wrapper))
+    with pytest.raises(RouterError, match="haproxy rejects the generated config .*no-such-directive"):
+        r.start()
+    # a rollout's later call says why the router is down, not only that it is
+    r.ensure_route("web", route_settings())  # declared; it is created once haproxy runs
+    with pytest.raises(RouterError, match="not started, because haproxy rejects .*no-such-directive"):
+        r.add("web", "i-1", "127.0.0.1:9")
 
 
 def test_embedded_start_route_and_stop(make_router: Callable[..., HAProxyRouter],

@@ -35,6 +35,8 @@ from .supervisor import ProcessSettings, Supervisor
 
 MAX_WEIGHT = 256
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
+# haproxy binds its socket as "<path>.<pid>.tmp" and renames it: 10 bytes fewer for the path
+HAPROXY_SOCKET_MAX = 97
 DELETE_GRACE_S = 2.0  # how long remove() retries 'del server' after the drain
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -169,14 +171,17 @@ class HAProxyRouter(Router):
                 raise BadRequest(f"{where}: timeout {k} = {v!r} is not an haproxy time "
                                  f"(e.g. 500ms, 5s)")
             timeouts[k] = v
-        if len(str(self.socket_path)) > SUN_PATH_MAX:
+        limit = SUN_PATH_MAX if self.external else HAPROXY_SOCKET_MAX
+        if len(str(self.socket_path)) > limit:
             raise BadRequest(f"{where}: admin socket path {self.socket_path} is "
-                             f"{len(str(self.socket_path))} bytes, longer than the {SUN_PATH_MAX} "
-                             f"a unix socket allows; set 'dir' to a shorter directory")
+                             f"{len(str(self.socket_path))} bytes, longer than the {limit} "
+                             f"{'a unix socket' if self.external else 'haproxy'} allows; set "
+                             f"'dir' to a shorter directory")
         self.api = RuntimeAPI(name, self.socket_path, seconds("command_timeout_s", 5.0, 0.1),
                               self.external, None if self.external else self.dir / "haproxy.log")
         self.meta_file = self.dir / "router.json"
         self._lock = threading.RLock()
+        self._start_error = ""
         self.supervisor: Supervisor | None = None
         if not self.external:
             self.supervisor = Supervisor(name, ProcessSettings(
@@ -201,11 +206,17 @@ class HAProxyRouter(Router):
         with self._lock:
             if self._started:
                 return
-            if self.supervisor is None:
-                self.api.check_admin()
-            else:
-                self.supervisor.start()
+            try:
+                if self.supervisor is None:
+                    self.api.check_admin()
+                else:
+                    self.supervisor.start()
+            except RouterError as e:
+                # what later calls say instead of a bare "not started"
+                self._start_error = e.message.removeprefix(f"router {self.name}: ")
+                raise
             self._started = True
+            self._start_error = ""
         for route, rs in self._declared.items():
             self.ensure_route(route, rs)
 
@@ -229,9 +240,14 @@ class HAProxyRouter(Router):
         assert self.supervisor is not None, "only an embedded haproxy is supervised"
         return self.supervisor
 
+    def _not_started(self) -> RouterError:
+        if self._start_error:
+            return RouterError(f"router {self.name}: not started, because {self._start_error}")
+        return RouterError(f"router {self.name}: not started; call start() first")
+
     def _ensure_running(self) -> None:
         if not self._started:
-            raise RouterError(f"router {self.name}: not started; call start() first")
+            raise self._not_started()
         if self.supervisor is not None:
             self.supervisor.ensure_running()
 
@@ -495,7 +511,7 @@ class HAProxyRouter(Router):
 
     def _known_route(self, route: str) -> dict[str, Any]:
         if not self._started:
-            raise RouterError(f"router {self.name}: not started; call start() first")
+            raise self._not_started()
         rs = self._routes.get(route)
         if rs is None:
             if self.external and self._started:

@@ -175,15 +175,19 @@ class Supervisor:
         tmp = self.cfg_path.with_suffix(".cfg.new")  # kept when haproxy rejects it
         atomic_write(tmp, text, mode=0o644)
         try:
-            res = subprocess.run([self.binary, "-c", "-q", "-f", str(tmp)], capture_output=True,
+            # not -q: it silences the ALERT lines that say what is wrong
+            res = subprocess.run([self.binary, "-c", "-f", str(tmp)], capture_output=True,
                                  text=True, timeout=30)
         except FileNotFoundError:
             raise RouterError(f"router {self.name}: haproxy binary {self.binary!r} not found; "
                               f"install haproxy (apt-get install haproxy) or set 'binary'"
                               ) from None
         if res.returncode != 0:
+            out = (res.stderr or "") + (res.stdout or "")
+            alerts = [line.split(" : ", 1)[-1].strip() for line in out.splitlines()
+                      if "[ALERT]" in line]
             raise RouterError(f"router {self.name}: haproxy rejects the generated config "
-                              f"{tmp}: {(res.stderr or res.stdout).strip()[-2000:]}")
+                              f"{tmp}: {'; '.join(alerts) or out.strip()}"[:2000])
         move_into_place(tmp, self.cfg_path)
 
     def cold_start(self) -> None:
