@@ -140,7 +140,10 @@ class _Limited(Generic[P]):
         work.add_done_callback(lambda _f: limit.release())
         work.add_done_callback(_consume)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), self.timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the call finishes, and a parked rollout would then run on
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.shield(work)
         except TimeoutError:
             raise self.error(
                 f"{self.what} {self.name}: {call} did not answer within {self.timeout_s:g}s; "

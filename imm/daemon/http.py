@@ -339,7 +339,8 @@ async def receive_fd(request: web.Request) -> int:
     loop.add_reader(dup.fileno(), readable)
     try:
         transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return await asyncio.wait_for(got, FD_TIMEOUT_S)
+        async with asyncio.timeout(FD_TIMEOUT_S):
+            return await got
     except TimeoutError:
         raise BadRequest(f"no descriptor arrived within {FD_TIMEOUT_S:.0f} s of "
                          "'100 Continue'") from None

@@ -203,7 +203,8 @@ class Dispatcher:
         """Wait until every queued event is delivered or given up; False on timeout."""
         queues = [r.queue for r in self.routes if r.queue is not None]
         try:
-            await asyncio.wait_for(asyncio.gather(*(q.join() for q in queues)), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(q.join() for q in queues))
         except TimeoutError:
             return False
         return True

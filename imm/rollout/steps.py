@@ -151,9 +151,10 @@ class Steps:
         # A gate that hangs (an analysis query that never returns) fails like one that says no:
         # the rollout never waits past its health timeout.
         try:
-            refusals = await asyncio.wait_for(self.ctx.plugins.health_gate(
-                view, {"name": step["name"], "op": step["op"]}, [i.to_dict() for i in instances]),
-                svc.health_timeout_s)
+            async with asyncio.timeout(svc.health_timeout_s):
+                refusals = await self.ctx.plugins.health_gate(
+                    view, {"name": step["name"], "op": step["op"]},
+                    [i.to_dict() for i in instances])
         except TimeoutError:
             raise StepFailed(f"health gate at {step['name']} gave no verdict within the "
                              f"service's health_timeout_s ({svc.health_timeout_s:g}s)") from None

@@ -3,6 +3,7 @@ every strategy to completion, failures rolling back, restart and resume from the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,30 @@ def test_paused_rollout_waits_without_polling_and_resumes(tmp_path: Path) -> Non
     assert st["state"] == COMPLETED, st["error"]
     skipped = [j["step"] for j in st["journal"] if j["detail"].get("skipped") == "promoted"]
     assert "5-pause" in skipped and "4-shift" in skipped
+
+
+def test_shutdown_parks_a_rollout_even_as_a_provider_call_returns(tmp_path: Path) -> None:
+    """Parking cancels each rollout's task; a cancellation that arrives just as a provider call
+    hands back its result must still park it (Python 3.11's asyncio.wait_for dropped it then, and
+    the "parked" rollout ran on to its end). The window is small: many short tries."""
+    slow = {"web": {**SERVICE, "strategy": "canary", "canary_pause_s": 30}}
+    ran_on = []
+    for n in range(30):
+        w = World(tmp_path / str(n), slow)
+        w.image("1")
+
+        async def body(w: World = w) -> str:
+            await w.engine.startup()
+            rid = (await w.engine.start("alice", "web", "app@1"))["id"]
+            for _ in range(n % 4):  # land the cancellation at a different point each time
+                await asyncio.sleep(0)
+            await w.engine.shutdown()
+            return str((await w.engine.status(rid))["state"])
+
+        try:
+            state = asyncio.run(body())
+        finally:
+            w.close()
+        if state != RUNNING:
+            ran_on.append((n, state))
+    assert ran_on == [], "parked rollouts ran on after shutdown"

@@ -194,12 +194,13 @@ def test_a_crash_looping_image_backs_off_and_raises_a_finding(tmp_path: Path) ->
 
 
 def test_a_service_with_an_active_rollout_is_untouched(tmp_path: Path) -> None:
-    w, rec, _ = world(tmp_path)
+    w, rec, _ = world(tmp_path, canary_pause_s=30)  # steady() rolls out blue-green
 
     async def body() -> None:
         ids = await steady(w)
         w.image("3")
-        st = await w.engine.start("alice", "web", "app@3")
+        # a canary with long pauses: still under way when it is paused below
+        st = await w.engine.start("alice", "web", "app@3", strategy="canary")
         await w.engine.set_state("alice", st["id"], "pause")
         assert (await w.engine.status(st["id"]))["state"] in ACTIVE
         w.provider.instances[ids[0]].state = "stopped"
