@@ -18,7 +18,9 @@ query in the reason) unless the analysis is ``dry_run``. Each run is one journal
 (action ``analysis``), so one signed ledger record with its measurements.
 
 ``when``: ``before-traffic`` runs after the first batch passes its health check, before any
-traffic reaches it; ``each-step`` after every canary pause and blue-green bake; ``background``
+traffic reaches it (with waves, each wave's first batch); ``each-step`` after every canary
+pause and blue-green bake; ``each-wave`` after each wave's bake (plan.py), before the next wave
+starts; ``background``
 runs again and again from the first traffic shift until the rollout ends (each run a record;
 a failing run fails the rollout at its next step or while it pauses).
 

@@ -10,6 +10,7 @@ as when immd is killed) and a new engine on the same state resumes, as immd does
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -405,3 +406,13 @@ def test_immctl_shows_the_waves_of_a_rolled_back_rollout(
     assert lines[2].split() == ["2", "aws/eu-west-1,", "gcp/europe-west1", "2", "0s",
                                 "rolled-back"]
     assert lines[3].split() == ["3", "gcp/asia-east1", "2", "0s", "pending"]
+
+
+def test_the_readme_example_parses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme.split("A service spread over regions and clouds can roll out in waves")[1]
+    block = after.split("```toml\n", 1)[1].split("```", 1)[0]
+    raw = tomllib.loads(block)["services"]["web"]
+    svc = parse_service("web", raw, {"aws", "gcp"}, set())
+    assert [w.count for w in svc.waves] == [4, 4] and [w.bake_s for w in svc.waves] == [300, 900]
+    assert [s["name"] for s in make_plan(svc, "canary")][-1].startswith("w2-")
