@@ -7,13 +7,13 @@ unit-tested in tests/unit/test_rollout_plan_waves.py.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from backends import LoadClient, free_port
 from harness import Immd, have
-from test_e2e_crash import wait_dead
 from test_e2e_rollout import images, instances, register, service  # noqa: F401
 
 pytestmark = [pytest.mark.slow,
@@ -22,6 +22,15 @@ pytestmark = [pytest.mark.slow,
 # two local providers need their own roots (both default to <state_dir>/local)
 CONFIG = ('[providers.local]\nkind = "local"\n\n[providers.edge]\nkind = "local"\n'
           'root = "{edge}"\n\n[routers.haproxy]\nkind = "haproxy"\nstop_on_close = false\n\n')
+
+
+def wait_dead(d: Immd, timeout: float = 60) -> None:
+    assert d.proc is not None
+    deadline = time.monotonic() + timeout
+    while d.proc.poll() is None:
+        assert time.monotonic() < deadline, "immd was not killed at its step"
+        time.sleep(0.05)
+    assert d.proc.returncode == -9, d.proc.returncode
 
 
 def test_waves_roll_out_in_order_and_a_kill_inside_wave_2_resumes(
