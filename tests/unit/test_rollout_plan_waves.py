@@ -416,3 +416,31 @@ def test_the_readme_example_parses() -> None:
     svc = parse_service("web", raw, {"aws", "gcp"}, set())
     assert [w.count for w in svc.waves] == [4, 4] and [w.bake_s for w in svc.waves] == [300, 900]
     assert [s["name"] for s in make_plan(svc, "canary")][-1].startswith("w2-")
+
+
+def test_a_kill_inside_the_rollback_of_wave_2_is_finished_by_the_next_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fired = _kill_at(monkeypatch, "rollback:after")  # before the engine captures its hook
+    w = world(tmp_path, analysis=[EACH_WAVE], script=[0.0, 0.3], strategy="rolling")
+    old, old_digest = old_fleet(w)
+
+    async def body() -> dict[str, Any]:
+        st = await w.engine.start("alice", "web", "app@2")
+        rid = st["id"]
+        await wait_for(lambda: bool(fired) and rid not in w.engine.tasks)
+        assert (await w.engine.status(rid))["state"] == "rolling-back"
+        await w.engine.shutdown()
+        again = Engine(w.ctx)
+        await again.startup()
+        try:
+            return await settle(again, rid)
+        finally:
+            await again.shutdown()
+
+    st = run(w, body)
+    assert st["state"] == ROLLED_BACK
+    assert [x["status"] for x in st["waves"]] == ["rolled-back", "rolled-back", "pending"]
+    got = placed(w)
+    assert {k: len(v) for k, v in got.items()} == COUNT
+    assert {d for v in got.values() for _, d in v} == {old_digest}
+    assert got["gcp/asia-east1"] == [(i, old_digest) for i in old["gcp/asia-east1"]]
