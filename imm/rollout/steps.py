@@ -167,7 +167,8 @@ class Steps:
             await asyncio.sleep(self.ctx.timings.poll_s)
         await self.gate(svc, r, step, new)
         if step.get("first", step["batch"] == 0):  # the first batch (of the wave)
-            stop = await self.analysis.run(svc, r, step["name"], "before-traffic")
+            stop = await self.analysis.run(svc, r, step["name"], "before-traffic",
+                                           wave_of(r, step))
             if stop:
                 return stop
         return {"instances": sorted(ids), "healthy": True}
@@ -239,7 +240,7 @@ class Steps:
                                      + ", ".join(sick))
             await self.gate(svc, r, step, mine)
         when = "each-wave" if step["op"] == OP_WAVE else "each-step"
-        stop = await self.analysis.run(svc, r, step["name"], when)
+        stop = await self.analysis.run(svc, r, step["name"], when, wave_of(r, step))
         return stop or {}
 
     async def terminate(self, items: list[dict[str, str]]) -> None:

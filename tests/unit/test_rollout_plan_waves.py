@@ -10,6 +10,7 @@ as when immd is killed) and a new engine on the same state resumes, as immd does
 from __future__ import annotations
 
 import asyncio
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from rollout_world import Gate, World, at_step, run, settle, wait_for
 from imm.cli.rollout_cmds import progress_line, show
 from imm.errors import ConfigError
 from imm.plugins.analysis import AnalysisKind, AnalysisTarget, Measured
+from imm.plugins.analysis_base import Template
 from imm.plugins.base import LaunchRequest
 from imm.rollout import engine as engine_mod
 from imm.rollout.engine import Engine
@@ -41,16 +43,20 @@ class Verdicts(AnalysisKind):
     kind = "verdicts"
     keys = frozenset({"query"})
     script: ClassVar[list[float]] = []
+    seen: ClassVar[list[str]] = []  # each measurement's query as templated
 
     def __init__(self, where: str, spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
         super().__init__(where, spec, defaults)
+        self.query = Template(f"{where} query", spec.get("query", "q"))
 
     def measure(self, target: AnalysisTarget) -> Measured:
         v = Verdicts.script.pop(0) if Verdicts.script else 0.0
-        return Measured({"result": v}, "error_ratio")
+        Verdicts.seen.append(self.query.render(target))
+        return Measured({"result": v}, Verdicts.seen[-1])
 
 
 EACH_WAVE = {"name": "wave-errors", "kind": "verdicts", "when": "each-wave",
+             "query": 'errors{imm_digest="${digest}",imm_target=~"${targets}"} # wave ${wave}',
              "failure_condition": "result >= 0.05"}
 
 
@@ -69,6 +75,7 @@ def world(tmp: Path, script: list[float] | None = None, plugins: tuple[object, .
     w.settings.services["web"]["analysis"] = analysis
     w.engine.fleet.reload()
     Verdicts.script = list(script or [])
+    Verdicts.seen = []
     return w
 
 
@@ -224,6 +231,7 @@ def _roll(w: World, strategy: str | None = None) -> dict[str, Any]:
 def test_canary_in_waves_completes_wave_by_wave_touching_one_wave_at_a_time(
         tmp_path: Path) -> None:
     w = world(tmp_path, analysis=[EACH_WAVE], script=[0.0, 0.01, 0.02])
+    w.settings.analysis = {"prometheus_sd_file": str(tmp_path / "sd.json")}
     old, _ = old_fleet(w)
     wave_old = {i: WAVE_OF[k] for k, ids in old.items() for i in ids}
     st = _roll(w, "canary")
@@ -255,6 +263,15 @@ def test_canary_in_waves_completes_wave_by_wave_touching_one_wave_at_a_time(
             if j["action"] == "analysis"]
     assert [s for s, _ in runs] == [s["name"] for s in st["plan"] if s["op"] == "wave"]
     assert {v for _, v in runs} == {"successful"}
+    # each wave's analysis measured that wave: its targets, as the discovery file labels them
+    digest = st["image"]
+    assert Verdicts.seen == [
+        f'errors{{imm_digest="{digest}",imm_target=~"aws/us-east-1"}} # wave 1',
+        f'errors{{imm_digest="{digest}",imm_target=~"aws/eu-west-1|gcp/europe-west1"}} # wave 2',
+        f'errors{{imm_digest="{digest}",imm_target=~"gcp/asia-east1"}} # wave 3']
+    groups = json.loads((tmp_path / "sd.json").read_text())
+    assert sorted(g["labels"]["imm_target"] for g in groups) == sorted(
+        k for k, n in COUNT.items() for _ in range(n))
 
 
 def test_a_failure_in_wave_2_of_3_rolls_back_waves_1_and_2_and_leaves_wave_3_alone(
