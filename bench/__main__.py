@@ -45,6 +45,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
                 ["--instances", "4", "--repeat", "2"]),
     "cli": ("bench_cli.py", ["--images", "1000", "--runs", "40"],
             ["--images", "100", "--runs", "10"]),
+    "analysis": ("bench_analysis.py", ["--n", "200"], ["--n", "30"]),
+    "heal": ("bench_heal.py", ["--repeat", "5"], ["--repeat", "2"]),
 }
 
 

@@ -1,6 +1,6 @@
 """Analysis decision latency: one measurement and its verdict, against a bare query.
 
-    python bench/bench_analysis.py [--n 200]
+    python bench/bench_analysis.py [--n 200] [--json PATH]
 
 Starts Debian's Prometheus on a free 127.0.0.1 port (no targets: the query,
 ``sum(label_replace(vector(0.1), "imm_digest", "<digest>", "", ""))``, is answered by the
@@ -20,11 +20,15 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 
 from imm.plugins.analysis.prometheus import Prometheus
 from imm.plugins.analysis_base import AnalysisTarget, Condition
@@ -54,7 +58,9 @@ def timed(fn, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
-    n = ap.parse_args().n
+    ap.add_argument("--json", type=Path, default=None, help="write the headline rows here")
+    args = ap.parse_args()
+    n = args.n
     root = Path(tempfile.mkdtemp(prefix="imm-bench-prom-"))
     (root / "prom.yml").write_text("global: {scrape_interval: 1s}\nscrape_configs: []\n")
     port = free_port()
@@ -93,6 +99,11 @@ def main() -> int:
         for name, med, p95 in rows:
             print(f"{name:<26}{med:>10.2f}{p95:>10.2f}")
         print(f"overhead of imm per measurement: {rows[1][1] - rows[0][1]:.2f} ms (median)")
+        (_, bare_med, _), (_, imm_med, imm_p95) = rows
+        report.write(args.json, "python bench/bench_analysis.py", [
+            report.row("analysis decision, one Prometheus query to its verdict (median)",
+                       f"{imm_med:.2f} ms (p95 {imm_p95:.2f})",
+                       f"bare GET /api/v1/query {bare_med:.2f} ms", imm_med / bare_med)])
     finally:
         proc.terminate()
         proc.wait(timeout=10)

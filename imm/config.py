@@ -18,7 +18,8 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
-            "packer", "protect", "trust", "analysis", "notifications", "signer", "dashboard"}
+            "packer", "protect", "trust", "analysis", "notifications", "signer", "dashboard",
+            "reconcile"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
@@ -60,6 +61,9 @@ class Settings:
     # (the head then trails the last records by at most that long; it is always signed and of
     # a committed tree).
     checkpoint_interval_ms: int = 0
+    # [reconcile] interval_s: how often the fleet reconciler compares each service with its
+    # desired state (0 = off)
+    heal_interval_s: float = 5.0
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -179,6 +183,15 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
             or not 0 <= cp_interval <= 60_000:
         raise _err(source, f"ledger.checkpoint_interval_ms {cp_interval!r} must be an integer "
                            "from 0 (one checkpoint per committed batch) to 60000")
+    reconcile = data.get("reconcile", {})
+    if not isinstance(reconcile, dict) or set(reconcile) - {"interval_s"}:
+        raise _err(source, "[reconcile] takes one key, interval_s = SECONDS (how often the fleet "
+                           "reconciler runs; 0 = off)")
+    heal_interval = reconcile.get("interval_s", 5.0)
+    if isinstance(heal_interval, bool) or not isinstance(heal_interval, (int, float)) \
+            or not (heal_interval == 0 or 0.1 <= heal_interval <= 3600):
+        raise _err(source, f"reconcile.interval_s {heal_interval!r} must be 0 (off) or a number "
+                           "of seconds from 0.1 to 3600")
 
     def tables(name: str) -> dict[str, dict[str, Any]]:
         section = data.get(name, {})
@@ -208,7 +221,8 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         admin_group=str(d.get("admin_group", "imm-admin")), owner_is_admin=owner_is_admin,
         max_body_bytes=max_body, tcp=tcp, image_roots=image_roots,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin,
-        checkpoint_interval_ms=cp_interval, providers=providers,
+        checkpoint_interval_ms=cp_interval, heal_interval_s=float(heal_interval),
+        providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
         analysis=dict(data.get("analysis", {})),

@@ -82,7 +82,12 @@ def progress_line(r: dict[str, Any], now: float | None = None) -> str:
     done = sum(1 for s in plan if s["status"] == "done")
     launched, healthy, traffic = (_final_counts(r) if r["state"] in TERMINAL
                                   else _live_counts(r))
-    return (f"[{r['elapsed_s']:>4}s] {r['state']:<12} step {done}/{len(plan)} "
+    waves = r.get("waves") or []
+    where = ""
+    if len(waves) > 1:
+        cur = next((w for w in waves if w["status"] != "done"), waves[-1])
+        where = f"wave {cur['wave']}/{len(waves)} "
+    return (f"[{r['elapsed_s']:>4}s] {r['state']:<12} {where}step {done}/{len(plan)} "
             f"{_step_text(r, now):<10} new {launched} launched, {healthy} healthy, "
             f"traffic to new {traffic}")
 
@@ -161,6 +166,13 @@ def show(r: dict[str, Any], names: dict[str, str]) -> None:
            ("started", f"{r['created_at']} by {r['actor']}"),
            ("elapsed", f"{r['elapsed_s']}s"), ("progress", progress_line(r)),
            ("error", r["error"])])
+    waves = r.get("waves") or []
+    if len(waves) > 1:
+        print("waves:")
+        table([{**w, "targets": ", ".join(w["targets"]), "bake": f"{w['bake_s']:g}s"}
+               for w in waves],
+              [("wave", "  WAVE"), ("targets", "TARGETS"), ("count", "INSTANCES"),
+               ("bake", "BAKE"), ("status", "STATUS")])
     print("plan:")
     table(r["plan"], [("name", "  STEP"), ("status", "STATUS")])
     if r.get("analysis"):

@@ -57,7 +57,7 @@ class Daemon:
         self.started = time.time()
         self.metrics = Metrics()
         self.extra_plugins = extra_plugins or []
-        self.timings = timings or Timings()
+        self.timings = timings or Timings(heal_interval_s=settings.heal_interval_s)
         self.db: Backend
         self.keyring: KeyRing
         self.catalog: Catalog

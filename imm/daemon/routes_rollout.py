@@ -130,7 +130,7 @@ ROUTES = [
     Route("GET", "/v1/rollouts", rollouts_list, "Recent rollouts", tag="rollouts",
           query={"service": {"schema": STR},
                  "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
-    Route("GET", "/v1/rollouts/{id}", rollouts_show, "A rollout: plan, steps, live instances",
+    Route("GET", "/v1/rollouts/{id}", rollouts_show, "A rollout: plan, steps, waves, live instances",
           tag="rollouts", query={"id": {"in": "path"}}),
     Route("GET", "/v1/rollouts/{id}/analysis", rollouts_analysis,
           "Every analysis run of a rollout, with its measurements and ledger index",

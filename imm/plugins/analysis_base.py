@@ -27,7 +27,9 @@ from asteval import Interpreter
 from ..errors import ConfigError, PluginError
 
 ROLES = ("canary", "stable")
-TEMPLATE_VARS = ("service", "rollout", "role", "digest")
+# ``wave``: the wave's number ("" outside waves); ``targets``: the provider/region targets
+# measured (a wave's, else the service's) joined by "|", for a regex match on ``imm_target``
+TEMPLATE_VARS = ("service", "rollout", "role", "digest", "wave", "targets")
 _FUNCS = ("abs", "min", "max")
 _NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
           ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Compare, ast.Lt, ast.LtE, ast.Gt,
@@ -47,14 +49,17 @@ class AnalysisTarget:
     role: str  # canary | stable
     digest: str  # the image digest of that role ("" for a first rollout's stable set)
     stable_digest: str = ""
+    wave: str = ""  # the wave measured ("1", "2", ...), "" outside waves
+    targets: str = ""  # its targets (or the service's), "provider/region" joined by "|"
 
     def variables(self) -> dict[str, str]:
         return {"service": self.service, "rollout": self.rollout, "role": self.role,
-                "digest": self.digest}
+                "digest": self.digest, "wave": self.wave, "targets": self.targets}
 
     def as_role(self, role: str) -> AnalysisTarget:
         digest = self.stable_digest if role == "stable" else self.digest
-        return AnalysisTarget(self.service, self.rollout, role, digest, self.stable_digest)
+        return AnalysisTarget(self.service, self.rollout, role, digest, self.stable_digest,
+                              self.wave, self.targets)
 
 
 @dataclass
@@ -67,7 +72,8 @@ class Measured:
 
 
 class Template:
-    """``${service}``, ``${rollout}``, ``${role}``, ``${digest}`` in a query, URL or body."""
+    """``${service}``, ``${rollout}``, ``${role}``, ``${digest}``, ``${wave}``, ``${targets}``
+    in a query, URL or body."""
 
     def __init__(self, where: str, text: Any) -> None:
         if not isinstance(text, str) or not text.strip():

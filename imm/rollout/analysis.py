@@ -18,15 +18,18 @@ query in the reason) unless the analysis is ``dry_run``. Each run is one journal
 (action ``analysis``), so one signed ledger record with its measurements.
 
 ``when``: ``before-traffic`` runs after the first batch passes its health check, before any
-traffic reaches it; ``each-step`` after every canary pause and blue-green bake; ``background``
+traffic reaches it (with waves, each wave's first batch); ``each-step`` after every canary
+pause and blue-green bake; ``each-wave`` after each wave's bake (plan.py), before the next wave
+starts; ``background``
 runs again and again from the first traffic shift until the rollout ends (each run a record;
 a failing run fails the rollout at its next step or while it pauses).
 
 With ``[analysis] prometheus_sd_file`` set, imm writes the fleet as a Prometheus file-based
 service discovery file (one target per instance address, labels ``imm_service``,
-``imm_rollout``, ``imm_digest``, ``imm_role`` = canary | stable, ``imm_instance``) whenever a
-step changes the fleet, so queries can select the canary by ``imm_digest="${digest}"`` or
-``imm_role="${role}"``.
+``imm_rollout``, ``imm_digest``, ``imm_role`` = canary | stable, ``imm_instance``,
+``imm_target`` = provider/region) whenever a step changes the fleet, so queries can select the
+canary by ``imm_digest="${digest}"`` or ``imm_role="${role}"``, and a wave's instances by
+``imm_target=~"${targets}"``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT
 from ..plugins.statefile import atomic_write
 from .fleet import Fleet
 from .journal import Journal
-from .services import AnalysisSpec, Service
+from .services import AnalysisSpec, Service, target_key
 from .states import ANALYSIS, RUNNING, StepFailed
 
 log = logging.getLogger("imm.rollout")
@@ -134,9 +137,10 @@ class Analysis:
         except Exception as e:  # noqa: BLE001 - a background failure fails the rollout, named
             self._failed[r["id"]] = f"background analysis: {type(e).__name__}: {e}"
 
-    async def run(self, svc: Service, r: dict[str, Any], step: str,
-                  when: str) -> dict[str, Any] | None:
-        """Run the analyses attached at ``when``; raise StepFailed on a failing one.
+    async def run(self, svc: Service, r: dict[str, Any], step: str, when: str,
+                  wave: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Run the analyses attached at ``when``; raise StepFailed on a failing one. ``wave``:
+        the step's wave (as the rollout stored it), templated as ``${wave}``/``${targets}``.
 
         ``{"interrupted": state}`` when an operator paused or aborted meanwhile (the step is
         then not done, and runs its analyses again when resumed)."""
@@ -144,7 +148,7 @@ class Analysis:
             if spec.when != when:
                 continue
             await self.write_targets()
-            outcome = await self.measure(spec, svc, r)
+            outcome = await self.measure(spec, svc, r, wave)
             if "interrupted" in outcome:
                 return outcome
             await self.journal.record(r["id"], step, ANALYSIS, outcome)
@@ -167,9 +171,15 @@ class Analysis:
                 return None
             await asyncio.sleep(min(left, max(self.ctx.timings.poll_s, 0.05)))
 
-    async def measure(self, spec: AnalysisSpec, svc: Service, r: dict[str, Any]) -> dict[str, Any]:
+    async def measure(self, spec: AnalysisSpec, svc: Service, r: dict[str, Any],
+                      wave: dict[str, Any] | None = None) -> dict[str, Any]:
+        targets = wave["targets"] if wave else [
+            {"provider": t.provider, "region": t.region} for t in svc.targets]
         target = AnalysisTarget(svc.name, r["id"], "canary", r["digest"],
-                                r.get("previous_digest") or "")
+                                r.get("previous_digest") or "",
+                                wave=str(wave["wave"]) if wave else "",
+                                targets="|".join(dict.fromkeys(
+                                    target_key(t["provider"], t["region"]) for t in targets)))
         started = time.monotonic()
         if spec.initial_delay_s and (stop := await self._sleep(r["id"], spec.initial_delay_s)):
             return {"interrupted": stop}
@@ -250,7 +260,7 @@ class Analysis:
                     groups.append({"targets": [i.address], "labels": {
                         "imm_service": svc.name, "imm_rollout": rid,
                         "imm_digest": i.tags.get(TAG_DIGEST, ""), "imm_role": role,
-                        "imm_instance": i.id}})
+                        "imm_instance": i.id, "imm_target": target_key(i.provider, i.region)}})
             # Prometheus (another user) reads it: world-readable, written the plugins' one way
             await asyncio.to_thread(atomic_write, Path(str(path)),
                                     json.dumps(groups, sort_keys=True, indent=1), mode=0o644)

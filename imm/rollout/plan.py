@@ -22,6 +22,14 @@ check it runs beside the old set it replaces), then shifts ``w`` % of the traffi
 set and pauses. A router that can only put a backend in or out of the route (DNS) ignores the
 weights' values; there the traffic share is carried by these instance counts.
 Blue-green launches its full second set; rolling replaces batch by batch.
+
+Waves (``waves`` in the service): the strategy's steps are made for each wave's targets alone
+(its instance count, its slots), one wave after the other, and each wave ends with a ``wave``
+step: bake ``bake_s`` (``wave_bake_s`` or the wave's own), gate the wave's new instances, run
+the ``each-wave`` analyses. Every step of a wave carries ``wave`` (1, 2, ...) and is named
+``w<wave>-<index>-<op>`` (the index counts over the whole plan, so names are unique); batch
+numbers also count over the whole plan (slot tags ``b<batch>`` stay unique). A service without
+waves gets the steps it always had, named ``<index>-<op>``.
 """
 
 from __future__ import annotations
@@ -30,11 +38,37 @@ import math
 from typing import Any
 
 from .services import Service, parse_batch
-from .states import CANARY, ROLLING
+from .states import CANARY, OP_ATTACH, OP_WAVE, ROLLING
 
 
 def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
-    total = service.count
+    if not service.waves:
+        steps = strategy_steps(service, strategy, service.count)
+        for i, s in enumerate(steps):
+            s["name"] = f"{i}-{s['op']}"
+        return steps
+    steps = []
+    batches = 0
+    for n, wave in enumerate(service.waves, 1):
+        sub = strategy_steps(service, strategy, wave.count)
+        first = True
+        for s in sub:
+            s["wave"] = n
+            if "batch" in s:
+                s["batch"] += batches
+            if s["op"] == OP_ATTACH and first:
+                s["first"] = True  # the wave's first batch: before-traffic analyses run here
+                first = False
+        batches = 1 + max((s["batch"] for s in [*steps, *sub] if "batch" in s), default=-1)
+        steps += sub
+        steps.append({"op": OP_WAVE, "wave": n, "seconds": wave.bake_s})
+    for i, s in enumerate(steps):
+        s["name"] = f"w{s['wave']}-{i}-{s['op']}"
+    return steps
+
+
+def strategy_steps(service: Service, strategy: str, total: int) -> list[dict[str, Any]]:
+    """The strategy's steps for ``total`` instances (the service's, or one wave's), unnamed."""
     steps: list[dict[str, Any]] = []
     if strategy == ROLLING:
         size = parse_batch(service.batch, total, f"service {service.name} batch")
@@ -59,8 +93,6 @@ def make_plan(service: Service, strategy: str) -> list[dict[str, Any]]:
         if service.bake_time_s:
             steps.append({"op": "bake", "seconds": service.bake_time_s})
         steps.append({"op": "retire", "count": "all"})
-    for i, s in enumerate(steps):
-        s["name"] = f"{i}-{s['op']}"
     return steps
 
 
@@ -98,6 +130,25 @@ def canary_steps(total: int, pcts: list[int | str], surge: int, pause_s: float,
     grow(total)
     steps += [{"op": "shift", "pct": 100}, {"op": "retire", "count": "all"}]
     return steps
+
+
+def wave_weights(pct: int | str, new: list[str], old: list[str],
+                 total: int) -> dict[str, int]:
+    """Weights for one wave's backends that keep the wave's share of a route shared with other
+    waves: their sum stays ``total`` (100 per instance of the wave), ``pct`` % to the new set."""
+    if pct == "even":
+        return {n: 100 for n in new}
+    pct = int(pct)
+    if not old or pct >= 100:
+        return {**{n: 100 for n in new}, **{o: 0 for o in old}}
+    if not new or pct <= 0:
+        return {**{n: 0 for n in new}, **{o: 100 for o in old}}
+
+    def each(share: float, k: int) -> int:
+        return max(1, min(256, round(share / k)))
+
+    return {**{n: each(total * pct / 100, len(new)) for n in new},
+            **{o: each(total * (100 - pct) / 100, len(old)) for o in old}}
 
 
 def weights(pct: int, new: list[str], old: list[str], scale: int = 100) -> dict[str, int]:

@@ -4,6 +4,11 @@ The old set gets its weight back *before* any new instance is drained, so the ro
 left without a healthy backend. If retire steps had already removed old instances, as many as
 are missing are relaunched from the previous image first. Every action is idempotent: a
 rollback interrupted by a crash or an outage is simply run again.
+
+With waves, a failure in wave N rolls back waves 1..N only (the waves with a step begun): the
+old instances of their targets get their traffic back (a target short of its count relaunches
+the missing ones from the previous image in that target), every new instance is removed; the
+instances and backends of the later waves are not touched at all.
 """
 
 from __future__ import annotations
@@ -12,14 +17,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..context import Context
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from .fleet import Fleet
 from .journal import Journal
-from .services import Service
+from .services import Service, target_key
 from .states import BEGIN, DONE, OP_LAUNCH, OP_RETIRE, ROLLBACK_SLOT, ROLLED_BACK
-from .steps import Rollout, Steps
+from .steps import Rollout, Steps, in_wave
+
+
+def started_waves(r: Rollout) -> list[dict[str, Any]] | None:
+    """The waves with a step begun (those a rollback undoes); None for a rollout without
+    waves (all of its targets)."""
+    waves = r["params"].get("waves")
+    if not waves:
+        return None
+    begun = {j["step"] for j in r["journal"] if j["action"] in (BEGIN, DONE)}
+    numbers = {s.get("wave") for s in r["params"]["plan"] if s["name"] in begun}
+    return [w for w in waves if w["wave"] in numbers]
 
 
 def launched_by(r: Rollout) -> set[str]:
@@ -46,12 +63,18 @@ class Rollback:
         everything = await self.fleet.instances(svc)
         new = [i for i in everything if i.tags.get(TAG_ROLLOUT) == rid
                and i.tags.get(TAG_SLOT) != ROLLBACK_SLOT]
-        old = [i for i in everything if i not in new]
-        missing = svc.count - len(old)
-        if missing > 0 and r["previous_digest"] and any(
-                j["action"] == DONE and j["step"].endswith(f"-{OP_RETIRE}")
-                for j in r["journal"]):
-            old += await self.relaunch_previous(svc, r, missing)
+        waves = started_waves(r)
+        keys = None if waves is None else {target_key(t["provider"], t["region"])
+                                           for w in waves for t in w["targets"]}
+        old = [i for i in everything if i not in new and in_wave(i, keys)]
+        retired = r["previous_digest"] and any(
+            j["action"] == DONE and j["step"].endswith(f"-{OP_RETIRE}") for j in r["journal"])
+        if waves is None:
+            missing = svc.count - len(old)
+            if missing > 0 and retired:
+                old += await self.relaunch_previous(svc, r, missing)
+        elif retired:
+            old += await self.relaunch_in_waves(svc, r, waves, old)
         routed = self.fleet.router(svc)
         if routed is not None:
             router, route = routed
@@ -91,6 +114,27 @@ class Rollback:
                                   state=ROLLED_BACK)
         log.info("rollout %s of %s rolled back: %d new instance(s) removed", rid, svc.name,
                  len(new))
+
+    async def relaunch_in_waves(self, svc: Service, r: Rollout, waves: list[dict[str, Any]],
+                                old: list[Instance]) -> list[Instance]:
+        """Relaunch from the previous image what each target of the waves lacks."""
+        arts = await self.journal.artifacts(r["previous_digest"])
+        out: list[Instance] = []
+        for w in waves:
+            for t in w["targets"]:
+                key = target_key(t["provider"], t["region"])
+                missing = int(t["count"]) - sum(1 for i in old if in_wave(i, {key}))
+                image_id = arts.get(key)
+                if missing <= 0 or image_id is None:
+                    continue
+                req = LaunchRequest(
+                    region=t["region"], image_id=image_id, count=missing,
+                    tags={TAG_SERVICE: svc.name, TAG_ROLLOUT: r["id"], TAG_SLOT: ROLLBACK_SLOT,
+                          TAG_DIGEST: r["previous_digest"]},
+                    client_token=f"{r['id']}-{ROLLBACK_SLOT}-{t['provider']}-{t['region']}",
+                    size=svc.size)
+                out += await self.ctx.provider(t["provider"]).launch(req)
+        return out
 
     async def relaunch_previous(self, svc: Service, r: Rollout, missing: int) -> list[Instance]:
         prev = r["previous_digest"]

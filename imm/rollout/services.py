@@ -22,11 +22,17 @@
     heal_grace_s = 30               # outside rollouts: replace an instance unhealthy this long
     heal_max_per_min = 3            # ... at most this many replacements a minute, then a finding
     quarantine_keep = 3             # replaced instances kept stopped for inspection (oldest go)
+    waves = [["aws/us-east-1"], ["aws/eu-west-1", "gcp/europe-west1"]]
+                                    # the targets (provider/region) in ordered waves: the
+                                    #   strategy runs wave by wave, each wave baked and its
+                                    #   each-wave analyses passed before the next starts; a wave
+                                    #   may be a table { targets = [...], bake_s = 600 }
+    wave_bake_s = 0                 # how long each wave bakes (a wave's own bake_s wins)
 
     [[services.web.analysis]]       # any number; see imm/rollout/analysis.py
     name = "error-ratio"
     kind = "prometheus"             # prometheus | http | compare | a plugin's kind
-    when = "each-step"              # before-traffic | each-step | background
+    when = "each-step"              # before-traffic | each-step | each-wave | background
     query = '...'                   # the kind's own keys
     failure_condition = "result >= 0.05"
 """
@@ -43,7 +49,7 @@ from ..plugins.analysis import AnalysisKind, AnalysisRegistry, Condition
 from ..plugins.analysis_base import option
 from .states import BLUE_GREEN, STRATEGIES
 
-WHEN = ("before-traffic", "each-step", "background")
+WHEN = ("before-traffic", "each-step", "each-wave", "background")
 _COMMON = frozenset({"name", "kind", "when", "dry_run", "interval_s", "count", "initial_delay_s",
                      "failure_limit", "inconclusive_limit", "consecutive_error_limit",
                      "success_condition", "failure_condition"})
@@ -125,6 +131,24 @@ class Target:
 
 
 @dataclass
+class Wave:
+    """Targets rolled out together; the next wave starts after this one's bake and analyses."""
+
+    targets: list[Target]
+    bake_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(t.count for t in self.targets)
+
+    def to_param(self, number: int) -> dict[str, Any]:
+        """The wave as a rollout stores it (its plan keeps it across config reloads)."""
+        return {"wave": number, "bake_s": self.bake_s,
+                "targets": [{"provider": t.provider, "region": t.region, "count": t.count}
+                            for t in self.targets]}
+
+
+@dataclass
 class Service:
     name: str
     targets: list[Target]
@@ -149,6 +173,8 @@ class Service:
     quarantine_keep: int = 3
     settings: dict[str, Any] = field(default_factory=dict)
     analysis: list[AnalysisSpec] = field(default_factory=list)
+    waves: list[Wave] = field(default_factory=list)  # empty: all targets at once, as one wave
+    wave_bake_s: float = 0.0
 
     @property
     def count(self) -> int:
@@ -227,8 +253,15 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
     names = [a.name for a in analysis]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: analysis names must differ, got {names}")
+    wave_bake = _num(f"{where} wave_bake_s", raw.get("wave_bake_s", 0), 0)
+    waves = parse_waves(where, raw.get("waves"), targets, wave_bake)
+    each_wave = [a.name for a in analysis if a.when == "each-wave"]
+    if each_wave and not waves:
+        raise ConfigError(f"{where}: analysis {', '.join(each_wave)} runs when = \"each-wave\" "
+                          "but the service has no waves; add waves = [[\"provider/region\", "
+                          "...], ...] (one wave of every target is allowed) or use another when")
     return Service(
-        name=name, targets=targets, router=router,
+        name=name, targets=targets, router=router, waves=waves, wave_bake_s=wave_bake,
         route=str(raw.get("route", name)) if router else None,
         route_settings=dict(raw.get("route_settings", {})), size=raw.get("size") or None,
         strategy=strategy,
@@ -247,6 +280,56 @@ def parse_service(name: str, raw: dict[str, Any], providers: set[str],
         heal_max_per_min=_int(f"{where} heal_max_per_min", raw.get("heal_max_per_min", 3), 1),
         quarantine_keep=_int(f"{where} quarantine_keep", raw.get("quarantine_keep", 3), 0),
     )
+
+
+def target_key(provider: str, region: str) -> str:
+    return f"{provider}/{region}"
+
+
+def parse_waves(where: str, raw: Any, targets: list[Target], bake_s: float) -> list[Wave]:
+    """``waves`` of a service: every target (``provider/region``) in exactly one wave."""
+    if raw is None:
+        return []
+    example = 'e.g. waves = [["aws/us-east-1"], ["aws/eu-west-1", "gcp/europe-west1"]]'
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: waves must be a non-empty list of waves, each a list of "
+                          f"the service's targets as \"provider/region\"; {example}, got {raw!r}")
+    by_key: dict[str, list[Target]] = {}
+    for t in targets:
+        by_key.setdefault(target_key(t.provider, t.region), []).append(t)
+    known = ", ".join(by_key)
+    seen: dict[str, int] = {}
+    waves: list[Wave] = []
+    for n, entry in enumerate(raw, 1):
+        here = f"{where}: wave {n}"
+        bake = bake_s
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"targets", "bake_s"})
+            if extra:
+                raise ConfigError(f"{here}: unknown key(s) {', '.join(extra)}; a wave table has "
+                                  "targets and bake_s")
+            bake = _num(f"{here} bake_s", entry.get("bake_s", bake_s), 0)
+            entry = entry.get("targets")
+        if not isinstance(entry, list) or not entry:
+            raise ConfigError(f"{here} must be a non-empty list of \"provider/region\" targets "
+                              f"(or a table {{ targets = [...], bake_s = N }}); {example}, "
+                              f"got {entry!r}")
+        members: list[Target] = []
+        for key in entry:
+            if not isinstance(key, str) or key not in by_key:
+                raise ConfigError(f"{here}: {key!r} is not one of the service's targets "
+                                  f"({known}); name each as \"provider/region\"")
+            if key in seen:
+                raise ConfigError(f"{here}: target {key!r} is already in wave {seen[key]}; each "
+                                  "target belongs to exactly one wave")
+            seen[key] = n
+            members += by_key[key]
+        waves.append(Wave(targets=members, bake_s=bake))
+    missing = [k for k in by_key if k not in seen]
+    if missing:
+        raise ConfigError(f"{where}: target(s) {', '.join(repr(k) for k in missing)} in no wave; "
+                          "put each of the service's targets in exactly one wave")
+    return waves
 
 
 def parse_batch(batch: str, total: int, where: str = "batch") -> int:

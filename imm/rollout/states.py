@@ -42,7 +42,8 @@ OP_PAUSE: Final = "pause"
 OP_BAKE: Final = "bake"
 OP_RETIRE: Final = "retire"
 OP_APPROVE: Final = "approve"  # manual judgment: wait for k approvals (never skipped by promote)
-WAITS: Final = (OP_PAUSE, OP_BAKE)  # steps that wait, and that promote skips
+OP_WAVE: Final = "wave"  # a wave's end: bake, gate its new instances, each-wave analyses
+WAITS: Final = (OP_PAUSE, OP_BAKE, OP_WAVE)  # steps that wait, and that promote skips
 
 # -- journal actions --------------------------------------------------------------------------------
 BEGIN: Final = "begin"  # a step's decision, recorded before it is acted on

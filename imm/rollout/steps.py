@@ -19,8 +19,8 @@ from . import approve
 from .analysis import Analysis
 from .fleet import Fleet
 from .journal import Journal
-from .plan import weights
-from .services import Service
+from .plan import wave_weights, weights
+from .services import Service, target_key
 from .states import (
     OP_APPROVE,
     OP_ATTACH,
@@ -28,6 +28,7 @@ from .states import (
     OP_PAUSE,
     OP_RETIRE,
     OP_SHIFT,
+    OP_WAVE,
     RUNNING,
     WAITS,
     StepFailed,
@@ -43,6 +44,30 @@ def slot_of(step: Step) -> str:
     return f"b{step['batch']}"
 
 
+def wave_of(r: Rollout, step: Step) -> dict[str, Any] | None:
+    """The wave (as the rollout stored it at start) a step belongs to; None without waves."""
+    waves = r["params"].get("waves")
+    n = step.get("wave")
+    return waves[n - 1] if waves and n else None
+
+
+def wave_keys(wave: dict[str, Any]) -> set[str]:
+    return {target_key(t["provider"], t["region"]) for t in wave["targets"]}
+
+
+def in_wave(i: Instance, keys: set[str] | None) -> bool:
+    """Whether the instance runs in one of the wave's targets (every instance without waves)."""
+    return keys is None or target_key(i.provider, i.region) in keys
+
+
+def step_targets(svc: Service, r: Rollout, step: Step) -> list[tuple[str, str, int]]:
+    """(provider, region, count) of the targets a step works on: its wave's, or the service's."""
+    wave = wave_of(r, step)
+    if wave is None:
+        return [(t.provider, t.region, t.count) for t in svc.targets]
+    return [(t["provider"], t["region"], int(t["count"])) for t in wave["targets"]]
+
+
 class Steps:
     def __init__(self, ctx: Context, journal: Journal, fleet: Fleet) -> None:
         self.ctx = ctx
@@ -52,17 +77,19 @@ class Steps:
 
     async def decide(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
         """The concrete decision of a step, journalled before it is acted on."""
+        wave = wave_of(r, step)
+        keys = wave_keys(wave) if wave else None
         if step["op"] == OP_RETIRE:
             old = [i for i in await self.fleet.instances(svc)
-                   if i.tags.get(TAG_ROLLOUT) != r["id"]]
+                   if i.tags.get(TAG_ROLLOUT) != r["id"] and in_wave(i, keys)]
             old.sort(key=lambda i: (i.launched_at, i.id))
             n = len(old) if step["count"] == "all" else min(int(step["count"]), len(old))
             return {"retire": [{"id": i.id, "provider": i.provider} for i in old[:n]]}
         if step["op"] == OP_APPROVE:
             return await approve.open_change(self.ctx, svc, r, step)
         if step["op"] == OP_LAUNCH:
-            return {"tokens": [f"{r['id']}-{slot_of(step)}-{t.provider}-{t.region}"
-                               for t in svc.targets]}
+            return {"tokens": [f"{r['id']}-{slot_of(step)}-{p}-{region}"
+                               for p, region, _ in step_targets(svc, r, step)]}
         return {}
 
     async def execute(self, svc: Service, r: Rollout, step: Step,
@@ -73,7 +100,7 @@ class Steps:
         if op == OP_ATTACH:
             return await self.attach(svc, r, step)
         if op == OP_SHIFT:
-            return await self.shift(svc, r, step["pct"])
+            return await self.shift(svc, r, step["pct"], wave_of(r, step))
         if op in WAITS:
             return await self.wait(svc, r, step)
         if op == OP_RETIRE:
@@ -88,7 +115,8 @@ class Steps:
         return {"interrupted": cur["state"]} if cur["state"] != RUNNING else None
 
     async def launch(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
-        slots = [(t.provider, t.region) for t in svc.targets for _ in range(t.count)]
+        slots = [(p, region) for p, region, count in step_targets(svc, r, step)
+                 for _ in range(count)]
         want: dict[tuple[str, str], int] = {}
         for s in step["slots"]:
             want[slots[s]] = want.get(slots[s], 0) + 1
@@ -138,8 +166,9 @@ class Steps:
                 return stop
             await asyncio.sleep(self.ctx.timings.poll_s)
         await self.gate(svc, r, step, new)
-        if step["batch"] == 0:
-            stop = await self.analysis.run(svc, r, step["name"], "before-traffic")
+        if step.get("first", step["batch"] == 0):  # the first batch (of the wave)
+            stop = await self.analysis.run(svc, r, step["name"], "before-traffic",
+                                           wave_of(r, step))
             if stop:
                 return stop
         return {"instances": sorted(ids), "healthy": True}
@@ -162,16 +191,26 @@ class Steps:
             raise StepFailed(f"health gate at {step['name']} failed: "
                              + "; ".join(str(x) for x in refusals))
 
-    async def shift(self, svc: Service, r: Rollout, pct: int | str) -> dict[str, Any]:
+    async def shift(self, svc: Service, r: Rollout, pct: int | str,
+                    wave: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Set the weights; in a wave, only the backends of the wave's targets are touched."""
         routed = self.fleet.router(svc)
         if routed is None:
             return {}
         router, route = routed
         backends = await router.backends(route)
+        if wave is not None:
+            keys = wave_keys(wave)
+            where = {i.id: in_wave(i, keys) for i in await self.fleet.instances(svc)}
+            backends = [b for b in backends if where.get(b.name)]
         mine = {i.id for i in await self.fleet.instances(svc, r["id"])}
         new = [b.name for b in backends if b.name in mine]
         old = [b.name for b in backends if b.name not in mine and b.state != "maint"]
-        w = {n: 100 for n in new} if pct == "even" else weights(int(pct), new, old)
+        if wave is not None:
+            total = 100 * sum(int(t["count"]) for t in wave["targets"])
+            w = wave_weights(pct, new, old, total)
+        else:
+            w = {n: 100 for n in new} if pct == "even" else weights(int(pct), new, old)
         try:
             await router.set_weights(route, w)
         except ImmError as e:
@@ -189,8 +228,10 @@ class Steps:
                 break
             self.analysis.check_background(r["id"])
             await asyncio.sleep(self.ctx.timings.poll_s)
-        if step["op"] == OP_PAUSE:
-            mine = await self.fleet.instances(svc, r["id"])
+        if step["op"] in (OP_PAUSE, OP_WAVE):
+            wave = wave_of(r, step)
+            keys = wave_keys(wave) if wave else None
+            mine = [i for i in await self.fleet.instances(svc, r["id"]) if in_wave(i, keys)]
             routed = self.fleet.router(svc)
             if routed is not None and routed[0].checks_health:
                 health = await routed[0].health(routed[1])
@@ -199,7 +240,8 @@ class Steps:
                     raise StepFailed(f"new instance(s) unhealthy after {step['name']}: "
                                      + ", ".join(sick))
             await self.gate(svc, r, step, mine)
-        stop = await self.analysis.run(svc, r, step["name"], "each-step")
+        when = "each-wave" if step["op"] == OP_WAVE else "each-step"
+        stop = await self.analysis.run(svc, r, step["name"], when, wave_of(r, step))
         return stop or {}
 
     async def terminate(self, items: list[dict[str, str]]) -> None:

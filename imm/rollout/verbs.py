@@ -19,15 +19,18 @@ from . import policy
 from .fleet import Fleet
 from .journal import Journal
 from .plan import make_plan
+from .services import Service, target_key
 from .states import (
     ABORT,
     ANALYSIS,
     BEGIN,
     DONE,
+    FAILED,
     PAUSE,
     PAUSED,
     PROMOTE,
     RESUME,
+    ROLLED_BACK,
     ROLLING_BACK,
     RUNNING,
     STRATEGIES,
@@ -74,9 +77,14 @@ class Verbs:
         params = {"plan": plan, "artifacts": checked["artifacts"],
                   "image": image["name"] + "@" + image["version"], "undo_of": undo_of,
                   "promote": False}
+        if svc.waves:
+            params["waves"] = [w.to_param(n) for n, w in enumerate(svc.waves, 1)]
         await self.journal.create(rid, svc.name, strategy, digest, previous, params, actor, {
             "image": digest, "previous": previous, "strategy": strategy,
-            "plan": [s["name"] for s in plan], "undo_of": undo_of})
+            "plan": [s["name"] for s in plan], "undo_of": undo_of,
+            # the signed record names each wave's targets (canonical JSON has no floats)
+            **({"waves": [[target_key(t.provider, t.region) for t in w.targets]
+                          for w in svc.waves]} if svc.waves else {})})
         log.info("rollout %s of %s started by %s: %s (%s), %s, %d steps", rid, svc.name, actor,
                  params["image"], digest[:19], strategy, len(plan))
         self.kick(rid)
@@ -150,6 +158,7 @@ class Verbs:
             "actor": r["actor"], "created_at": r["created_at"], "finished_at": r["finished_at"],
             "elapsed_s": int((end - created).total_seconds()), "plan": plan,
             "instances": instances, "instances_error": instances_error, "journal": r["journal"],
+            "waves": waves_status(r, svc, done, begun),
         }
 
     async def analyses(self, rid: str) -> list[dict[str, Any]]:
@@ -159,6 +168,34 @@ class Verbs:
 
     async def list(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.journal.list(service, limit)
+
+
+def waves_status(r: dict[str, Any], svc: Service | None, done: set[str],
+                 begun: set[str]) -> list[dict[str, Any]]:
+    """Each wave's targets and status: pending, running, done, rolling-back or rolled-back
+    (a wave that had begun when the rollout failed; later waves stay pending, untouched).
+
+    A service without waves shows one wave of all its targets."""
+    waves = r["params"].get("waves") or [
+        {"wave": 1, "bake_s": 0, "targets": [] if svc is None else [
+            {"provider": t.provider, "region": t.region, "count": t.count}
+            for t in svc.targets]}]
+    out = []
+    for w in waves:
+        names = [s["name"] for s in r["params"]["plan"] if s.get("wave", 1) == w["wave"]]
+        started = any(n in begun or n in done for n in names)
+        if started and r["state"] in (ROLLING_BACK, ROLLED_BACK, FAILED):
+            status = r["state"]  # its new instances are being (or were) removed
+        elif names and all(n in done for n in names):
+            status = "done"
+        elif started:
+            status = "running"
+        else:
+            status = "pending"
+        out.append({"wave": w["wave"], "status": status, "bake_s": w["bake_s"],
+                    "targets": [target_key(t["provider"], t["region"]) for t in w["targets"]],
+                    "count": sum(int(t["count"]) for t in w["targets"])})
+    return out
 
 
 def _analysis_row(entry: dict[str, Any]) -> dict[str, Any]:

@@ -75,10 +75,13 @@ class MemProvider(Provider):
         out = []
         for _ in range(request.count):
             n = next(self._ids)
-            inst = Instance(id=f"i-{n}", provider=self.name, region=request.region,
+            # ids and addresses unique across providers, as a cloud's are
+            iid, net = ((f"i-{n}", "0.0") if self.name == "mem"
+                        else (f"i-{self.name}-{n}", f"1.{sum(map(ord, self.name)) % 250}"))
+            inst = Instance(id=iid, provider=self.name, region=request.region,
                             image_id=request.image_id, state="running",
                             launched_at=next(self._clock), tags=dict(request.tags),
-                            address=f"10.0.0.{n}:80")
+                            address=f"10.{net}.{n}:80")
             self.instances[inst.id] = inst
             out.append(inst)
         self.tokens[request.client_token] = [i.id for i in out]
@@ -201,7 +204,7 @@ SERVICE = {"targets": [{"provider": "mem", "region": "r1", "count": 2}], "router
 class World:
     def __init__(self, tmp: Path, services: dict[str, dict[str, Any]] | None = None,
                  plugins: Sequence[object] = (), checks: bool = True,
-                 timings: Timings = FAST) -> None:
+                 timings: Timings = FAST, providers: Sequence[str] = ("mem",)) -> None:
         self.settings = Settings(source="test", state_dir=tmp, socket=tmp / "sock",
                                  services=services if services is not None
                                  else {"web": dict(SERVICE)})
@@ -213,21 +216,26 @@ class World:
         self.plugins = Plugins()
         for p in plugins:
             self.plugins.register(p, name=type(p).__name__.lower())
-        self.provider = MemProvider()
+        # several providers (e.g. "aws", "gcp") for services whose targets span them
+        self.providers = {name: MemProvider(name) for name in providers}
+        self.provider = self.providers[providers[0]]
         self.router = MemRouter(checks=checks)
         self.ctx = Context(settings=self.settings, store=self.db, catalog=self.catalog,
                            keyring=self.keyring, plugins=self.plugins,
-                           providers={"mem": ProviderHandle(self.provider)},
+                           providers={n: ProviderHandle(p) for n, p in self.providers.items()},
                            routers={"lb": RouterHandle(self.router)}, timings=timings)
         self.engine = Engine(self.ctx)
         self.router.routes["web"] = {}
 
-    def image(self, version: str, regions: Sequence[str] = ("r1",)) -> str:
+    def image(self, version: str, regions: Sequence[str] = ("r1",),
+              targets: Sequence[tuple[str, str]] = ()) -> str:
+        """An image with an artifact in each region of "mem" (or each (provider, region))."""
         row = self.db.write_sync(
             self.catalog.add_image, "test", name="app", version=version,
             content_digest="sha256:" + version.encode().hex().ljust(64, "0")[:64],
             content_kind="file", layers=[], boot_actions=[], parent=None, labels={},
-            artifacts=[("mem", r, f"img-{version}-{r}") for r in regions])
+            artifacts=[(p, r, f"img-{version}-{p}-{r}") for p, r in targets] if targets
+            else [("mem", r, f"img-{version}-{r}") for r in regions])
         return str(row["digest"])
 
     def old_fleet(self, digest: str, n: int = 2) -> list[str]:

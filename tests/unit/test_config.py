@@ -44,6 +44,9 @@ def test_paths_expand_the_state_dir(tmp_path: Path) -> None:
     ('[ledger]\norigin = "a b"\n', "ledger.origin 'a b' must be one word"),
     ("[providers.x]\nregion = 'r'\n", '[providers.x] needs kind = "..."'),
     ("[providers]\nx = 1\n", "[providers.NAME] entries must be tables"),
+    ("[reconcile]\ninterval_s = 0.01\n", "reconcile.interval_s 0.01 must be 0 (off) or"),
+    ('[reconcile]\ninterval_s = "5s"\n', "reconcile.interval_s '5s' must be 0 (off) or"),
+    ("[reconcile]\nevery = 5\n", "[reconcile] takes one key, interval_s"),
 ])
 def test_bad_input_names_the_file_and_the_key(tmp_path: Path, text: str, names: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -58,3 +61,13 @@ def test_load_says_what_is_wrong_with_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load(str(tmp_path / "bin.toml"))
     assert load(None, state_dir=str(tmp_path)).source == "embedded default config"
+
+
+def test_the_reconciler_interval_comes_from_the_reconcile_section(tmp_path: Path) -> None:
+    from imm.daemon.core import Daemon
+    assert parse("", "t.toml", state_dir=str(tmp_path)).heal_interval_s == 5.0
+    s = parse("[reconcile]\ninterval_s = 0.5\n", "t.toml", state_dir=str(tmp_path))
+    assert s.heal_interval_s == 0.5
+    assert Daemon(s).timings.heal_interval_s == 0.5
+    assert parse("[reconcile]\ninterval_s = 0\n", "t.toml",
+                 state_dir=str(tmp_path)).heal_interval_s == 0

@@ -102,7 +102,7 @@ def test_a_failing_analysis_rolls_back_at_the_first_step_with_value_condition_qu
     assert run_["ledger_index"] is not None, "one signed ledger record"
     assert st["analysis"]["seq"] == run_["seq"], "status shows the latest"
     assert Scripted.seen[0] == AnalysisTarget("web", st["id"], "canary", digest,
-                                              st["previous"])
+                                              st["previous"], wave="", targets="mem/r1")
     assert set(w.provider.instances) >= set(old) - {old[0]}
 
 
