@@ -123,6 +123,14 @@ class Unavailable(ImmError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class NotLeader(Unavailable):
+    """This immd is not (or no longer) the leader of the immd sharing its database: a write of
+    the engine under a stale epoch, or a provider or router call after the lease lapsed, is
+    refused (fencing). The current leader carries the work on."""
+
+    code = "not_leader"
+
+
 class ProviderError(ImmError):
     """A cloud or local provider call failed; the message names cloud, region and call."""
 

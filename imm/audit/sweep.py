@@ -24,6 +24,7 @@ from typing import Any
 from ..context import Context, ProviderHandle
 from ..errors import ConfigError, ImmError
 from ..plugins.base import Feature, Instance
+from ..store import fence
 from .facts import CatalogFacts, Observed, RolloutLookup
 from .record import (
     CHUNK,
@@ -142,6 +143,7 @@ class Auditor:
         """Sweep every ``interval_s`` seconds until cancelled. The interval is read again on
         every tick, so a SIGHUP reload that changes it (or turns sweeps on or off) takes hold."""
         interval = self.interval()  # a bad value stops start-up with a message
+        fence(self.ctx.cluster.fence)  # its sweeps' writes are the leader's (imm/store/lease.py)
         announced: float | None = None
         last = time.monotonic()
         while True:
