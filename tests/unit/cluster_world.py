@@ -11,6 +11,7 @@ fencing check inside each write's transaction, the engine, the journal and the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,10 @@ T = TypeVar("T")
 # calls that change the cloud or the route (reads may reach it from any host)
 CHANGES = {"launch", "terminate", "copy_image", "create_image", "add", "set_weights", "drain",
            "remove"}
+
+
+class Killed(BaseException):
+    """A host's process ends here (as kill -9: nothing of the engine can catch it)."""
 
 
 class RecordingProvider(ProviderHandle):
@@ -100,7 +105,8 @@ class Host:
     async def kill(self) -> None:
         """As kill -9: the lease is neither renewed nor released, every task just stops."""
         self.elector.halt()
-        await self.engine.shutdown()
+        with contextlib.suppress(Killed):  # the task that was killed ends with it
+            await self.engine.shutdown()
 
     async def stop(self) -> None:
         await self.elector.stop()
