@@ -45,6 +45,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
                 ["--instances", "4", "--repeat", "2"]),
     "cli": ("bench_cli.py", ["--images", "1000", "--runs", "40"],
             ["--images", "100", "--runs", "10"]),
+    "failover": ("bench_failover.py", ["--lease-s", "10", "--repeat", "5"],
+                 ["--lease-s", "2", "--repeat", "3"]),
 }
 
 

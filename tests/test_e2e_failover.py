@@ -95,8 +95,8 @@ def _run(pg: Any, db: str, shared: Path, tmp_path: Path, images: Path) -> None: 
     a.start(extra_env=PW_ENV)
     took_a, holder = wait_epoch(pg, db, 4)
     assert holder == cluster(a)["me"]
-    print(f"\ntakeover after kill -9 (lease_s = 2): {took_b:.2f}s by the follower; the lease "
-          f"was {took_a:.2f}s from free when the restarted immd answered")
+    print(f"\ntakeover after kill -9 (lease_s = 2): {took_b:.2f}s by the follower; the "
+          f"immd restarted after the second kill led {took_a:.2f}s after it answered")
     rid = a.items("rollout", "list", "--service", "web")[0]["id"]
     end = a.json("rollout", "watch", rid)
     assert end["state"] == "completed", end["error"]
