@@ -197,6 +197,8 @@ class Engine:
     async def run(self, rid: str) -> None:
         timings = self.ctx.timings
         backoff = timings.retry_min_s
+        if not self.ctx.cluster.is_leader():
+            return  # a follower never runs a rollout (it was parked as this immd stepped down)
         # every write of this task is the leader's of this epoch: the store refuses it once
         # another immd leads (fencing, imm/store/lease.py)
         fence(self.ctx.cluster.fence)

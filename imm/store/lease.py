@@ -176,6 +176,7 @@ class Elector:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unreachable = False
+        self._inflight: asyncio.Future[Any] | None = None
 
     # -- what the domain asks (imm.context.Cluster) ---------------------------------------------
 
@@ -237,7 +238,7 @@ class Elector:
         if self._listener is not None:
             await asyncio.to_thread(self._listener.join, 5)
             self._listener = None
-        await asyncio.to_thread(self._drop)
+        self._drop()
 
     def halt(self) -> None:
         """Stop at once, as a killed process would: no step down, no release (tests)."""
@@ -259,16 +260,22 @@ class Elector:
             return  # still stepping down: look again next time
         t0 = self.clock()
         try:
-            if self.role == "leader":
+            if self._inflight is not None and not self._inflight.done():
+                raise TimeoutError("the previous lease statement has not returned yet")
+            leading = self.role == "leader"
+            if leading:
                 assert self.epoch is not None
                 epoch = self.epoch
-                ok = await asyncio.wait_for(asyncio.to_thread(
-                    self._sql, lambda raw: self._renew(raw, epoch)), self.period_s * 2)
+                work = asyncio.ensure_future(asyncio.to_thread(
+                    self._sql, lambda raw: self._renew(raw, epoch)))
             else:
-                got = await asyncio.wait_for(asyncio.to_thread(self._sql, self._ask),
-                                             self.period_s * 2)
+                work = asyncio.ensure_future(asyncio.to_thread(self._sql, self._ask))
+            self._inflight = work
+            work.add_done_callback(_retrieve)
+            # leader: renewed (bool); follower: (epoch, since) when it took the lease, or None
+            result = await asyncio.wait_for(asyncio.shield(work), self.period_s * 2)
         except (psycopg.Error, OSError, TimeoutError) as e:
-            await asyncio.to_thread(self._drop)
+            self._drop()
             if not self._unreachable:
                 log.warning("the state database is unreachable for the lease: %s",
                             " ".join(str(e).split()) or type(e).__name__)
@@ -280,14 +287,16 @@ class Elector:
         if self._unreachable:
             log.info("the state database answers again")
             self._unreachable = False
+        if (self.role == "leader") != leading:
+            return  # stepped down meanwhile (a refused write): the answer is for another role
         if self.role == "leader":
-            if ok:
+            if result:
                 self._deadline = t0 + self.ttl_s * 0.9
             else:
                 await self._step_down("another immd took the lease")
-        elif got is not None:
+        elif result is not None:
             await self._settle()
-            self.epoch, self.since = got
+            self.epoch, self.since = result
             self.role = "leader"
             self.reason = "elected"
             self._deadline = t0 + self.ttl_s * 0.9
@@ -343,7 +352,7 @@ class Elector:
                 await asyncio.wait_for(asyncio.to_thread(
                     self._sql, lambda raw: release(raw, self.holder, was)), self.period_s * 2)
             except (psycopg.Error, OSError, TimeoutError):
-                await asyncio.to_thread(self._drop)
+                self._drop()
 
     async def _settle(self) -> None:
         t = self._transition
@@ -362,17 +371,20 @@ class Elector:
     # -- connections (worker threads) ----------------------------------------------------------
 
     def _sql(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        with self._lock:
-            if self._raw is None or self._raw.closed:
-                self._raw = self._connect()
-            return fn(self._raw)
+        with self._lock:  # held only to open the connection; psycopg serialises its use
+            raw = self._raw
+            if raw is None or raw.closed:
+                raw = self._raw = self._connect()
+        return fn(raw)
 
     def _drop(self) -> None:
+        """Forget the lease connection; close it in the background (a statement stuck on a
+        dead network must not hold the elector up)."""
         with self._lock:
             raw, self._raw = self._raw, None
         if raw is not None:
-            with contextlib.suppress(Exception):
-                raw.close()
+            threading.Thread(target=_close_quietly, args=(raw,), name="imm-lease-close",
+                             daemon=True).start()
 
     def _listen(self) -> None:
         """LISTEN on a connection of its own; hand each payload to the loop."""
@@ -403,6 +415,17 @@ class Elector:
     def _woken(self, payload: str) -> None:
         if self.is_leader():
             self.on_wake(payload)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Take the outcome of a lease statement nobody waits for any more."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _close_quietly(raw: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        raw.close()
 
 
 async def _nothing_int(_epoch: int) -> None:
