@@ -84,6 +84,8 @@ def _run(pg: Any, db: str, shared: Path, tmp_path: Path, images: Path) -> None: 
     assert (ca["role"], cb["role"]) == ("leader", "follower")
     assert cb["leader"] == ca["me"] and cb["epoch"] == ca["epoch"] == 2
     assert {m["holder"] for m in cb["members"]} >= {ca["me"], cb["me"]}
+    text = b.run("status").stdout
+    assert f"follower ({cb['me']})" in text and f"{ca['me']}, epoch 2, since" in text
 
     # started on the follower: journalled there, carried out by the leader, which dies
     b.run("rollout", "start", "web", "--image", "web@v2")

@@ -18,7 +18,7 @@ from rollout_world import SERVICE, at_step, settle, wait_for
 from imm.context import Solo
 from imm.daemon.core import SCHEMAS, Daemon
 from imm.errors import NotLeader
-from imm.rollout.states import COMPLETED, PAUSED, RUNNING
+from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK, RUNNING
 from imm.store import fence
 from imm.store.lease import check_epoch, release, renew, try_acquire
 from imm.store.postgres import Database
@@ -157,8 +157,13 @@ def test_verbs_given_on_a_follower_are_carried_out_by_the_leader(dsn: str, tmp_p
         await b.engine.set_state("bob", rid, "promote")  # skips the 30 s pauses
         st = await settle(a.engine, rid)
         assert st["state"] == COMPLETED
-        assert b.changes() == [] and not b.engine.tasks
         assert {i.tags["imm:rollout"] for i in w.provider.instances.values()} == {rid}
+        back = (await b.engine.undo("bob", "web"))["id"]  # undo, then abort, on the follower
+        await at_step(a.engine, back, "3-pause")
+        await b.engine.set_state("bob", back, "abort")
+        assert (await settle(a.engine, back))["state"] == ROLLED_BACK
+        assert {i.tags["imm:rollout"] for i in w.provider.instances.values()} == {rid}
+        assert b.changes() == [] and not b.engine.tasks
         await b.stop()
         await a.stop()
 
