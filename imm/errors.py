@@ -123,10 +123,11 @@ class Unavailable(ImmError):
     exit_code = EXIT_UNAVAILABLE
 
 
-class NotLeader(Unavailable):
+class NotLeader(Conflict):
     """This immd is not (or no longer) the leader of the immd sharing its database: a write of
-    the engine under a stale epoch, or a provider or router call after the lease lapsed, is
-    refused (fencing). The current leader carries the work on."""
+    the engine under a stale epoch, or a provider or router change after the lease lapsed or on a
+    follower, is refused (fencing). The current leader carries the work on; an operator's
+    change of instances is given to the leader ('immctl status' names it)."""
 
     code = "not_leader"
 

@@ -161,6 +161,7 @@ class Elector:
         self.clock = clock
         self.role = "follower"
         self.epoch: int | None = None
+        self.leader: str | None = None  # the holder another immd's lease names, as last seen
         self.since: datetime | None = None
         self.reason = "starting"
         self.on_elected: Callable[[int], Awaitable[None]] = _nothing_int
@@ -190,8 +191,8 @@ class Elector:
     def guard(self, call: str) -> None:
         """Refuse a provider or router change unless this immd holds a live lease."""
         if self.role != "leader":
-            raise NotLeader(f"{call}: this immd ({self.holder}) is a follower; the leader "
-                            "carries out rollouts ('immctl status' names it)")
+            raise NotLeader(f"{call}: this immd ({self.holder}) is a follower; give it to the "
+                            f"leader, {self.leader or 'named by immctl status'}")
         if self.clock() >= self._deadline:
             raise NotLeader(f"{call}: refused: this immd's lease (epoch {self.epoch}) lapsed "
                             "before it could renew it; it stops acting until it knows it still "
@@ -311,6 +312,10 @@ class Elector:
 
     def _ask(self, raw: psycopg.Connection[Any]) -> tuple[int, datetime] | None:
         got = try_acquire(raw, self.holder, self.ttl_s)
+        if got is None:
+            row = raw.execute("SELECT holder, epoch FROM leases WHERE name = %s",
+                              (LEADER,)).fetchone()
+            self.leader = f"{row[0]} (epoch {row[1]})" if row else None
         heartbeat(raw, self.holder, "leader" if got else "follower",
                   got[0] if got else None)
         return got

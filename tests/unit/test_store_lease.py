@@ -164,6 +164,11 @@ def test_verbs_given_on_a_follower_are_carried_out_by_the_leader(dsn: str, tmp_p
         assert (await settle(a.engine, back))["state"] == ROLLED_BACK
         assert {i.tags["imm:rollout"] for i in w.provider.instances.values()} == {rid}
         assert b.changes() == [] and not b.engine.tasks
+        # an operator's change of instances on the follower is refused, naming the leader
+        with pytest.raises(NotLeader, match=r"provider mem: terminate: .*follower; give it to "
+                                            r"the leader, host-a \(epoch 1\)") as e:
+            await b.ctx.provider("mem").terminate(["i-1"])
+        assert e.value.exit_code == 4 and e.value.status == 409
         await b.stop()
         await a.stop()
 
