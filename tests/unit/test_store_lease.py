@@ -15,9 +15,12 @@ import pytest
 from cluster_world import Cluster
 from rollout_world import SERVICE, at_step, settle, wait_for
 
+from imm.audit.facts import RolloutLookup
+from imm.audit.sweep import Auditor
 from imm.context import Solo
 from imm.daemon.core import SCHEMAS, Daemon
 from imm.errors import NotLeader
+from imm.rollout import journal
 from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK, RUNNING
 from imm.store import fence
 from imm.store.lease import check_epoch, release, renew, try_acquire
@@ -209,6 +212,34 @@ def test_a_leader_cut_off_from_postgresql_steps_down(dsn: str, tmp_path: Path,
         cut = False
         await wait_for(a.elector.is_leader, 10)  # back: it leads again, at a new epoch
         assert a.elector.epoch == 2
+        await a.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+
+
+def test_a_deposed_leaders_audit_schedule_writes_nothing_and_stops(dsn: str,
+                                                                   tmp_path: Path) -> None:
+    w = Cluster(dsn, tmp_path)
+    a, b = w.hosts
+    w.old_fleet(w.image("1"))
+    a.settings.audit["interval_s"] = 0.05
+    auditor = Auditor(a.ctx, RolloutLookup(exists=journal.rollout_exists,
+                                           active=journal.active_rollout))
+
+    async def main() -> None:
+        await a.elector.start()
+        await b.elector.start()
+        a.elector.halt()  # frozen: b takes over; a still believes it leads at epoch 1
+        await wait_for(b.elector.is_leader, 10)
+        assert a.elector.role == "leader" and a.elector.fence == 1
+        await asyncio.wait_for(auditor.schedule(), 10)  # returns: it was refused
+        await wait_for(lambda: a.elector.role == "follower", 10)
+        assert await a.db.read(lambda c: c.execute("SELECT count(*) FROM sweeps")
+                               .fetchone()[0]) == 0
+        await b.stop()
         await a.stop()
 
     try:
