@@ -292,7 +292,10 @@ class Elector:
             return  # stepped down meanwhile (a refused write): the answer is for another role
         if self.role == "leader":
             if result:
+                lapsed = self.clock() >= self._deadline
                 self._deadline = t0 + self.ttl_s * 0.9
+                if lapsed:  # a verb kicked meanwhile was not acted on: look at every rollout
+                    self.on_wake(ALL)
             else:
                 await self._step_down("another immd took the lease")
         elif result is not None:
