@@ -207,10 +207,6 @@ class Elector:
             log.warning("could not notify the leader about rollout %s: %s; it finds it at its "
                         "next election or restart", rid, " ".join(str(e).split()))
 
-    def describe(self) -> dict[str, Any]:
-        return {"me": self.holder, "role": self.role, "epoch": self.epoch,
-                "since": _iso(self.since), "lease_s": self.lease_s, "reason": self.reason}
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
