@@ -113,6 +113,8 @@ class Host:
         await self.engine.shutdown()
 
     def close(self) -> None:
+        self.elector.halt()
+        self.elector._drop()  # a killed host's lease connection (a stopped one has none left)
         self.db.close()
 
 
