@@ -14,6 +14,7 @@ The takeover times are printed (``-s``); bench/bench_failover.py measures them.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,36 @@ def _run(pg: Any, db: str, shared: Path, tmp_path: Path, images: Path) -> None: 
     st = cluster(a)
     assert st["role"] == "leader" and st["leader"] == st["me"] and st["epoch"] == 3
     assert a.run("ledger", "verify").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_leader_stopped_past_its_lease_steps_down_when_it_resumes(
+        pg_cluster: Any, tmp_path: Path) -> None:
+    """SIGSTOP the leader until the follower has taken over, then SIGCONT it: it finds its
+    lease gone at its first renewal and follows; the lease stays with the new leader."""
+    db = pg_cluster.new_database()
+    cfg = (f'[state]\nurl = "{pg_cluster.tcp_url(db)}"\npassword_env = "IMM_PG_PASSWORD"\n\n'
+           "[cluster]\nlease_s = 2\n")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a = Immd(tmp_path / "a", cfg).start(extra_env=PW_ENV)
+    b = Immd(tmp_path / "b", cfg)
+    shutil.copytree(a.state / "keys", b.state / "keys")
+    b.start(extra_env=PW_ENV)
+    ca, cb = cluster(a), cluster(b)
+    assert (ca["role"], cb["role"], ca["epoch"]) == ("leader", "follower", 1)
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        took, holder = wait_epoch(pg_cluster, db, 2)
+        assert holder == cb["me"] and cluster(b)["role"] == "leader"
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while (st := cluster(a))["role"] != "follower" or "another immd" not in st["reason"]:
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert (st["leader"], st["epoch"]) == (cb["me"], 2)
+    assert pg_cluster.sql("SELECT holder, epoch FROM leases", db) == [(cb["me"], 2)]
+    assert b"steps down as the leader of epoch 1: another immd took the lease" in a.log.read_bytes()
+    print(f"\ntakeover from a stopped leader (lease_s = 2): {took:.2f}s")
