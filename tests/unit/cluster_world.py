@@ -121,7 +121,7 @@ class Host:
 class Cluster:
     """Hosts on one database, one cloud, one load balancer."""
 
-    def __init__(self, dsn: str, tmp: Path, n: int = 2, lease_s: float = 0.4,
+    def __init__(self, dsn: str, tmp: Path, n: int = 2, lease_s: float = 1.0,
                  services: dict[str, Any] | None = None, plugins: tuple[object, ...] = ()) -> None:
         self.provider = MemProvider()
         self.router = MemRouter()
