@@ -62,19 +62,25 @@ def test_the_leader_killed_mid_rollout_twice_another_immd_finishes_it(
     db = pg_cluster.new_database()
     shared = tmp_path / "shared"
     shared.mkdir()
+    daemons: list[Immd] = []
     try:
-        _run(pg_cluster, db, shared, tmp_path, images)
+        _run(pg_cluster, db, shared, tmp_path, images, daemons)
     finally:
+        for d in daemons:  # first: a live immd would restart the haproxy they share
+            d.stop()
         reap_under(shared)  # the instances and haproxy the two immd shared
 
 
-def _run(pg: Any, db: str, shared: Path, tmp_path: Path, images: Path) -> None:  # noqa: F811
+def _run(pg: Any, db: str, shared: Path, tmp_path: Path, images: Path,  # noqa: F811
+         daemons: list[Immd]) -> None:
     cfg = config(pg.tcp_url(db), shared, free_port())
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    a = Immd(tmp_path / "a", cfg).start(extra_env={**PW_ENV, "IMM_TEST_KILL_AT": "1-attach:after"})
-    register(a, images, "v1")
+    a = Immd(tmp_path / "a", cfg)
     b = Immd(tmp_path / "b", cfg)
+    daemons += [a, b]
+    a.start(extra_env={**PW_ENV, "IMM_TEST_KILL_AT": "1-attach:after"})
+    register(a, images, "v1")
     shutil.copytree(a.state / "keys", b.state / "keys")  # one catalog, one signing key
     b.start(extra_env={**PW_ENV, "IMM_TEST_KILL_AT": "2-shift:after"})
     ca, cb = cluster(a), cluster(b)
