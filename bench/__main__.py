@@ -47,6 +47,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
             ["--images", "100", "--runs", "10"]),
     "analysis": ("bench_analysis.py", ["--n", "200"], ["--n", "30"]),
     "heal": ("bench_heal.py", ["--repeat", "5"], ["--repeat", "2"]),
+    "failover": ("bench_failover.py", ["--lease-s", "10", "--repeat", "5"],
+                 ["--lease-s", "2", "--repeat", "3"]),
 }
 
 

@@ -19,12 +19,15 @@ from .errors import ConfigError
 DEFAULT_CONFIG_NAME = "immd.toml"
 SECTIONS = {"daemon", "state", "ledger", "providers", "routers", "services", "audit", "plugins",
             "packer", "protect", "trust", "analysis", "notifications", "signer", "dashboard",
-            "reconcile"}
+            "reconcile", "cluster"}
 DAEMON_KEYS = {
     "state_dir", "socket", "socket_mode", "socket_group", "admin_group", "owner_is_admin",
     "max_body_bytes", "tcp", "log_level", "image_roots",
 }
 STATE_KEYS = {"url", "password_env", "password_file"}
+CLUSTER_KEYS = {"lease_s"}
+# [cluster] lease_s bounds: shorter leases fail over sooner but renew more often (every lease_s/4)
+LEASE_MIN_S, LEASE_MAX_S = 1, 300
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class Settings:
     # [reconcile] interval_s: how often the fleet reconciler compares each service with its
     # desired state (0 = off)
     heal_interval_s: float = 5.0
+    # [cluster] lease_s: with several immd on one PostgreSQL database, the longest a dead
+    # leader's work waits before another immd takes it over (imm/store/lease.py)
+    cluster_lease_s: float = 10.0
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -193,6 +199,19 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"reconcile.interval_s {heal_interval!r} must be 0 (off) or a number "
                            "of seconds from 0.1 to 3600")
 
+    cluster = data.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise _err(source, "[cluster] must be a table, e.g. lease_s = 10")
+    bad = set(cluster) - CLUSTER_KEYS
+    if bad:
+        raise _err(source, f"unknown [cluster] key(s) {sorted(bad)}; known: {sorted(CLUSTER_KEYS)}")
+    lease_s = cluster.get("lease_s", 10)
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) \
+            or not LEASE_MIN_S <= lease_s <= LEASE_MAX_S:
+        raise _err(source, f"cluster.lease_s {lease_s!r} must be a number of seconds from "
+                           f"{LEASE_MIN_S} to {LEASE_MAX_S} (how long a dead leader's rollouts "
+                           "wait for another immd; default 10)")
+
     def tables(name: str) -> dict[str, dict[str, Any]]:
         section = data.get(name, {})
         if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
@@ -222,7 +241,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         max_body_bytes=max_body, tcp=tcp, image_roots=image_roots,
         log_level=str(d.get("log_level", "info")), ledger_origin=origin,
         checkpoint_interval_ms=cp_interval, heal_interval_s=float(heal_interval),
-        providers=providers,
+        cluster_lease_s=float(lease_s), providers=providers,
         routers=routers, services=tables("services"), audit=dict(data.get("audit", {})),
         plugins=dict(data.get("plugins", {})), packer_providers=dict(packer_providers),
         analysis=dict(data.get("analysis", {})),

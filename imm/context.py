@@ -79,6 +79,49 @@ class Store(Protocol):
     async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
 
 
+class Cluster(Protocol):
+    """Who among the immd sharing the state acts (leader election, ``imm/store/lease.py``).
+
+    ``is_leader()``: this immd runs the rollouts, the reconciler and the scheduled sweeps now.
+    ``fence``: the epoch the engine's writes carry (``imm.store.fence``), ``None`` when there is
+    nothing to fence. ``guard(call)`` raises :class:`~imm.errors.NotLeader` unless this immd may
+    change a provider or a router now (every handle asks it first). ``wake(rid)`` asks the leader
+    to look at a rollout a verb changed here. ``refused(reason)``: one of this immd's writes or
+    calls was refused as a deposed leader's; stop acting.
+    """
+
+    @property
+    def fence(self) -> int | None: ...
+
+    def is_leader(self) -> bool: ...
+
+    def guard(self, call: str) -> None: ...
+
+    async def wake(self, rid: str) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
+
+
+class Solo:
+    """One immd alone on its state (SQLite, the embedded default): always the leader, epoch 1,
+    nothing to elect or fence."""
+
+    epoch = 1
+    fence = None
+
+    def is_leader(self) -> bool:
+        return True
+
+    def guard(self, call: str) -> None:
+        return None
+
+    async def wake(self, rid: str) -> None:
+        return None
+
+    def refused(self, reason: str) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Timings:
     """Intervals the engine waits between polls and retries (seconds)."""
@@ -112,6 +155,12 @@ class _Limited(Generic[P]):
         self.timeout_s = timeout_s
         self._limit: asyncio.Semaphore | None = None
         self.plugin: P = plugin
+        # asked before every call that changes something (the context binds it to its
+        # cluster's guard: only a leader with a live lease changes a provider or a router)
+        self.guard: Callable[[str], None] = _allowed
+
+    def _change(self, call: str) -> None:
+        self.guard(f"{self.what} {self.name}: {call}")
 
     @property
     def kind(self) -> str:
@@ -149,6 +198,10 @@ class _Limited(Generic[P]):
                 f"{self.what} {self.name}: {call} did not answer within {self.timeout_s:g}s; "
                 f"check that it is reachable, or raise call_timeout_s in "
                 f"[{self.what}s.{self.name}]") from None
+
+
+def _allowed(_call: str) -> None:
+    return None
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -200,10 +253,12 @@ class ProviderHandle(_Limited[Provider]):
             yield chunk
 
     async def launch(self, request: LaunchRequest) -> list[Instance]:
+        self._change("launch")
         p = self.plugin
         return await self._call("launch", lambda: list(p.launch(request)))
 
     async def terminate(self, instance_ids: Sequence[str]) -> None:
+        self._change("terminate")
         p, ids = self.plugin, list(instance_ids)
         await self._call("terminate", lambda: p.terminate(ids))
 
@@ -212,11 +267,13 @@ class ProviderHandle(_Limited[Provider]):
         return await self._call("describe_image", lambda: p.describe_image(region, image_id))
 
     async def copy_image(self, src_region: str, image_id: str, dst_region: str) -> str:
+        self._change("copy_image")
         p = self.plugin
         return await self._call("copy_image",
                                 lambda: p.copy_image(src_region, image_id, dst_region))
 
     async def create_image(self, instance_id: str, name: str) -> str:
+        self._change("create_image")
         p = self.plugin
         return await self._call("create_image", lambda: p.create_image(instance_id, name))
 
@@ -262,18 +319,22 @@ class RouterHandle(_Limited[Router]):
         return await self._call("backends", lambda: list(r.backends(route)))
 
     async def add(self, route: str, name: str, address: str) -> None:
+        self._change("add")
         r = self.plugin
         await self._call("add", lambda: r.add(route, name, address))
 
     async def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
+        self._change("set_weights")
         r, w = self.plugin, dict(weights)
         await self._call("set_weights", lambda: r.set_weights(route, w))
 
     async def drain(self, route: str, name: str) -> None:
+        self._change("drain")
         r = self.plugin
         await self._call("drain", lambda: r.drain(route, name))
 
     async def remove(self, route: str, name: str) -> None:
+        self._change("remove")
         r = self.plugin
         await self._call("remove", lambda: r.remove(route, name))
 
@@ -308,6 +369,20 @@ class Context:
     providers: dict[str, ProviderHandle] = field(default_factory=dict)
     routers: dict[str, RouterHandle] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    cluster: Cluster = field(default_factory=Solo)
+
+    def __post_init__(self) -> None:
+        self.bind_handles()
+
+    def bind_handles(self) -> None:
+        """Make every handle ask the cluster's guard before a change (see :class:`Cluster`)."""
+        handles: list[ProviderHandle | RouterHandle] = [*self.providers.values(),
+                                                         *self.routers.values()]
+        for handle in handles:
+            handle.guard = self._guard
+
+    def _guard(self, call: str) -> None:
+        self.cluster.guard(call)
 
     def provider(self, name: str) -> ProviderHandle:
         try:
@@ -325,10 +400,11 @@ class Context:
 
     @classmethod
     def build(cls, settings: Settings, store: Store, catalog: Catalog, keyring: KeyRing,
-              plugins: Plugins, timings: Timings | None = None) -> Context:
+              plugins: Plugins, timings: Timings | None = None,
+              cluster: Cluster | None = None) -> Context:
         """Instantiate every configured provider and router (blocking; before serving)."""
         ctx = cls(settings=settings, store=store, catalog=catalog, keyring=keyring,
-                  plugins=plugins, timings=timings or Timings())
+                  plugins=plugins, timings=timings or Timings(), cluster=cluster or Solo())
         try:
             for name, entry in settings.providers.items():
                 pcls = plugins.providers.get(entry["kind"])
@@ -352,6 +428,7 @@ class Context:
                     raise PluginError(f"router {name!r} ({entry['kind']}) cannot start: "
                                       f"{e}") from None
                 ctx.routers[name] = RouterHandle(router, conc, timeout)
+            ctx.bind_handles()
         except BaseException:
             ctx.close_plugins()
             raise

@@ -123,6 +123,15 @@ class Unavailable(ImmError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class NotLeader(Conflict):
+    """This immd is not (or no longer) the leader of the immd sharing its database: a write of
+    the engine under a stale epoch, or a provider or router change after the lease lapsed or on a
+    follower, is refused (fencing). The current leader carries the work on; an operator's
+    change of instances is given to the leader ('immctl status' names it)."""
+
+    code = "not_leader"
+
+
 class ProviderError(ImmError):
     """A cloud or local provider call failed; the message names cloud, region and call."""
 

@@ -2,5 +2,32 @@
 ``harness`` (not from ``conftest``: tests/unit has a conftest of its own, and two modules named
 conftest cannot both be imported by that name)."""
 
+import pytest
+
 from harness import *  # noqa: F403
 from harness import _reap_daemons  # noqa: F401  (autouse fixture; a star import skips it)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A short base directory for every test's tmp_path unless --basetemp is given: haproxy's
+    admin socket under a test's state dir must fit in the 97 bytes haproxy allows, and
+    pytest-xdist adds a directory per worker to pytest's own (longer) default. Removed after a
+    run that passed; kept for a look after one that failed."""
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return  # given by the caller, or by the xdist controller to its workers
+    import tempfile
+
+    config.option.basetemp = tempfile.mkdtemp(prefix="imm-t.", dir="/tmp")
+    config._imm_own_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = getattr(config, "_imm_own_basetemp", None)
+    if own and getattr(config, "_imm_failed", 0) == 0:
+        import shutil
+
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._imm_failed = int(exitstatus)  # type: ignore[attr-defined]

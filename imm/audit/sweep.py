@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..context import Context, ProviderHandle
-from ..errors import ConfigError, ImmError
+from ..errors import ConfigError, ImmError, NotLeader
 from ..plugins.base import Feature, Instance
+from ..store import fence
 from .facts import CatalogFacts, Observed, RolloutLookup
 from .record import (
     CHUNK,
@@ -142,6 +143,7 @@ class Auditor:
         """Sweep every ``interval_s`` seconds until cancelled. The interval is read again on
         every tick, so a SIGHUP reload that changes it (or turns sweeps on or off) takes hold."""
         interval = self.interval()  # a bad value stops start-up with a message
+        fence(self.ctx.cluster.fence)  # its sweeps' writes are the leader's (imm/store/lease.py)
         announced: float | None = None
         last = time.monotonic()
         while True:
@@ -162,6 +164,10 @@ class Auditor:
                     await self.run_sweep(SCHEDULED_ACTOR)
                 except asyncio.CancelledError:
                     raise
+                except NotLeader as e:  # another immd leads now and sweeps on its schedule
+                    log.warning("scheduled audit sweeps stop here: %s", e.message)
+                    self.ctx.cluster.refused(e.message)
+                    return
                 except Exception:  # noqa: BLE001 - the schedule goes on
                     log.exception("scheduled audit sweep failed")
             await asyncio.sleep(min(interval, SCHEDULE_TICK_S) if interval > 0
@@ -178,9 +184,13 @@ class Auditor:
             await asyncio.gather(*(self._provider(run, name, handle, errors)
                                    for name, handle in ctx.providers.items()))
         except asyncio.CancelledError:
-            await asyncio.shield(ctx.store.write(finish_sweep, sweep, "aborted",
-                                                 "immd stopped during the sweep"))
+            with contextlib.suppress(NotLeader):  # a deposed leader's: the next one aborts it
+                await asyncio.shield(ctx.store.write(finish_sweep, sweep, "aborted",
+                                                     "immd stopped during the sweep"))
             raise
+        except NotLeader as e:
+            self._fenced(sweep, e)
+            return
         except Exception as e:  # noqa: BLE001 - a failed sweep is recorded, not raised
             log.exception("audit sweep %d failed", sweep)
             await ctx.store.write(finish_sweep, sweep, "failed", _message(e))
@@ -190,9 +200,19 @@ class Auditor:
         else:
             state = "partial" if errors else "completed"
         text = "; ".join(f"{n}: {m}" for n, m in sorted(errors.items())) or None
-        await ctx.store.write(finish_sweep, sweep, state, text)
+        try:
+            await ctx.store.write(finish_sweep, sweep, state, text)
+        except NotLeader as e:
+            self._fenced(sweep, e)
+            return
         log.info("audit sweep %d %s: %d instance(s) in %.1f s", sweep, state,
                  self.progress.get("instances", 0), time.monotonic() - started)
+
+    def _fenced(self, sweep: int, e: NotLeader) -> None:
+        """A scheduled sweep of a leader another immd replaced: stop; the new leader marks the
+        sweep aborted when it starts its schedule."""
+        log.warning("audit sweep %d stopped: %s", sweep, e.message)
+        self.ctx.cluster.refused(e.message)
 
     async def _provider(self, run: SweepRun, name: str, handle: ProviderHandle,
                         errors: dict[str, str]) -> None:
@@ -217,8 +237,8 @@ class Auditor:
                 if not result.more:
                     break
             mine["state"] = "done"
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, NotLeader):
+            raise  # stopped, or a deposed leader's scheduled sweep: nothing more is written
         except Exception as e:  # noqa: BLE001 - one provider failing does not stop the others
             mine.update(state="failed", error=_message(e))
             errors[name] = _message(e)

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import (
     ERROR_CLASSES,
@@ -76,10 +77,28 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
         ("images", f"{cat['images']} ({cat['revoked']} revoked), {cat['artifacts']} artifacts"),
         ("channels", cat["channels"]), ("ledger", f"{cat['ledger_size']} leaves"),
         ("providers", s["providers"]), ("routers", s["routers"]),
+        *_cluster_lines(s.get("cluster")),
     ])
+    members = (s.get("cluster") or {}).get("members") or []
+    if members:
+        print("immd on this database:")
+        table(members, [("holder", "  IMMD"), ("role", "ROLE"), ("epoch", "EPOCH"),
+                        ("seen_at", "SEEN")])
     print("plugins:")
     table(s["plugins"], [("name", "  NAME"), ("module", "MODULE"), ("hooks", "HOOKS")])
     return 0
+
+
+def _cluster_lines(c: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """This immd's role, the leader, its epoch and since when."""
+    if not c:
+        return []
+    if c["backend"] == "sqlite":
+        return [("role", f"leader (one immd on SQLite, epoch 1, since {c['since']})")]
+    leader = c["leader"] or "none (the lease expired; the next immd to ask takes it)"
+    return [("role", f"{c['role']} ({c['me']})"),
+            ("leader", f"{leader}, epoch {c['epoch']}, since {c['since']}; "
+                       f"lease {c['lease_s']:g}s")]
 
 
 def cmd_keys_list(c: Client, a: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from ..catalog.service import Catalog
 from ..catalog.trust_schema import SCHEMA as TRUST_SCHEMA
 from ..catalog.verify import check_ledger_head, verify_ledger, verify_rows
 from ..config import Settings
-from ..context import Context, Timings
+from ..context import Cluster, Context, Solo, Timings
 from ..errors import BadRequest, ConfigError, ImmError
 from ..plugins.base import Feature
 from ..plugins.manager import Plugins
@@ -68,6 +68,8 @@ class Daemon:
         self.auditor: Auditor
         self.tokens: TokenStore | None = None
         self.reconciler: Reconciler
+        self.cluster: Cluster = Solo()
+        self.elector: Any = None  # imm.store.lease.Elector when the state is in PostgreSQL
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,16 +104,49 @@ class Daemon:
         self.notifications = Dispatcher(s.notifications, self.plugins.notifiers,
                                         s.state_dir / "notifications.jsonl")
         self.plugins.register(self.notifications, name="notifications")
+        if getattr(self.db, "dialect", "sqlite") == "postgresql":
+            # several immd may share this database: one leads (imm/store/lease.py)
+            from ..store.lease import Elector
+
+            self.elector = Elector(self.db.session, s.cluster_lease_s)  # type: ignore[attr-defined]
+            self.cluster = self.elector
         self.context = Context.build(s, self.db, self.catalog, self.keyring, self.plugins,
-                                     self.timings)
+                                     self.timings, self.cluster)
         self.engine = Engine(self.context)
         self.reconciler = Reconciler(self.context, self.engine.fleet)
         self.auditor = Auditor(self.context, RolloutLookup(exists=journal.rollout_exists,
                                                            active=journal.active_rollout))
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: start the engine, the reconciler, then the audit schedule; stop
-        in reverse.
+        """aiohttp cleanup_ctx: take part in the election (PostgreSQL) or lead at once (SQLite);
+        stop leading, then stop, when the app stops. See :meth:`lead`."""
+        self.auditor.interval()  # a bad [audit] interval_s fails start-up, naming it
+        if self.elector is not None:
+            self.elector.on_elected = self._elected
+            self.elector.on_deposed = self._deposed
+            self.elector.on_wake = self.engine.wake_local
+            await self.elector.start()
+        else:
+            await self.lead()
+        yield
+        try:
+            if self.elector is not None:
+                await self.elector.stop()  # steps down (follow) and lets the lease go
+            else:
+                await self.follow()
+        finally:
+            await self.notifications.close()
+
+    async def _elected(self, epoch: int) -> None:
+        log.info("leading at epoch %d: resuming rollouts, starting the reconciler and the audit "
+                 "schedule", epoch)
+        await self.lead()
+
+    async def _deposed(self, reason: str) -> None:
+        await self.follow()
+
+    async def lead(self) -> None:
+        """Start what only the leader runs: the engine, the reconciler, then the audit schedule.
 
         The engine outlives the auditor, which may start replacement rollouts, and the
         reconciler, which leaves a service alone while a rollout runs.
@@ -119,12 +154,15 @@ class Daemon:
         await self.engine.startup()
         try:
             await self.reconciler.start()
-            await self.auditor.start()  # a bad [audit] interval_s fails start-up, naming it
+            await self.auditor.start()
         except BaseException:
             await self.reconciler.stop()
             await self.engine.shutdown()
             raise
-        yield
+
+    async def follow(self) -> None:
+        """Stop what only the leader runs, in reverse (the rollouts are parked: their journal
+        says where they stopped, and whoever leads next resumes them)."""
         try:
             await self.auditor.stop()
         finally:
@@ -132,7 +170,6 @@ class Daemon:
                 await self.reconciler.stop()
             finally:
                 await self.engine.shutdown()
-                await self.notifications.close()
 
     def close(self) -> None:
         """Blocking: close the providers, routers and the store (after the app stopped)."""
@@ -324,4 +361,22 @@ class Daemon:
             "routers": {n: r.kind for n, r in self.context.routers.items()},
             "services": sorted(self.engine.services),
             "rollouts_active": len(self.engine.tasks),
+            "cluster": await self.cluster_status(),
         }
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """This immd's role, the leader, its epoch and since when, and the immd seen lately."""
+        if self.elector is None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
+            return {"backend": "sqlite", "role": "leader", "me": f"pid {os.getpid()}",
+                    "leader": f"pid {os.getpid()}", "epoch": 1, "since": since,
+                    "lease_s": None, "members": []}
+        from ..store.lease import view
+
+        e = self.elector
+        seen = await self.db.read(view, e.lease_s)
+        lease = seen["lease"] or {}
+        return {"backend": "postgresql", "role": "leader" if e.is_leader() else "follower",
+                "me": e.holder, "leader": lease.get("holder") if lease.get("live") else None,
+                "epoch": lease.get("epoch"), "since": lease.get("since"),
+                "lease_s": e.lease_s, "reason": e.reason, "members": seen["members"]}

@@ -17,7 +17,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import approvals
-from ..errors import ConfigError, Conflict
+from ..errors import ConfigError, Conflict, NotLeader
 from ..store import Connection, query_one
 from .states import RUNNING, StepFailed
 
@@ -62,6 +62,8 @@ async def open_change(ctx: Context, svc: Service, r: Rollout, step: Step) -> dic
         cid = await ctx.store.write(find_or_open)
     except ConfigError as e:
         raise StepFailed(e.message) from None
+    except NotLeader:
+        raise  # a deposed leader stops; it does not fail the rollout
     except Conflict as e:  # e.g. an approver is not a registered operator
         raise StepFailed(e.message) from None
     return {"change": cid}

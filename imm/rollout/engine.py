@@ -29,8 +29,9 @@ import time
 from typing import Any
 
 from ..context import Context
-from ..errors import ImmError
+from ..errors import ImmError, NotLeader
 from ..plugins.base import Instance
+from ..store import fence
 from .fleet import Fleet
 from .journal import Journal
 from .rollback import Rollback
@@ -76,6 +77,7 @@ class Engine:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wake: dict[str, asyncio.Event] = {}
         self._retries: set[asyncio.TimerHandle] = set()
+        self._forwards: set[asyncio.Task[None]] = set()
 
     # -- services -----------------------------------------------------------------------------
 
@@ -161,17 +163,45 @@ class Engine:
         task.add_done_callback(done)
 
     def kick(self, rid: str) -> None:
-        """A verb changed the rollout: wake its task, or start one if it has none."""
+        """A verb changed the rollout: wake its task, or start one if it has none. On a
+        follower (several immd on one database) the leader is asked to instead: the verb is in
+        the journal already, and only the leader runs rollouts."""
+        if not self.ctx.cluster.is_leader():
+            task = asyncio.get_running_loop().create_task(self.ctx.cluster.wake(rid))
+            self._forwards.add(task)
+            task.add_done_callback(self._forwards.discard)
+            return
+        self.wake_local(rid)
+
+    def wake_local(self, rid: str) -> None:
+        """Wake the rollout's task or start one (the leader, asked by a follower: ``"*"`` is
+        every active rollout, after the leader could not listen for a while)."""
+        if rid == "*":
+            task = asyncio.get_running_loop().create_task(self.adopt())
+            self._forwards.add(task)
+            task.add_done_callback(self._forwards.discard)
+            return
         if rid in self.wake:
             self.wake[rid].set()
         if rid not in self.tasks:
             self.spawn(rid)
+
+    async def adopt(self) -> None:
+        """Look at every active rollout: wake the ones running here, start the others."""
+        for r in await self.journal.active():
+            if self.ctx.cluster.is_leader():
+                self.wake_local(r["id"])
 
     # -- running --------------------------------------------------------------------------------
 
     async def run(self, rid: str) -> None:
         timings = self.ctx.timings
         backoff = timings.retry_min_s
+        if not self.ctx.cluster.is_leader():
+            return  # a follower never runs a rollout (it was parked as this immd stepped down)
+        # every write of this task is the leader's of this epoch: the store refuses it once
+        # another immd leads (fencing, imm/store/lease.py)
+        fence(self.ctx.cluster.fence)
         try:
             while True:
                 # cleared before the state is read, so a verb that lands while it is being read
@@ -190,6 +220,8 @@ class Engine:
                         await self.rollback.run(r)
                         await self.steps.analysis.write_targets()
                         backoff = timings.retry_min_s
+                    except NotLeader:
+                        raise
                     except ImmError as e:
                         # a cloud or router outage: the rollback is idempotent, so try again
                         log.warning("rollout %s: rollback not finished (%s); retrying in %.1fs",
@@ -199,6 +231,8 @@ class Engine:
                     continue
                 try:
                     finished = await self.advance(r)
+                except NotLeader:
+                    raise
                 except (StepFailed, ImmError) as e:
                     reason = e.message if isinstance(e, ImmError) else str(e)
                     log.warning("rollout %s failed: %s; rolling back", rid, reason)
@@ -218,6 +252,11 @@ class Engine:
         except asyncio.CancelledError:
             log.info("rollout %s parked at shutdown; it resumes when immd starts", rid)
             raise
+        except NotLeader as e:
+            # another immd leads now and carries the rollout on from the journal
+            log.warning("rollout %s: stopped here: %s", rid, e.message)
+            self.ctx.cluster.refused(e.message)
+            return
         except Exception as e:
             log.exception("rollout %s: internal error", rid)
             try:
@@ -233,7 +272,7 @@ class Engine:
         """Start the rollout again after ``retry_max_s`` (it is now rolling back)."""
         def again() -> None:
             self._retries.discard(handle)
-            if rid not in self.tasks:
+            if rid not in self.tasks and self.ctx.cluster.is_leader():
                 self.spawn(rid)
 
         handle = asyncio.get_running_loop().call_later(self.ctx.timings.retry_max_s, again)

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import Context, RouterHandle
-from ..errors import ImmError
+from ..errors import ImmError, NotLeader
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
-from ..store import Connection, now, query, query_one
+from ..store import Connection, fence, now, query, query_one
 from .fleet import LIVE_STATES, Fleet
 from .journal import active_rollout
 from .services import Service
@@ -144,6 +144,7 @@ class Reconciler:
                 await t
 
     async def _loop(self) -> None:
+        fence(self.ctx.cluster.fence)  # its writes are the leader's (imm/store/lease.py)
         while True:
             await asyncio.sleep(self.ctx.timings.heal_interval_s)
             await self.tick()
@@ -154,6 +155,10 @@ class Reconciler:
         for svc in list(self.fleet.services.values()):
             try:
                 done = await self.reconcile(svc)
+            except NotLeader as e:
+                log.warning("reconcile stopped: %s", e.message)
+                self.ctx.cluster.refused(e.message)
+                return out
             except ImmError as e:
                 log.warning("service %s: reconcile failed: %s", svc.name, e.message)
                 continue
@@ -344,6 +349,8 @@ class Reconciler:
                             settings=dict(svc.settings.get("launch", {})))
         try:
             got = await self.ctx.provider(provider).launch(req)
+        except NotLeader:
+            raise
         except ImmError as e:
             out.append(await self.record(svc.name, "launch-failed",
                                          f"replacement launch on {provider}/{region} failed: "

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from ..context import Context, RouterHandle
-from ..errors import ImmError
+from ..errors import ImmError, NotLeader
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from . import approve
 from .analysis import Analysis
@@ -131,6 +131,8 @@ class Steps:
                 settings=dict(svc.settings.get("launch", {})))
             try:
                 got = await self.ctx.provider(provider).launch(req)
+            except NotLeader:
+                raise  # a deposed leader stops; it does not fail the rollout
             except ImmError as e:
                 raise StepFailed(f"launch on {provider}/{region} failed: {e.message}") from None
             launched += [i.id for i in got]
@@ -213,6 +215,8 @@ class Steps:
             w = {n: 100 for n in new} if pct == "even" else weights(int(pct), new, old)
         try:
             await router.set_weights(route, w)
+        except NotLeader:
+            raise  # a deposed leader stops; it does not fail the rollout
         except ImmError as e:
             raise StepFailed(f"setting weights on route {route} failed: {e.message}") from None
         return {"weights": w}
@@ -283,6 +287,8 @@ class Steps:
         for name in names:
             try:
                 await router.remove(route, name)
+            except NotLeader:
+                raise  # a deposed leader stops; it does not fail the rollout
             except ImmError as e:
                 log.warning("route %s: %s; retrying after terminating it", route, e.message)
                 stuck.append(name)

@@ -7,6 +7,7 @@ it every package's schema); another backend goes beside it without a change to t
 """
 
 from .base import (
+    FENCE,
     Backend,
     Connection,
     Cursor,
@@ -16,10 +17,12 @@ from .base import (
     Schema,
     dialect,
     execute_script,
+    fence,
     now,
     query,
     query_one,
 )
 
-__all__ = ["Backend", "Connection", "Cursor", "DatabaseError", "IntegrityError", "Migration",
-           "Schema", "dialect", "execute_script", "now", "query", "query_one"]
+__all__ = ["FENCE", "Backend", "Connection", "Cursor", "DatabaseError", "IntegrityError",
+           "Migration", "Schema", "dialect", "execute_script", "fence", "now", "query",
+           "query_one"]

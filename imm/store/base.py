@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -49,6 +50,19 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+# The leader epoch the running task acts under (fencing): the engine's rollout tasks, the
+# reconciler and the scheduled audit sweeps set it when they start. A backend shared by several
+# immd (PostgreSQL) refuses, inside the write's own transaction, a write under an epoch that is no
+# longer the leader's; one immd alone (SQLite) has nothing to fence. ``None``: not an engine
+# write (an operator's verb, a catalog change), allowed on every immd.
+FENCE: ContextVar[int | None] = ContextVar("imm_fence", default=None)
+
+
+def fence(epoch: int | None) -> None:
+    """Mark the current task's writes as the leader's of ``epoch`` (``None``: unfenced)."""
+    FENCE.set(epoch)
 
 
 def dialect(conn: Connection) -> str:

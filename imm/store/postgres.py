@@ -34,7 +34,8 @@ import psycopg_pool
 from psycopg import conninfo as pg_conninfo
 
 from ..errors import ConfigError, Unavailable
-from .base import IntegrityError, Schema
+from . import lease
+from .base import FENCE, IntegrityError, Schema
 from .sqlite import ordered
 
 T = TypeVar("T")
@@ -193,6 +194,8 @@ def migrate(raw: psycopg.Connection[Any], schemas: Sequence[Schema]) -> list[str
         raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         raw.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, "
                     "applied_at BIGINT)")
+        for statement in lease.DDL:  # the election's own tables (imm/store/lease.py)
+            raw.execute(statement.encode())
     for m in migrations:
         with raw.transaction():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -242,6 +245,11 @@ class Database:
                               f"{reason}; check the host, port, user, database and password "
                               f"(password_env or password_file)") from None
 
+    def session(self) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (the election's lease and LISTEN); a
+        failure is psycopg's error, for the caller to retry."""
+        return psycopg.connect(self.url, **self._kwargs)
+
     def open(self) -> list[str]:
         """Connect, apply pending migrations, start the pool (blocking; call before serving)."""
         with self.connect() as raw:
@@ -265,10 +273,12 @@ class Database:
             raise ValueError(f"batch hook interval {min_interval_s!r} must be >= 0 seconds")
         self._hooks.append(fn)
 
-    def _write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    def _write(self, epoch: int | None, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         try:
             with self._p().connection() as raw, raw.transaction():
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (LEDGER_HEAD_LOCK,))
+                if epoch is not None:
+                    lease.check_epoch(raw, epoch)  # fencing: a deposed leader writes nothing
                 conn = PgConnection(raw)
                 result = fn(conn, *args, **kw)
                 for hook in self._hooks:
@@ -289,16 +299,20 @@ class Database:
 
     async def write(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(conn, *args)`` in the writer thread inside one transaction holding the
-        ledger head lock."""
+        ledger head lock; a write of the leader's engine (``FENCE`` set) is refused there if its
+        epoch is no longer the leader's."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: self._write(fn, *args, **kw))
+        epoch = FENCE.get()
+        return await loop.run_in_executor(self._writer,
+                                          lambda: self._write(epoch, fn, *args, **kw))
 
     async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: self._read(fn, *args, **kw))
 
     def write_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return self._writer.submit(lambda: self._write(fn, *args, **kw)).result()
+        epoch = FENCE.get()
+        return self._writer.submit(lambda: self._write(epoch, fn, *args, **kw)).result()
 
     def read_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return self._readers.submit(lambda: self._read(fn, *args, **kw)).result()

@@ -47,11 +47,21 @@ def test_paths_expand_the_state_dir(tmp_path: Path) -> None:
     ("[reconcile]\ninterval_s = 0.01\n", "reconcile.interval_s 0.01 must be 0 (off) or"),
     ('[reconcile]\ninterval_s = "5s"\n', "reconcile.interval_s '5s' must be 0 (off) or"),
     ("[reconcile]\nevery = 5\n", "[reconcile] takes one key, interval_s"),
+    ("[cluster]\nlease_s = 0\n", "cluster.lease_s 0 must be a number of seconds from 1 to 300"),
+    ('[cluster]\nlease_s = "10s"\n', "cluster.lease_s '10s' must be a number of seconds"),
+    ("[cluster]\nlease_s = 1000\n", "cluster.lease_s 1000 must be"),
+    ("[cluster]\nttl = 3\n", "unknown [cluster] key(s) ['ttl']; known: ['lease_s']"),
 ])
 def test_bad_input_names_the_file_and_the_key(tmp_path: Path, text: str, names: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse(text, "immd.toml", state_dir=str(tmp_path))
     assert e.value.message.startswith("immd.toml: ") and names in e.value.message
+
+
+def test_the_lease_defaults_to_10_seconds(tmp_path: Path) -> None:
+    assert parse("", "t.toml", state_dir=str(tmp_path)).cluster_lease_s == 10.0
+    assert parse("[cluster]\nlease_s = 2.5\n", "t.toml",
+                 state_dir=str(tmp_path)).cluster_lease_s == 2.5
 
 
 def test_load_says_what_is_wrong_with_the_file(tmp_path: Path) -> None:
