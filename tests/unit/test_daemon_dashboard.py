@@ -7,6 +7,8 @@ The browser side (real Chromium) is tests/test_e2e_dashboard.py.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -15,13 +17,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from rollout_world import FAST, MemProvider, MemRouter, settle
+from sshkeys import make_key, needs_ssh_keygen, sign
 
 from imm import config
+from imm.catalog import approvals, operators
 from imm.daemon.core import Daemon
 from imm.daemon.dashboard import listen_address
 from imm.daemon.dashboard.sessions import Identity, Logins
 from imm.daemon.dashboard.web import COOKIE, make_dashboard
 from imm.errors import ConfigError
+from imm.plugins.hookspecs import hookimpl
 
 ADMIN = Identity(actor="alice (uid 1000)", user="alice", admin=True)
 READER = Identity(actor="bob (uid 1001)", user="bob", admin=False)
@@ -97,7 +103,10 @@ def test_no_cookie_no_page_and_every_response_has_a_strict_csp(tmp_path: Path) -
             text = await r.text()
             assert r.status == 200, (path, text[:500])
             assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
-            assert "<script" not in text and "style=" not in text
+            # scripts only from the dashboard's own static files, no inline script or style
+            assert re.sub(r'<script src="/ui/static/[a-z]+\.js" defer></script>', "",
+                          text).count("<script") == 0
+            assert "style=" not in text
             assert "reader" in text
         assert "web@v1" in await (await client.get("/ui/catalog")).text()
         # the session expires
@@ -203,3 +212,222 @@ def test_links_come_only_from_the_unix_socket_and_only_when_the_dashboard_is_on(
     assert status == 409 and "the dashboard is off" in body["error"]["message"]
     status, body = asyncio.run(go({"listen": "127.0.0.1:8780"}))
     assert status == 403 and "only over the unix socket" in body["error"]["message"]
+
+
+# -- actions through the engine, with in-memory peers -----------------------------------------
+# The provider and router are the stateful in-memory stand-ins of the engine's unit tests
+# (rollout_world.py), registered as plugins of kind "memory": what is tested here is that each
+# action of the page reaches the same engine call as immctl's route, with the session's actor,
+# and that a reader's action does not happen.
+
+class MemPlugin:
+    """Registers the in-memory provider and router under kind "memory"."""
+
+    def __init__(self) -> None:
+        self.providers: list[MemProvider] = []
+        self.routers: list[MemRouter] = []
+        plugin = self
+
+        class P(MemProvider):
+            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+                super().__init__(name)
+                plugin.providers.append(self)
+
+        class R(MemRouter):
+            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+                super().__init__(name)
+                plugin.routers.append(self)
+
+        self.P, self.R = P, R
+
+    @hookimpl
+    def imm_register_providers(self, registry: Any) -> None:
+        registry.add(self.P)
+
+    @hookimpl
+    def imm_register_routers(self, registry: Any) -> None:
+        registry.add(self.R)
+
+
+FLEET = """
+[providers.mem]
+kind = "memory"
+
+[routers.lb]
+kind = "memory"
+
+[services.web]
+targets = [{ provider = "mem", region = "r1", count = 2 }]
+router = "lb"
+route = "web"
+strategy = "canary"
+canary_steps = STEPS
+canary_pause_s = PAUSE
+health_timeout_s = 1
+batch = "1"
+"""
+
+
+def run_fleet(tmp_path: Path, body: Callable[[TestClient, Logins, Daemon], Awaitable[Any]],
+              steps: str = "[50]", extra: str = "", pause_s: int = 30) -> Any:
+    cfg = tmp_path / "immd.toml"
+    cfg.write_text(FLEET.replace("STEPS", steps).replace("PAUSE", str(pause_s)) + extra)
+    settings = config.load(str(cfg), state_dir=str(tmp_path / "state"),
+                           socket=str(tmp_path / "immd.sock"))
+    daemon = Daemon(settings, extra_plugins=[MemPlugin()], timings=FAST)
+    daemon.open("test (uid 0) setup")
+    logins = Logins()
+
+    async def go() -> Any:
+        await daemon.engine.startup()
+        try:
+            async with TestClient(TestServer(make_dashboard(daemon, logins))) as client:
+                return await body(client, logins, daemon)
+        finally:
+            await daemon.engine.shutdown()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        daemon.close()
+
+
+def add_image(d: Daemon, version: str) -> str:
+    row = d.db.write_sync(
+        d.catalog.add_image, "test", name="app", version=version,
+        content_digest="sha256:" + version.encode().hex().ljust(64, "0")[:64],
+        content_kind="file", layers=[], boot_actions=[], parent=None, labels={},
+        artifacts=[("mem", "r1", f"img-{version}")])
+    return str(row["digest"])
+
+
+async def as_(client: TestClient, logins: Logins, who: Identity) -> str:
+    """Log in as ``who`` (dropping any other session); the session's CSRF token."""
+    client.session.cookie_jar.clear()
+    await login(client, logins, who)
+    sess = logins.session(client.session.cookie_jar.filter_cookies(
+        client.make_url("/ui/"))[COOKIE].value)
+    assert sess is not None
+    return sess.csrf
+
+
+async def post(client: TestClient, path: str, csrf: str, **fields: str) -> tuple[int, str]:
+    r = await client.post(path, data={"csrf": csrf, **fields}, allow_redirects=False)
+    return r.status, (r.headers.get("Location") or await r.text())
+
+
+def by(status: dict[str, Any], action: str) -> list[str]:
+    return [j["actor"] for j in status["journal"] if j["action"] == action]
+
+
+def test_admin_actions_reach_the_engine_with_the_sessions_actor_and_readers_are_refused(
+        tmp_path: Path) -> None:
+    async def body(client: TestClient, logins: Logins, d: Daemon) -> None:
+        add_image(d, "v1")
+        add_image(d, "v2")
+        eng = d.engine
+        first = await eng.start("test (uid 0)", "web", "app@v1", None)
+        await settle(eng, first["id"], ("running",))
+        await eng.set_state("test (uid 0)", first["id"], "promote")
+        await settle(eng, first["id"])
+        rid = (await eng.start("test (uid 0)", "web", "app@v2", None))["id"]
+        await wait_for_step(eng, rid, "pause")
+        # a reader sees every action disabled, and with a valid token is refused anyway
+        token = await as_(client, logins, READER)
+        page = await (await client.get(f"/ui/rollouts/{rid}")).text()
+        for verb in ("pause", "resume", "promote", "abort"):
+            assert re.search(rf'id="{verb}" disabled', page), verb
+            status, text = await post(client, f"/ui/rollouts/{rid}/{verb}", token)
+            assert status == 403 and "may only read" in text, verb
+        status, text = await post(client, "/ui/services/web/undo", token)
+        assert status == 403 and "may only read" in text
+        after = await eng.status(rid)
+        assert after["state"] == "running" and not any(
+            by(after, v) for v in ("pause", "resume", "promote", "abort"))
+        assert len(await eng.list(None, 10)) == 2  # no undo rollout was started
+        # the admin: pause, resume, promote, each journalled with the session's actor
+        token = await as_(client, logins, ADMIN)
+        page = await (await client.get(f"/ui/rollouts/{rid}")).text()
+        assert re.search(r'id="pause">', page) and re.search(r'id="resume" disabled', page)
+        assert await post(client, f"/ui/rollouts/{rid}/pause", token) == (
+            303, f"/ui/rollouts/{rid}")
+        assert (await eng.status(rid))["state"] == "paused"
+        status, text = await post(client, f"/ui/rollouts/{rid}/pause", token)
+        assert status == 409 and "only a running rollout can be paused" in text
+        assert (await post(client, f"/ui/rollouts/{rid}/resume", token))[0] == 303
+        assert (await post(client, f"/ui/rollouts/{rid}/promote", token))[0] == 303
+        done = await settle(eng, rid)
+        assert done["state"] == "completed"
+        assert by(done, "pause") == by(done, "resume") == by(done, "promote") == [ADMIN.actor]
+        status, text = await post(client, f"/ui/rollouts/{rid}/explode", token)
+        assert status == 404
+        # undo: back to v1, started by the admin; then aborted from its page
+        status, where = await post(client, "/ui/services/web/undo", token)
+        assert status == 303 and where.startswith("/ui/rollouts/")
+        back = where.rsplit("/", 1)[1]
+        st = await eng.status(back)
+        assert st["actor"] == ADMIN.actor and st["image"] == first["image"]
+        await wait_for_step(eng, back, "pause")
+        assert (await post(client, f"/ui/rollouts/{back}/abort", token))[0] == 303
+        gone = await settle(eng, back)
+        assert gone["state"] == "rolled-back" and by(gone, "abort") == [ADMIN.actor]
+        # the abort is a signed ledger record naming the admin
+        leaf = [j for j in gone["journal"] if j["action"] == "abort"][0]["ledger_index"]
+        envelope = (await d.db.read(d.catalog.leaf, leaf))["data"]
+        record = json.loads(base64.b64decode(envelope["payload"]))
+        assert (record["action"], record["actor"]) == ("abort", ADMIN.actor)
+
+    run_fleet(tmp_path, body)
+
+
+async def wait_for_step(eng: Any, rid: str, op: str) -> dict[str, Any]:
+    """Wait until the rollout is running a step of ``op`` (e.g. the canary's pause)."""
+    for _ in range(3000):
+        st = await eng.status(rid)
+        ops = {s["name"]: s["op"] for s in st["plan"]}
+        if st["state"] == "running" and ops.get(st["step"] or "") == op:
+            return st
+        assert st["state"] not in ("completed", "rolled-back", "failed"), st
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"rollout {rid} never reached a {op} step")
+
+
+@needs_ssh_keygen
+def test_an_admin_approves_the_canarys_manual_judgment_with_a_pasted_ssh_signature(
+        tmp_path: Path) -> None:
+    key = make_key(tmp_path, "sre-1")
+    pub = Path(f"{key}.pub").read_text()
+    protect = '\n[protect.web]\napprovers = ["sre-1"]\n'
+
+    async def body(client: TestClient, logins: Logins, d: Daemon) -> None:
+        await d.db.write(operators.add, d.catalog, "test (uid 0)", "sre-1", pub)
+        add_image(d, "v1")
+        rid = (await d.engine.start("test (uid 0)", "web", "app@v1", None))["id"]
+        await wait_for_step(d.engine, rid, "approve")
+        token = await as_(client, logins, READER)
+        page = await (await client.get(f"/ui/rollouts/{rid}")).text()
+        m = re.search(r'href="/ui/changes/([^"]+)"', page)
+        assert m, page
+        cid = m.group(1)
+        view = await d.db.read(approvals.show, cid)
+        sig = await asyncio.to_thread(sign, key, view["statement"].encode())
+        change_page = await (await client.get(f"/ui/changes/{cid}")).text()
+        assert 'id="approve" disabled' in change_page
+        status, text = await post(client, f"/ui/changes/{cid}/approve", token, signature=sig)
+        assert status == 403 and "may only read" in text
+        assert (await d.db.read(approvals.show, cid))["approved_by"] == []
+        token = await as_(client, logins, ADMIN)
+        status, text = await post(client, f"/ui/changes/{cid}/approve", token,
+                                  signature="-----BEGIN SSH SIGNATURE-----\nnope\n")
+        assert status == 422 and "refused" in text, (status, text)
+        assert (await d.db.read(approvals.show, cid))["approved_by"] == []
+        status, where = await post(client, f"/ui/changes/{cid}/approve", token,
+                                   signature=sig.replace("\n", "\r\n"))
+        assert (status, where) == (303, f"/ui/changes/{cid}")
+        view = await d.db.read(approvals.show, cid)
+        assert view["approved_by"] == ["sre-1"] and view["approvals"]
+        st = await settle(d.engine, rid, ("completed",))
+        assert st["state"] == "completed"
+        assert any(a["operator"] == "sre-1" for a in view["approvals"])
+
+    run_fleet(tmp_path, body, steps='[50, "approve"]', extra=protect, pause_s=0)

@@ -1,0 +1,90 @@
+"""The rollout page, live: its state, steps, charts, journal and actions as one fragment,
+rendered the same way for the page and for each server-sent event (aiohttp-sse) that the
+browser's native EventSource receives (static/live.js puts it in place: no reload).
+
+An event is sent at once when the rollout's journal gets an entry (the engine wakes the
+stream, as for ``immctl rollout watch``) and otherwise only when the fragment changed; the
+stream ends after the rollout's terminal state is sent, or when immd shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from ...rollout.states import BEGIN, OP_APPROVE, PAUSED, ROLLING_BACK, RUNNING, TERMINAL
+from .charts import rollout_charts
+from .common import DAEMON, HEADERS, SESSION, page
+from .sessions import Session
+
+EVERY_S = 2.0  # look again this often between journal entries (live counts move without them)
+STOPPING: web.AppKey[asyncio.Event] = web.AppKey("dash_stopping", asyncio.Event)
+
+
+def approval_change(status: dict[str, Any]) -> str | None:
+    """The pending change the rollout's current ``approve`` step waits on, if it is at one."""
+    ops = {s["name"]: s["op"] for s in status["plan"]}
+    if status["state"] != RUNNING or ops.get(status["step"] or "") != OP_APPROVE:
+        return None
+    for j in reversed(status["journal"]):
+        if j["step"] == status["step"] and j["action"] == BEGIN and "change" in j["detail"]:
+            return str(j["detail"]["change"])
+    return None
+
+
+def context(s: Session, status: dict[str, Any]) -> dict[str, Any]:
+    state, admin = status["state"], s.who.admin
+    return {"page": "Rollouts", "r": status, "terminal": state in TERMINAL,
+            "charts": rollout_charts(status), "change": approval_change(status),
+            "can": {"pause": admin and state == RUNNING, "resume": admin and state == PAUSED,
+                    "promote": admin and state in (RUNNING, PAUSED),
+                    "abort": admin and state not in TERMINAL and state != ROLLING_BACK}}
+
+
+async def rollout(request: web.Request) -> web.Response:
+    status = await request.app[DAEMON].engine.status(request.match_info["id"])
+    return page(request, "rollout.html", context(request[SESSION], status))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    engine = request.app[DAEMON].engine
+    rid = request.match_info["id"]
+    status = await engine.status(rid)  # an unknown id is a 404 page before the stream starts
+    stopping = request.app[STOPPING]
+    s: Session = request[SESSION]
+    async with sse_response(request, headers=HEADERS) as sse:
+        last = ""
+        while True:
+            ctx = context(s, status)
+            html = aiohttp_jinja2.render_string("rollout_live.html", request,
+                                                {"who": s.who, "csrf": s.csrf, **ctx})
+            if html != last:
+                last = html
+                await sse.send(json.dumps({
+                    "html": html, "state": status["state"], "step": status["step"],
+                    "points": len(ctx["charts"]["traffic_points"])}), event="rollout")
+            if status["state"] in TERMINAL or stopping.is_set():
+                break
+            waiter = asyncio.ensure_future(engine.changed(rid, EVERY_S))
+            stop = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (waiter, stop):
+                    f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await f
+            if stopping.is_set():
+                break
+            status = await engine.status(rid)
+    return sse
+
+
+async def on_shutdown(app: web.Application) -> None:
+    app[STOPPING].set()  # open streams end now, not at the runner's shutdown timeout
