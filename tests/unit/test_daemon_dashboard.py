@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import re
 from collections.abc import Awaitable, Callable
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +433,107 @@ def test_an_admin_approves_the_canarys_manual_judgment_with_a_pasted_ssh_signatu
         assert any(a["operator"] == "sre-1" for a in view["approvals"])
 
     run_fleet(tmp_path, body, steps='[50, "approve"]', extra=protect, pause_s=0)
+
+
+async def events(resp: Any) -> Any:
+    """The ``rollout`` events of a text/event-stream response, decoded, as they arrive."""
+    name, data = "", []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            if name == "rollout":
+                yield json.loads("\n".join(data))
+            name, data = "", []
+
+
+def test_the_rollout_page_streams_each_step_with_one_more_chart_point(tmp_path: Path) -> None:
+    async def body(client: TestClient, logins: Logins, d: Daemon) -> None:
+        add_image(d, "v1")
+        rid = (await d.engine.start("test (uid 0)", "web", "app@v1", None))["id"]
+        await wait_for_step(d.engine, rid, "pause")
+        await as_(client, logins, READER)
+        page = await (await client.get(f"/ui/rollouts/{rid}")).text()
+        assert f'data-events="/ui/rollouts/{rid}/events"' in page
+        assert '<script src="/ui/static/live.js" defer></script>' in page
+        assert 'id="traffic"' in page and "<svg" in page  # drawn on the server: no script needed
+        r = await client.get(f"/ui/rollouts/{rid}/events")
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        seen = []
+        async for ev in events(r):
+            seen.append(ev)
+            st = await d.engine.status(rid)
+            if len(seen) == 1:
+                assert ev["state"] == "running" and 'id="state">running' in ev["html"]
+                await d.engine.set_state("test (uid 0)", rid, "promote")
+        st = await d.engine.status(rid)
+        assert st["state"] == "completed" and seen[-1]["state"] == "completed"
+        done = [j for j in st["journal"] if j["action"] == "done"]
+        # one point at the start and one per finished step, growing event by event
+        assert seen[-1]["points"] == 1 + len(done)
+        assert seen[-1]["html"].count('class="pt"') == 1 + len(done)
+        points = [ev["points"] for ev in seen]
+        assert points == sorted(points) and len(set(points)) > 2
+        assert 'id="state">completed' in seen[-1]["html"]
+        # the last point is 100 % on the new image
+        assert "new image: 100%" in seen[-1]["html"]
+        r = await client.get("/ui/rollouts/nope/events")
+        assert r.status == 404 and "no rollout" in await r.text()
+
+    run_fleet(tmp_path, body)
+
+
+def test_the_proof_page_shows_a_leafs_inclusion_proof_under_the_signed_checkpoint(
+        tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    def text_of(html: str, id_: str) -> str:
+        m = re.search(rf'id="{id_}"[^>]*>(.*?)</', html, re.S)
+        assert m, id_
+        return unescape(m.group(1)).strip()
+
+    async def body(client: TestClient, logins: Logins, d: Daemon) -> None:
+        for v in ("v1", "v2", "v3"):
+            add_image(d, v)
+        await as_(client, logins, READER)
+        html = await (await client.get("/ui/proof?index=1")).text()
+        assert '<script src="/ui/static/proof.js" defer></script>' in html
+        note = text_of(html, "checkpoint")
+        origin, size, root_b64 = note.split("\n")[:3]
+        name, khash, kb64 = text_of(html, "vkey").split("+", 2)
+        pub = base64.b64decode(kb64)[1:]
+        sig = base64.b64decode(note.split("\n\n", 1)[1].split(" ")[-1])
+        assert sig[:4].hex() == khash and name == origin
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig[4:], note.split("\n\n")[0].encode()
+                                                       + b"\n")
+        data = base64.b64decode(text_of(html, "leaf-data"))
+        leaf = hashlib.sha256(b"\0" + data).digest()
+        assert leaf.hex() == text_of(html, "leaf-hash")
+        path = [bytes.fromhex(h) for h in re.findall(r"<li>([0-9a-f]{64})</li>", html)]
+        # RFC 9162 2.1.3.2, in Python: the page's path leads to the checkpoint's root
+        fn, sn, r = 1, int(size) - 1, leaf
+        for p in path:
+            if fn % 2 or fn == sn:
+                r = hashlib.sha256(b"\1" + p + r).digest()
+                while fn % 2 == 0 and fn:
+                    fn, sn = fn >> 1, sn >> 1
+            else:
+                r = hashlib.sha256(b"\1" + r + p).digest()
+            fn, sn = fn >> 1, sn >> 1
+        assert sn == 0 and base64.b64encode(r).decode() == root_b64
+        # without an index: the last leaf the checkpoint covers; bad indexes: 400 and 404 pages
+        html = await (await client.get("/ui/proof")).text()
+        assert f'data-index="{int(size) - 1}"' in html
+        r = await client.get("/ui/proof?index=abc")
+        assert r.status == 400 and "not a leaf index" in await r.text()
+        r = await client.get("/ui/proof?index=999999")
+        assert r.status == 404 and "not covered by the signed checkpoint" in await r.text()
+        for name_ in ("proof.js", "live.js"):
+            r = await client.get(f"/ui/static/{name_}")
+            assert r.status == 200 and r.content_type == "text/javascript"
+            assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+    run_fleet(tmp_path, body)

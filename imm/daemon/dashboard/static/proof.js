@@ -25,7 +25,9 @@
     const cut = note.indexOf("\n\n");
     if (cut < 0) throw new Error("the checkpoint has no signature block");
     const text = note.slice(0, cut + 1);
-    const [name, keyHash, keyB64] = vkey.split("+");
+    const plus = vkey.indexOf("+"), plus2 = vkey.indexOf("+", plus + 1);  // base64 may hold '+'
+    if (plus < 1 || plus2 < 0) throw new Error("the log key is not a vkey");
+    const name = vkey.slice(0, plus), keyHash = vkey.slice(plus + 1, plus2), keyB64 = vkey.slice(plus2 + 1);
     const key = unb64(keyB64);
     if (key.length !== 33 || key[0] !== 1) throw new Error("the log key is not an Ed25519 vkey");
     const pub = key.slice(1);
