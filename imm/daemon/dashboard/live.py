@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
+from markupsafe import Markup
 
 from ...rollout.states import BEGIN, OP_APPROVE, PAUSED, ROLLING_BACK, RUNNING, TERMINAL
 from .charts import rollout_charts
@@ -47,43 +49,69 @@ def context(s: Session, status: dict[str, Any]) -> dict[str, Any]:
                     "abort": admin and state not in TERMINAL and state != ROLLING_BACK}}
 
 
+def fragment(request: web.Request, s: Session, ctx: dict[str, Any]) -> str:
+    return aiohttp_jinja2.render_string("rollout_live.html", request,
+                                        {"who": s.who, "csrf": s.csrf, **ctx})
+
+
+def digest(html: str) -> str:
+    return hashlib.sha256(html.encode()).hexdigest()[:32]
+
+
 async def rollout(request: web.Request) -> web.Response:
     status = await request.app[DAEMON].engine.status(request.match_info["id"])
-    return page(request, "rollout.html", context(request[SESSION], status))
+    s: Session = request[SESSION]
+    ctx = context(s, status)
+    html = fragment(request, s, ctx)
+    # the stream is told what the page shows, so it sends only what differs from it (a
+    # replaced form under the pointer or the keyboard focus is a nuisance)
+    return page(request, "rollout.html", {**ctx, "live_html": Markup(html),  # noqa: S704
+                                          "seen": digest(html)})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     engine = request.app[DAEMON].engine
     rid = request.match_info["id"]
     status = await engine.status(rid)  # an unknown id is a 404 page before the stream starts
-    stopping = request.app[STOPPING]
     s: Session = request[SESSION]
     async with sse_response(request, headers=HEADERS) as sse:
-        last = ""
-        while True:
-            ctx = context(s, status)
-            html = aiohttp_jinja2.render_string("rollout_live.html", request,
-                                                {"who": s.who, "csrf": s.csrf, **ctx})
-            if html != last:
-                last = html
-                await sse.send(json.dumps({
-                    "html": html, "state": status["state"], "step": status["step"],
-                    "points": len(ctx["charts"]["traffic_points"])}), event="rollout")
-            if status["state"] in TERMINAL or stopping.is_set():
-                break
-            waiter = asyncio.ensure_future(engine.changed(rid, EVERY_S))
-            stop = asyncio.ensure_future(stopping.wait())
-            try:
-                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for f in (waiter, stop):
-                    f.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await f
-            if stopping.is_set():
-                break
-            status = await engine.status(rid)
+        try:
+            await _send_until_done(request, sse, rid, status, s)
+        except ConnectionResetError:
+            pass  # the page went away (a click, a reload): nobody is left to tell
     return sse
+
+
+async def _send_until_done(request: web.Request, sse: EventSourceResponse, rid: str,
+                           status: dict[str, Any], s: Session) -> None:
+    engine = request.app[DAEMON].engine
+    stopping = request.app[STOPPING]
+    seen = request.query.get("seen", "")
+    last = ""
+    while True:
+        ctx = context(s, status)
+        html = fragment(request, s, ctx)
+        if not last and seen and digest(html) == seen:
+            last = html  # the page already shows this
+        elif html != last:
+            last = html
+            await sse.send(json.dumps({
+                "html": html, "state": status["state"], "step": status["step"],
+                "points": len(ctx["charts"]["traffic_points"])}), event="rollout")
+        if status["state"] in TERMINAL or stopping.is_set():
+            return
+        waiter = asyncio.ensure_future(engine.changed(rid, EVERY_S))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (waiter, stop):
+                f.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await f
+        if stopping.is_set():
+            return
+        status = await engine.status(rid)
 
 
 async def on_shutdown(app: web.Application) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.resources
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -179,8 +180,18 @@ def proof_of(dm: Daemon, conn: Connection, index: int | None) -> dict[str, Any]:
                        f"leaves 0 to {size - 1}); a newer checkpoint is signed with the next write")
     data, _ = MerkleLog(conn).leaf(index)
     out["proof"] = {**dm.catalog.proof(conn, index, size), "data": data.decode("utf-8"),
-                    "data_b64": base64.b64encode(data).decode("ascii")}
+                    "data_b64": base64.b64encode(data).decode("ascii"),
+                    "statement": _statement(data)}
     return out
+
+
+def _statement(data: bytes) -> str:
+    """What a leaf's DSSE envelope says, decoded for reading (the check is on the bytes)."""
+    try:
+        payload = base64.b64decode(json.loads(data)["payload"], validate=True)
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False, sort_keys=True)
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 async def proof(request: web.Request) -> web.Response:
