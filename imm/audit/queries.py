@@ -71,12 +71,14 @@ _HAS_VERDICT = {
 
 
 def list_instances(conn: Connection, *, verdict: str | None, service: str | None,
-                   after: int, limit: int) -> dict[str, Any]:
+                   after: int, limit: int, provider: str | None = None,
+                   region: str | None = None) -> dict[str, Any]:
     where: list[str] = ["o.closed_at IS NULL", "o.rowid > ?"]
     params: list[Any] = [after]
-    if service:
-        where.append("o.service = ?")
-        params.append(service)
+    for column, value in (("service", service), ("provider", provider), ("region", region)):
+        if value:
+            where.append(f"o.{column} = ?")
+            params.append(value)
     if verdict:
         where.append(_HAS_VERDICT[dialect(conn)])
         params.append(verdict)

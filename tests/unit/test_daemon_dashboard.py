@@ -294,11 +294,11 @@ def run_fleet(tmp_path: Path, body: Callable[[TestClient, Logins, Daemon], Await
         daemon.close()
 
 
-def add_image(d: Daemon, version: str) -> str:
+def add_image(d: Daemon, version: str, parent: str | None = None) -> str:
     row = d.db.write_sync(
         d.catalog.add_image, "test", name="app", version=version,
         content_digest="sha256:" + version.encode().hex().ljust(64, "0")[:64],
-        content_kind="file", layers=[], boot_actions=[], parent=None, labels={},
+        content_kind="file", layers=[], boot_actions=[], parent=parent, labels={},
         artifacts=[("mem", "r1", f"img-{version}")])
     return str(row["digest"])
 
@@ -457,7 +457,7 @@ def test_the_rollout_page_streams_each_step_with_one_more_chart_point(tmp_path: 
         await wait_for_step(d.engine, rid, "pause")
         await as_(client, logins, READER)
         page = await (await client.get(f"/ui/rollouts/{rid}")).text()
-        assert f'data-events="/ui/rollouts/{rid}/events"' in page
+        assert re.search(rf'data-events="/ui/rollouts/{rid}/events\?seen=[0-9a-f]{{32}}"', page)
         assert '<script src="/ui/static/live.js" defer></script>' in page
         assert 'id="traffic"' in page and "<svg" in page  # drawn on the server: no script needed
         r = await client.get(f"/ui/rollouts/{rid}/events")
@@ -535,5 +535,69 @@ def test_the_proof_page_shows_a_leafs_inclusion_proof_under_the_signed_checkpoin
             r = await client.get(f"/ui/static/{name_}")
             assert r.status == 200 and r.content_type == "text/javascript"
             assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+    run_fleet(tmp_path, body)
+
+
+def test_fleet_catalog_and_compliance_pages_show_the_audit_and_filter_on_the_server(
+        tmp_path: Path) -> None:
+    async def body(client: TestClient, logins: Logins, d: Daemon) -> None:
+        v1 = add_image(d, "v1")
+        v2 = add_image(d, "v2", parent=v1)
+        await d.db.write(d.catalog.set_channel, "test (uid 0)", "web/prod", "app@v1")
+        await d.db.write(d.catalog.set_channel, "test (uid 0)", "web/prod", "app@v2")
+        rid = (await d.engine.start("test (uid 0)", "web", "app@v1", None))["id"]
+        await wait_for_step(d.engine, rid, "pause")
+        await d.engine.set_state("test (uid 0)", rid, "promote")
+        await settle(d.engine, rid)
+        await d.db.write(d.catalog.revoke, "test (uid 0)", "app@v1", "CVE-2026-1", True)
+        await d.auditor.run_sweep("test (uid 0)")
+        await as_(client, logins, READER)
+
+        async def get(path: str, status: int = 200) -> str:
+            r = await client.get(path)
+            text = await r.text()
+            assert r.status == status, (path, text[:3000])
+            return text
+
+        # fleet: the last sweep's verdict per instance, open findings, server-side filters
+        html = await get("/ui/fleet")
+        assert html.count("<td class=\"bad\">revoked</td>") == 2 and "revoked 2" in html
+        html = await get("/ui/fleet?verdict=revoked&provider=mem&region=r1&service=web")
+        assert html.count("<td class=\"bad\">revoked</td>") == 2
+        for q in ("verdict=ok", "region=elsewhere", "provider=nope", "service=other"):
+            html = await get(f"/ui/fleet?{q}")
+            assert "revoked</td>" not in html, q
+        assert "Undo last rollout of web" in await get("/ui/fleet")
+        assert "Undo last rollout of web" not in await get("/ui/fleet?service=other")
+        assert "not one of" in await get("/ui/fleet?verdict=bogus", 400)
+        assert "not a cursor" in await get("/ui/fleet?after=x", 400)
+        # catalog: the revocation and its cascade, the channel's history, the image's lineage
+        html = await get("/ui/catalog")
+        assert "CVE-2026-1" in html and "with its ancestor" in html
+        assert html.count("revoked itself") == 1
+        html = await get("/ui/channels/web/prod")
+        assert html.index("app@v2") < html.index("app@v1")  # newest first
+        assert "does not exist" in await get("/ui/channels/nope/x", 404)
+        html = await get(f"/ui/images/{v2}")
+        assert "in the cascade of" in html and "img-v2" in html and "app@v1" in html
+        assert 'id="lineage"' in html
+        await get("/ui/images/app@v9", 404)
+        assert "app@v2" in await get("/ui/catalog?status=revoked&name=app")
+        assert "not one of" in await get("/ui/catalog?status=maybe", 400)
+        # compliance: findings over time, the blast radius, the export
+        html = await get("/ui/compliance")
+        assert 'id="findings"' in html and html.count('class="pt"') >= 2
+        assert re.search(r'id="blast-total">2 running instance', html)
+        html = await get("/ui/compliance?ref=app@v2")
+        assert re.search(r'id="blast-total">0 running instance', html)
+        await get("/ui/compliance?ref=app@v9", 404)
+        r = await client.get("/ui/compliance/export?format=jsonl")
+        lines = (await r.text()).splitlines()
+        assert r.status == 200 and "attachment" in r.headers["Content-Disposition"]
+        assert len(lines) > 3 and all(json.loads(line) for line in lines)
+        client.session.cookie_jar.clear()
+        r = await client.get("/ui/compliance/export?format=jsonl")
+        assert r.status == 401
 
     run_fleet(tmp_path, body)

@@ -60,7 +60,7 @@ def _num(v: float) -> str:
 
 
 def svg(title: str, series: dict[str, list[Point]], y_max: float | None = None,
-        unit: str = "", cid: str = "chart") -> Markup:
+        unit: str = "", cid: str = "chart", x_unit: str = "s") -> Markup:
     """A line chart: one polyline and one circle (class ``pt``) per point of each series."""
     pts = [p for ps in series.values() for p in ps]
     x_hi = max([p[0] for p in pts] + [1.0])
@@ -86,8 +86,8 @@ def svg(title: str, series: dict[str, list[Point]], y_max: float | None = None,
              f'<text x="{LEFT - 4}" y="{H - BOTTOM}" text-anchor="end" font-size="11">'
              f'{escape(_num(y_lo))}{escape(unit)}</text>',
              f'<text x="{W - RIGHT}" y="{H - 8}" text-anchor="end" font-size="11">'
-             f'{escape(_num(x_hi))} s</text>',
-             f'<text x="{LEFT}" y="{H - 8}" font-size="11">0 s</text>']
+             f'{escape(_num(x_hi))} {escape(x_unit)}</text>',
+             f'<text x="{LEFT}" y="{H - 8}" font-size="11">0 {escape(x_unit)}</text>']
     for n, (label, ps) in enumerate(sorted(series.items())):
         colour = COLOURS[n % len(COLOURS)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
@@ -96,7 +96,7 @@ def svg(title: str, series: dict[str, list[Point]], y_max: float | None = None,
         for x, y in ps:
             parts.append(f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" '
                          f'fill="{colour}"><title>{escape(label)}: {escape(_num(y))}{escape(unit)}'
-                         f' at {escape(_num(x))} s</title></circle>')
+                         f' at {escape(_num(x))} {escape(x_unit)}</title></circle>')
         parts.append(f'<text x="{LEFT + 6}" y="{TOP + 14 + 14 * n}" font-size="11" '
                      f'fill="{colour}">{escape(label)}</text>')
     parts.append("</svg>")

@@ -21,6 +21,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from ...audit.verdicts import VERDICTS
 from ...catalog import approvals
 from ...catalog.checkpoint import checkpoint_size, vkey
 from ...catalog.merkle import MerkleLog
@@ -28,8 +29,10 @@ from ...errors import BadRequest, ImmError, NotFound
 from ...plugins.base import TAG_DIGEST
 from ...store import Connection
 from ..core import Daemon
+from ..routes import DAEMON as API_DAEMON
+from ..routes_audit import audit_export
 from ..trust import Trust
-from . import actions, live
+from . import actions, live, pages
 from .common import COOKIE, DAEMON, HEADERS, LOGINS, MAX_QUERY, SESSION, TRUST, error, page
 from .sessions import Identity, Logins, Session
 
@@ -113,6 +116,7 @@ async def root(request: web.Request) -> web.StreamResponse:
 async def fleet(request: web.Request) -> web.Response:
     dm = request.app[DAEMON]
     eng = dm.engine
+    pages.param(request, "verdict", VERDICTS)  # a bad filter is a 400 before any listing
     names: dict[str, str] = {}
     services = []
     for svc in sorted(eng.services.values(), key=lambda s: s.name):
@@ -134,8 +138,15 @@ async def fleet(request: web.Request) -> web.Response:
                          "region": i.region, "state": i.state})
         services.append({**eng.fleet.describe(svc), "instances": rows, "error": error_})
     s: Session = request[SESSION]
-    return page(request, "fleet.html", {"page": "Fleet", "services": services,
-                                        "can_undo": s.who.admin})
+    audit = await pages.audit_view(request)
+    f = audit["filters"]
+    shown = [x for x in services if (not f["service"] or x["name"] == f["service"]) and (
+        not (f["provider"] or f["region"]) or any(
+            (not f["provider"] or t["provider"] == f["provider"])
+            and (not f["region"] or t["region"] == f["region"]) for t in x["targets"]))]
+    return page(request, "fleet.html", {"page": "Fleet", "services": shown,
+                                        "names": [x["name"] for x in services],
+                                        "can_undo": s.who.admin, **audit})
 
 
 async def rollouts(request: web.Request) -> web.Response:
@@ -153,15 +164,30 @@ async def change(request: web.Request) -> web.Response:
 
 async def catalog(request: web.Request) -> web.Response:
     dm = request.app[DAEMON]
-    listing = await dm.db.read(dm.catalog.list_images, limit=200)
-    channels = await dm.db.read(dm.catalog.channels)
+    name = pages.param(request, "name")
+    status = pages.param(request, "status", ("active", "revoked"))
+    after = pages.param(request, "after")
+
+    def read(conn: Connection) -> dict[str, Any]:
+        listing = dm.catalog.list_images(conn, name=name or None, status=status or None,
+                                         after=after or None, limit=pages.PAGE_ROWS)
+        revoked = dm.catalog.list_images(conn, status="revoked", limit=pages.PAGE_ROWS)
+        revocations = []
+        for r in revoked["images"]:
+            rev = dm.catalog.revocation_of(conn, r["digest"]) or {}
+            revocations.append({**r, **rev, "cascade": rev.get("root") not in (None, r["digest"])})
+        return {"listing": listing, "channels": dm.catalog.channels(conn),
+                "revocations": revocations, "more_revoked": revoked["next"] is not None}
+
+    data = await dm.db.read(read)
     by_digest: dict[str, list[str]] = {}
-    for c in channels:
+    for c in data["channels"]:
         by_digest.setdefault(c["digest"], []).append(c["name"])
-    images = listing["images"]
-    return page(request, "catalog.html", {"page": "Catalog", "images": images,
-                                          "channels": channels, "by_digest": by_digest,
-                                          "more": listing["next"] is not None})
+    return page(request, "catalog.html", {
+        "page": "Catalog", "images": data["listing"]["images"], "channels": data["channels"],
+        "by_digest": by_digest, "next": data["listing"]["next"], "name": name,
+        "status": status, "revocations": data["revocations"],
+        "more_revoked": data["more_revoked"]})
 
 
 def proof_of(dm: Daemon, conn: Connection, index: int | None) -> dict[str, Any]:
@@ -220,6 +246,7 @@ def make_dashboard(daemon: Daemon, logins: Logins, trust: Trust | None = None) -
     app[DAEMON] = daemon
     app[LOGINS] = logins
     app[TRUST] = trust if trust is not None else Trust(daemon)
+    app[API_DAEMON] = daemon  # the export download is the API's own handler
     app[live.STOPPING] = asyncio.Event()
     app.on_shutdown.append(live.on_shutdown)
     aiohttp_jinja2.setup(app, loader=jinja2.DictLoader(TEMPLATES),
@@ -246,4 +273,8 @@ def make_dashboard(daemon: Daemon, logins: Logins, trust: Trust | None = None) -
     app.router.add_post("/ui/changes/{id}/approve", actions.change_approve)
     app.router.add_get("/ui/catalog", catalog)
     app.router.add_get("/ui/proof", proof)
+    app.router.add_get("/ui/images/{ref}", pages.image)
+    app.router.add_get("/ui/channels/{name:.+}", pages.channel)
+    app.router.add_get("/ui/compliance", pages.compliance)
+    app.router.add_get("/ui/compliance/export", audit_export)
     return app
