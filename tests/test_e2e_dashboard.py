@@ -165,7 +165,9 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
         time.sleep(0.5)
     pages = [("fleet", "/ui/fleet", "slow"), ("rollouts", "/ui/rollouts", rid),
              ("rollout", f"/ui/rollouts/{rid}", actor), ("catalog", "/ui/catalog", "web@v1"),
-             ("proof", "/ui/proof", "imm.local/ledger"), ("error", "/ui/rollouts/nope", "404")]
+             ("proof", "/ui/proof", "imm.local/ledger"), ("image", "/ui/images/web@v1", "Lineage"),
+             ("compliance", "/ui/compliance", "Blast radius"),
+             ("error", "/ui/rollouts/nope", "404")]
     for name, path, expect in pages:
         drv.get(base + path)  # type: ignore[attr-defined]
         assert expect in main_text(), name
@@ -232,6 +234,7 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
     others = [u for u in urls if urlsplit(u).netloc != f"127.0.0.1:{port}"]
     assert others == []
     for png in ("rollout-live", "fleet", "rollouts", "rollout", "catalog", "proof", "error",
+                "image", "compliance", "phone-compliance",
                 "rollout-aborted", "proof-valid", "proof-invalid", "phone-fleet", "phone-proof"):
         assert (shots / f"{png}.png").stat().st_size > 1000, png
     d.stop()
