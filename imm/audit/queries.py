@@ -40,6 +40,21 @@ def list_findings(conn: Connection, *, open_only: bool, verdict: str | None,
             "open": counts}
 
 
+def findings_timeline(conn: Connection) -> list[tuple[str, int]]:
+    """How many findings were open after each moment one opened or was resolved: (time, count)
+    per distinct timestamp, oldest first, counted by the database (no row is read out)."""
+    rows = conn.execute(
+        "SELECT at, sum(n) FROM (SELECT opened_at AS at, count(*) AS n FROM findings "
+        "GROUP BY opened_at UNION ALL SELECT resolved_at AS at, -count(*) AS n FROM findings "
+        "WHERE resolved_at IS NOT NULL GROUP BY resolved_at) t GROUP BY at ORDER BY at"
+    ).fetchall()
+    out, open_ = [], 0
+    for at, n in rows:
+        open_ += int(n)
+        out.append((str(at), open_))
+    return out
+
+
 def as_of(conn: Connection) -> dict[str, Any] | None:
     rows = query(conn, "SELECT id, state, started_at, finished_at FROM sweeps "
                        "WHERE state != 'running' ORDER BY id DESC LIMIT 1")

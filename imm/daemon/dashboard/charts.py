@@ -16,6 +16,7 @@ STAMP = "%Y-%m-%dT%H:%M:%SZ"
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 200, 48, 12, 12, 32
 COLOURS = ("#0a4fa8", "#a40e26", "#116329", "#7a4a00", "#5a32a3")
 Point = tuple[float, float]
+MAX_MARKS = 300  # beyond this many points a series is drawn as its line only
 
 
 def _t(stamp: str) -> float:
@@ -88,15 +89,16 @@ def svg(title: str, series: dict[str, list[Point]], y_max: float | None = None,
              f'<text x="{W - RIGHT}" y="{H - 8}" text-anchor="end" font-size="11">'
              f'{escape(_num(x_hi))} {escape(x_unit)}</text>',
              f'<text x="{LEFT}" y="{H - 8}" font-size="11">0 {escape(x_unit)}</text>']
+    u, xu = escape(unit), escape(x_unit)
     for n, (label, ps) in enumerate(sorted(series.items())):
-        colour = COLOURS[n % len(COLOURS)]
+        colour, name = COLOURS[n % len(COLOURS)], escape(label)
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                     f'points="{coords}"><title>{escape(label)}</title></polyline>')
-        for x, y in ps:
-            parts.append(f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" '
-                         f'fill="{colour}"><title>{escape(label)}: {escape(_num(y))}{escape(unit)}'
-                         f' at {escape(_num(x))} {escape(x_unit)}</title></circle>')
+                     f'points="{coords}"><title>{name}</title></polyline>')
+        if len(ps) <= MAX_MARKS:  # a mark (and its tooltip) per point while they can be told apart
+            parts += [f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" '
+                      f'fill="{colour}"><title>{name}: {_num(y)}{u} at {_num(x)} {xu}</title>'
+                      '</circle>' for x, y in ps]
         parts.append(f'<text x="{LEFT + 6}" y="{TOP + 14 + 14 * n}" font-size="11" '
                      f'fill="{colour}">{escape(label)}</text>')
     parts.append("</svg>")

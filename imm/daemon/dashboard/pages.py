@@ -8,17 +8,17 @@ Each page reads what the JSON API's route for the same data reads (``imm.audit.q
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from ...audit import blast_radius as radius
-from ...audit.queries import MAX_CURSOR, list_findings, list_instances
+from ...audit.queries import MAX_CURSOR, findings_timeline, list_findings, list_instances
 from ...audit.verdicts import VERDICTS
 from ...errors import BadRequest
 from ...store import Connection
-from .charts import STAMP, svg
+from .charts import svg
 from .common import DAEMON, page
 
 PAGE_ROWS = 200
@@ -93,27 +93,15 @@ async def channel(request: web.Request) -> web.Response:
 
 
 def _t(stamp: str) -> float:
-    return datetime.strptime(stamp, STAMP).replace(tzinfo=UTC).timestamp()
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def findings_over_time(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """Open findings after each opening or resolution: (hours since the first, count)."""
-    events: list[tuple[float, int]] = []
-    for r in rows:
-        events.append((_t(r["opened_at"]), 1))
-        if r["resolved_at"]:
-            events.append((_t(r["resolved_at"]), -1))
-    events.sort()
-    if not events:
+def findings_over_time(timeline: list[tuple[str, int]]) -> list[tuple[float, float]]:
+    """(hours since the first finding, findings open then), from ``findings_timeline``."""
+    if not timeline:
         return []
-    start, n, out = events[0][0], 0, []
-    for at, step in events:
-        n += step
-        out.append(((at - start) / 3600, float(n)))
-    return out
-
-
-CHART_FINDINGS = 20000  # findings read for the chart; beyond, the chart says it is cut
+    start = _t(timeline[0][0])
+    return [((_t(at) - start) / 3600, float(n)) for at, n in timeline]
 
 
 async def compliance(request: web.Request) -> web.Response:
@@ -121,17 +109,16 @@ async def compliance(request: web.Request) -> web.Response:
     ref = param(request, "ref")
 
     def read(conn: Connection) -> dict[str, Any]:
-        every = list_findings(conn, open_only=False, verdict=None, instance=None, after=0,
-                              limit=CHART_FINDINGS)
-        opened = [f for f in every["findings"] if f["status"] == "open"][:PAGE_ROWS]
-        blast = radius.blast_radius(conn, dm.catalog, ref or None, PAGE_ROWS)
-        return {"every": every, "opened": opened, "blast": blast}
+        return {"timeline": findings_timeline(conn),
+                "open": list_findings(conn, open_only=True, verdict=None, instance=None,
+                                      after=0, limit=PAGE_ROWS),
+                "blast": radius.blast_radius(conn, dm.catalog, ref or None, PAGE_ROWS)}
 
     data = await dm.db.read(read)
-    points = findings_over_time(data["every"]["findings"])
+    points = findings_over_time(data["timeline"])
     chart = svg("Open findings over time (hours since the first finding)",
                 {"open findings": points}, cid="findings", x_unit="h") if points else None
     return page(request, "compliance.html", {
-        "page": "Compliance", "ref": ref, "chart": chart, "open": data["every"]["open"],
-        "cut": data["every"]["next"] is not None, "findings": data["opened"],
+        "page": "Compliance", "ref": ref, "chart": chart, "open": data["open"]["open"],
+        "more": data["open"]["next"] is not None, "findings": data["open"]["findings"],
         "blast": data["blast"]})
