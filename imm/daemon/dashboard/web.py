@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import importlib.resources
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
@@ -230,6 +233,17 @@ async def proof(request: web.Request) -> web.Response:
     return page(request, "proof.html", {"page": "Proof", **view})
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9._~:@-]*")
+
+
+@functools.lru_cache(maxsize=8192)
+def urlencode(value: object) -> str:
+    """A path segment or query value, percent-encoded (``/``, ``?``, ``&``, ``#``, ``%`` …);
+    most are digests and ids that need nothing, and a page has hundreds of them."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=":@")
+
+
 def _read_package_files() -> tuple[dict[str, str], dict[str, bytes]]:
     """Templates and static files, read once at import: no file I/O on the event loop."""
     root = importlib.resources.files(__package__)
@@ -249,8 +263,9 @@ def make_dashboard(daemon: Daemon, logins: Logins, trust: Trust | None = None) -
     app[API_DAEMON] = daemon  # the export download is the API's own handler
     app[live.STOPPING] = asyncio.Event()
     app.on_shutdown.append(live.on_shutdown)
-    aiohttp_jinja2.setup(app, loader=jinja2.DictLoader(TEMPLATES),
-                         autoescape=jinja2.select_autoescape(default=True))
+    env = aiohttp_jinja2.setup(app, loader=jinja2.DictLoader(TEMPLATES),
+                               autoescape=jinja2.select_autoescape(default=True))
+    env.filters["urlencode"] = urlencode
 
     def static(name: str) -> Handler:
         body, ctype = FILES[name], STATIC[name]
