@@ -5,6 +5,7 @@ each analysis gets a chart of its measurements over time, one line per measured 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,8 @@ def analysis_series(status: dict[str, Any]) -> dict[str, dict[str, list[Point]]]
                 try:
                     v = float(raw)
                 except ValueError:
+                    continue
+                if not math.isfinite(v):  # NaN or ±Inf from a query: no place on the chart
                     continue
                 lines.setdefault(key, []).append((max(0.0, m["at_ms"] / 1000 - start), v))
     return out
