@@ -10,7 +10,14 @@ and a finding. Both applications are served over loopback TCP by aiohttp's test 
 (make_app, a bearer token) and the dashboard (make_dashboard, a session cookie). Each page is
 fetched beside the API call(s) that carry the same data, interleaved, ``--runs`` times; the
 figure is the median wall time of the request as the client sees it (the same HTTP stack on
-both sides), and the ratio page / API. Nothing here asserts a time.
+both sides), and the ratio page / API.
+
+The live rollout page's delay: a rollout of a service on in-memory peers (the engine's test
+provider and router, tests/unit/rollout_world.py) holds at a canary pause while a client reads
+its event stream as the page's EventSource does; the figure is the median time from an
+operator's pause (or resume) returning to the stream's event showing the new state, against the
+same change read by ``GET /v1/rollouts/{id}/watch`` of the API (the stream ``immctl rollout
+watch`` reads) in the same run. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import report  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 
 def fill(d: Any, n: int) -> dict[str, str]:
@@ -154,16 +162,109 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         await asyncio.to_thread(d.close)
 
 
+LIVE_CFG = """
+[providers.mem]
+kind = "memory"
+[routers.lb]
+kind = "memory"
+[services.web]
+targets = [{ provider = "mem", region = "r1", count = 2 }]
+router = "lb"
+route = "web"
+strategy = "canary"
+canary_steps = [50]
+canary_pause_s = 3600
+health_timeout_s = 1
+batch = "1"
+"""
+
+
+async def live_delay(runs: int) -> list[dict[str, Any]]:
+    import json
+
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+    from rollout_world import FAST, MemPlugin
+
+    from imm import config
+    from imm.daemon.app import make_app
+    from imm.daemon.core import Daemon
+    from imm.daemon.dashboard.sessions import Identity, Logins
+    from imm.daemon.dashboard.web import make_dashboard
+
+    tmp = Path(tempfile.mkdtemp(prefix="imm-bench-live-"))
+    s = config.parse(LIVE_CFG, "bench", state_dir=str(tmp), socket=str(tmp / "s.sock"))
+    d = Daemon(s, extra_plugins=[MemPlugin()], timings=FAST)
+    await asyncio.to_thread(d.open, "bench")
+    d.db.write_sync(d.catalog.add_image, "bench", name="app", version="1",
+                    content_digest="sha256:" + "1" * 64, content_kind="file", layers=[],
+                    boot_actions=[], parent=None, labels={}, artifacts=[("mem", "r1", "img-1")])
+    logins = Logins()
+    api, ui = TestServer(make_app(d)), TestServer(make_dashboard(d, logins))
+    await api.start_server()  # the API app's cleanup_ctx starts the engine
+    await ui.start_server()
+    try:
+        rid = (await d.engine.start("bench", "web", "app@1", None))["id"]
+        while True:
+            st = await d.engine.status(rid)
+            ops = {x["name"]: x["op"] for x in st["plan"]}
+            if st["state"] == "running" and ops.get(st["step"] or "") == "pause":
+                break
+            await asyncio.sleep(0.01)
+        assert d.tokens is not None
+        token, _ = d.tokens.create(0, "root", True, "read", 3600)
+        session = logins.redeem(logins.mint(Identity("bench (uid 0)", "bench", True)))
+        assert session is not None
+        out: dict[str, list[float]] = {"dashboard": [], "api": []}
+
+        async def states(resp: Any, sse: bool) -> Any:
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if sse and line.startswith("data:"):
+                    yield json.loads(line[5:])["state"]
+                elif not sse and line.startswith("{"):
+                    yield json.loads(line)["state"]
+
+        for kind, url, sse, headers in (
+                ("dashboard", ui.make_url(f"/ui/rollouts/{rid}/events"), True,
+                 {"Cookie": f"imm_dash={session.sid}"}),
+                ("api", api.make_url(f"/v1/rollouts/{rid}/watch"), False,
+                 {"Authorization": f"Bearer {token}"})):
+            async with ClientSession(headers=headers) as c, c.get(url) as resp:
+                stream = states(resp, sse)
+                assert await anext(stream) == "running"
+                for i in range(runs * 2):
+                    verb, want = ("pause", "paused") if i % 2 == 0 else ("resume", "running")
+                    t0 = time.perf_counter()
+                    await d.engine.set_state("bench", rid, verb)
+                    while await anext(stream) != want:
+                        pass
+                    out[kind].append(time.perf_counter() - t0)
+        u, a = statistics.median(out["dashboard"]), statistics.median(out["api"])
+        print(f"{'live page: pause/resume to its event':52s} page {u * 1000:8.1f} ms   "
+              f"API watch {a * 1000:8.1f} ms   ratio {u / a:5.2f}")
+        return [report.row("dashboard live update after a state change (server-sent event)",
+                           f"{u * 1000:.1f} ms", f"API watch stream {a * 1000:.1f} ms", u / a)]
+    finally:
+        await d.engine.set_state("bench", rid, "abort")
+        await ui.close()
+        await api.close()
+        await asyncio.to_thread(d.close)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=100_000)
     p.add_argument("--instances", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--live-runs", type=int, default=20, help="pause/resume pairs timed")
+    p.add_argument("--no-pages", action="store_true", help="only the live page's delay")
     p.add_argument("--json", help="write the headline rows here (bench/report.py)")
     args = p.parse_args()
     print(f"{args.images} images, {args.instances} instances, median of {args.runs} runs each",
           file=sys.stderr)
-    rows = asyncio.run(measure(args))
+    rows = [] if args.no_pages else asyncio.run(measure(args))
+    rows += asyncio.run(live_delay(args.live_runs))
     report.write(args.json, "python bench/bench_dashboard.py " + " ".join(sys.argv[1:]), rows)
     return 0
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from rollout_world import FAST, MemProvider, MemRouter, settle
+from rollout_world import FAST, MemPlugin, settle
 from sshkeys import make_key, needs_ssh_keygen, sign
 
 from imm import config
@@ -29,7 +29,6 @@ from imm.daemon.dashboard import listen_address
 from imm.daemon.dashboard.sessions import Identity, Logins
 from imm.daemon.dashboard.web import COOKIE, make_dashboard
 from imm.errors import ConfigError
-from imm.plugins.hookspecs import hookimpl
 
 ADMIN = Identity(actor="alice (uid 1000)", user="alice", admin=True)
 READER = Identity(actor="bob (uid 1001)", user="bob", admin=False)
@@ -221,35 +220,6 @@ def test_links_come_only_from_the_unix_socket_and_only_when_the_dashboard_is_on(
 # (rollout_world.py), registered as plugins of kind "memory": what is tested here is that each
 # action of the page reaches the same engine call as immctl's route, with the session's actor,
 # and that a reader's action does not happen.
-
-class MemPlugin:
-    """Registers the in-memory provider and router under kind "memory"."""
-
-    def __init__(self) -> None:
-        self.providers: list[MemProvider] = []
-        self.routers: list[MemRouter] = []
-        plugin = self
-
-        class P(MemProvider):
-            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
-                super().__init__(name)
-                plugin.providers.append(self)
-
-        class R(MemRouter):
-            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
-                super().__init__(name)
-                plugin.routers.append(self)
-
-        self.P, self.R = P, R
-
-    @hookimpl
-    def imm_register_providers(self, registry: Any) -> None:
-        registry.add(self.P)
-
-    @hookimpl
-    def imm_register_routers(self, registry: Any) -> None:
-        registry.add(self.R)
-
 
 FLEET = """
 [providers.mem]
