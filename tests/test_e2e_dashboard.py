@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from harness import Immd, have
 from test_e2e_rollout import BASE, service
 
 REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
 
 pytestmark = [
     pytest.mark.slow,
@@ -96,10 +99,16 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
     subprocess.run([sys.executable, str(REPO / "examples" / "bake.py"), str(images), "--all"],
                    check=True, capture_output=True)
     port = free_port()
-    cfg = (BASE + service("slow", free_port(), count=1, bake_time_s=120)
+    # the socket is reachable by 'nobody' through its group: a reader's login link
+    rundir = Path(tempfile.mkdtemp(prefix="imm-dash-sock-"))
+    os.chmod(rundir, 0o755)
+    cfg = ('[daemon]\nsocket_group = "nogroup"\nadmin_group = "imm-admin-test-absent"\n\n'
+           + BASE + service("slow", free_port(), count=1, bake_time_s=120)
            + service("can", free_port(), count=2, strategy="canary", canary_pause_s=1)
            + f'\n[dashboard]\nlisten = "127.0.0.1:{port}"\n')
-    d = Immd(tmp_path, cfg).start()  # a short path: haproxy's stats socket lives under it
+    d = Immd(tmp_path, cfg)  # a short path: haproxy's stats socket lives under it
+    d.sock = rundir / "immd.sock"
+    d.start()
     shots = tmp_path / "screenshots"
     shots.mkdir()
     me = d.json("status")["peer"]
@@ -217,6 +226,25 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
         drv.save_screenshot(str(shots / f"phone-{name}.png"))  # type: ignore[attr-defined]
     drv.set_window_size(1280, 900)  # type: ignore[attr-defined]
 
+    # a reader: every action disabled; forced through anyway, refused, and nothing happens
+    again = d.json("rollout", "start", "slow", "--image", "web@v1")["id"]
+    drv.delete_all_cookies()  # type: ignore[attr-defined]
+    reader_link = d.run("dashboard", user=NOBODY, group=NOBODY).stdout.strip()
+    drv.get(reader_link)  # type: ignore[attr-defined]
+    assert text("role") == "reader"
+    drv.get(f"{base}/ui/rollouts/{again}")  # type: ignore[attr-defined]
+    assert drv.execute_script(  # type: ignore[attr-defined]
+        "return ['pause', 'promote', 'abort'].map(v => document.getElementById(v).disabled)"
+    ) == [True, True, True]
+    drv.execute_script(  # type: ignore[attr-defined]
+        "const b = document.getElementById('abort'); b.disabled = false; b.click();")
+    wait_until(lambda: text("error") is not None, "the refusal page")
+    assert (text("error") or "").startswith("403") and "may only read" in main_text()
+    st = d.json("rollout", "status", again)
+    assert st["state"] == "running" and not [j for j in st["journal"] if j["action"] == "abort"]
+    drv.save_screenshot(str(shots / "reader-refused.png"))  # type: ignore[attr-defined]
+    d.run("rollout", "abort", again)
+
     # the link was spent: used again (without the cookie) it is refused and opens nothing
     drv.delete_all_cookies()  # type: ignore[attr-defined]
     drv.get(link)  # type: ignore[attr-defined]
@@ -235,6 +263,8 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
     assert others == []
     for png in ("rollout-live", "fleet", "rollouts", "rollout", "catalog", "proof", "error",
                 "image", "compliance", "phone-compliance",
-                "rollout-aborted", "proof-valid", "proof-invalid", "phone-fleet", "phone-proof"):
+                "rollout-aborted", "proof-valid", "proof-invalid", "phone-fleet", "phone-proof",
+                "reader-refused"):
         assert (shots / f"{png}.png").stat().st_size > 1000, png
     d.stop()
+    shutil.rmtree(rundir, ignore_errors=True)
