@@ -139,7 +139,12 @@ async def fleet(request: web.Request) -> web.Response:
                     names[digest] = digest[:19]
             rows.append({"id": i.id, "image": names.get(digest, "(untagged)"),
                          "region": i.region, "state": i.state})
-        services.append({**eng.fleet.describe(svc), "instances": rows, "error": error_})
+        by_image: dict[str, int] = {}
+        for r in rows:
+            by_image[r["image"]] = by_image.get(r["image"], 0) + 1
+        services.append({**eng.fleet.describe(svc), "instances": rows[:pages.PAGE_ROWS],
+                         "total": len(rows), "by_image": sorted(by_image.items()),
+                         "error": error_})
     s: Session = request[SESSION]
     audit = await pages.audit_view(request)
     f = audit["filters"]
