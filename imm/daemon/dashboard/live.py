@@ -86,32 +86,44 @@ async def _send_until_done(request: web.Request, sse: EventSourceResponse, rid: 
                            status: dict[str, Any], s: Session) -> None:
     engine = request.app[DAEMON].engine
     stopping = request.app[STOPPING]
+    stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
     seen = request.query.get("seen", "")
     last = ""
-    while True:
-        ctx = context(s, status)
-        html = fragment(request, s, ctx)
-        if not last and seen and digest(html) == seen:
-            last = html  # the page already shows this
-        elif html != last:
-            last = html
-            await sse.send(json.dumps({
-                "html": html, "state": status["state"], "step": status["step"],
-                "points": len(ctx["charts"]["traffic_points"])}), event="rollout")
-        if status["state"] in TERMINAL or stopping.is_set():
-            return
-        waiter = asyncio.ensure_future(engine.changed(rid, EVERY_S))
-        stop = asyncio.ensure_future(stopping.wait())
-        try:
+    waiter: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            ctx = context(s, status)
+            html = fragment(request, s, ctx)
+            if not last and seen and digest(html) == seen:
+                last = html  # the page already shows this
+            elif html != last:
+                last = html
+                await sse.send(json.dumps({
+                    "html": html, "state": status["state"], "step": status["step"],
+                    "points": len(ctx["charts"]["traffic_points"])}), event="rollout")
+            if status["state"] in TERMINAL or stopping.is_set():
+                return
+            if waiter is None:
+                waiter = await _watch(engine, rid)
             await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (waiter, stop):
+            if stopping.is_set():
+                return
+            # wait for the next entry from before this read on: none is missed in between
+            waiter = await _watch(engine, rid)
+            status = await engine.status(rid)
+    finally:
+        for f in (waiter, stop):
+            if f is not None:
                 f.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await f
-        if stopping.is_set():
-            return
-        status = await engine.status(rid)
+
+
+async def _watch(engine: Any, rid: str) -> asyncio.Future[Any]:
+    """A wait for the rollout's next journal entry, registered by the time this returns."""
+    waiter = asyncio.ensure_future(engine.changed(rid, EVERY_S))
+    await asyncio.sleep(0)  # let it register with the journal before anything is read
+    return waiter
 
 
 async def on_shutdown(app: web.Application) -> None:
