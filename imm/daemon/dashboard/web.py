@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import heapq
 import importlib.resources
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -128,23 +130,22 @@ async def fleet(request: web.Request) -> web.Response:
             running = await eng.service_instances(svc)
         except ImmError as e:
             running, error_ = [], e.message
-        rows = []
-        for i in sorted(running, key=lambda i: i.id):
-            digest = i.tags.get(TAG_DIGEST, "")
+        per_digest = Counter(i.tags.get(TAG_DIGEST, "") for i in running)
+        for digest in per_digest:
             if digest and digest not in names:
                 try:
                     img = await dm.db.read(dm.catalog.show, digest)
                     names[digest] = f"{img['name']}@{img['version']}"
                 except ImmError:
                     names[digest] = digest[:19]
-            rows.append({"id": i.id, "image": names.get(digest, "(untagged)"),
-                         "region": i.region, "state": i.state})
-        by_image: dict[str, int] = {}
-        for r in rows:
-            by_image[r["image"]] = by_image.get(r["image"], 0) + 1
-        services.append({**eng.fleet.describe(svc), "instances": rows[:pages.PAGE_ROWS],
-                         "total": len(rows), "by_image": sorted(by_image.items()),
-                         "error": error_})
+        by_image: Counter[str] = Counter()
+        for digest, n in per_digest.items():
+            by_image[names.get(digest, "(untagged)")] += n
+        rows = [{"id": i.id, "image": names.get(i.tags.get(TAG_DIGEST, ""), "(untagged)"),
+                 "region": i.region, "state": i.state}
+                for i in heapq.nsmallest(pages.PAGE_ROWS, running, key=lambda i: i.id)]
+        services.append({**eng.fleet.describe(svc), "instances": rows, "total": len(running),
+                         "by_image": sorted(by_image.items()), "error": error_})
     s: Session = request[SESSION]
     audit = await pages.audit_view(request)
     f = audit["filters"]
