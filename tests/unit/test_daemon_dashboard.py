@@ -23,7 +23,7 @@ from rollout_world import FAST, MemPlugin, settle
 from sshkeys import make_key, needs_ssh_keygen, sign
 
 from imm import config
-from imm.catalog import approvals, operators
+from imm.catalog import approvals, lifecycle, operators
 from imm.daemon.core import Daemon
 from imm.daemon.dashboard import listen_address
 from imm.daemon.dashboard.sessions import Identity, Logins
@@ -549,8 +549,11 @@ def test_fleet_catalog_and_compliance_pages_show_the_audit_and_filter_on_the_ser
         html = await get("/ui/channels/web/prod")
         assert html.index("app@v2") < html.index("app@v1")  # newest first
         assert "does not exist" in await get("/ui/channels/nope/x", 404)
+        await d.db.write(lifecycle.record, d.catalog, "test (uid 0)", "app@v2", "deprecate",
+                         at=None, reason="use v3", running=[], force=False)
         html = await get(f"/ui/images/{v2}")
         assert "in the cascade of" in html and "img-v2" in html and "app@v1" in html
+        assert "deprecated by test (uid 0)" in html and "use v3" in html
         assert 'id="lineage"' in html
         await get("/ui/images/app@v9", 404)
         assert "app@v2" in await get("/ui/catalog?status=revoked&name=app")

@@ -16,6 +16,7 @@ from aiohttp import web
 from ...audit import blast_radius as radius
 from ...audit.queries import MAX_CURSOR, findings_timeline, list_findings, list_instances
 from ...audit.verdicts import VERDICTS
+from ...catalog import lifecycle
 from ...errors import BadRequest
 from ...store import Connection
 from .charts import svg
@@ -79,7 +80,9 @@ async def image(request: web.Request) -> web.Response:
             children.append({"digest": dg, "image": f"{c['name']}@{c['version']}",
                              "status": c["status"], "parent": c["parent"],
                              "revocation": c["revocation"]})
-        return {"img": img, "ancestors": lineage, "descendants": children}
+        return {"img": img, "ancestors": lineage, "descendants": children,
+                "lifecycle": lifecycle.status(conn, img["digest"]),
+                "lifecycle_records": lifecycle.listing(conn, img["digest"])}
 
     return page(request, "image.html", {"page": "Catalog", **await dm.db.read(read)})
 
