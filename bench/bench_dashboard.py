@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -160,6 +161,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         await ui.close()
         await api.close()
         await asyncio.to_thread(d.close)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 LIVE_CFG = """
@@ -250,6 +252,7 @@ async def live_delay(runs: int) -> list[dict[str, Any]]:
         await ui.close()
         await api.close()
         await asyncio.to_thread(d.close)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:
