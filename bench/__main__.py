@@ -45,6 +45,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
                 ["--instances", "4", "--repeat", "2"]),
     "cli": ("bench_cli.py", ["--images", "1000", "--runs", "40"],
             ["--images", "100", "--runs", "10"]),
+    "dashboard": ("bench_dashboard.py", ["--images", "100000", "--instances", "10000",
+                                         "--runs", "11"],
+                  ["--images", "2000", "--instances", "2000", "--runs", "5",
+                   "--live-runs", "5"]),
 }
 
 

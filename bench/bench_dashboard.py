@@ -268,7 +268,7 @@ def main() -> int:
           file=sys.stderr)
     rows = [] if args.no_pages else asyncio.run(measure(args))
     rows += asyncio.run(live_delay(args.live_runs))
-    report.write(args.json, "python bench/bench_dashboard.py " + " ".join(sys.argv[1:]), rows)
+    report.write(args.json, "python bench/bench_dashboard.py", rows)
     return 0
 
 
