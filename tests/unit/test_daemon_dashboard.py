@@ -128,6 +128,17 @@ def test_unknown_ids_get_a_404_page_and_a_long_query_a_400(tmp_path: Path) -> No
         assert r.status == 404 and "there is no page at /ui/nothing-here" in await r.text()
         r = await client.get("/ui/fleet?q=" + "a" * 5000)
         assert r.status == 400 and "at most 1024" in await r.text()
+        # every page that takes an id or a ref: an error page naming it, never a traceback
+        for path, status in [("/ui/changes/nope", 400), ("/ui/changes/c-00000000", 404),
+                             ("/ui/images/nope@1", 404),
+                             ("/ui/images/%00", 400), ("/ui/channels/nope/x", 404),
+                             ("/ui/channels/a%2F..", 400), ("/ui/compliance?ref=nope@1", 404),
+                             ("/ui/proof?index=-1", 400), ("/ui/rollouts/nope/events", 404),
+                             ("/ui/compliance/export?format=xml", 400)]:
+            r = await client.get(path)
+            text = await r.text()
+            assert r.status == status and r.content_type == "text/html", (path, text[:300])
+            assert "Traceback" not in text and 'id="error"' in text, path
 
     run(tmp_path, body)
 
