@@ -216,6 +216,16 @@ def test_dashboard_in_chromium(tmp_path: Path, browser: object) -> None:
     assert "not to the signed root" in drv.find_element(By.ID, "checks").text  # type: ignore
     drv.save_screenshot(str(shots / "proof-invalid.png"))  # type: ignore[attr-defined]
 
+    # the keyboard: the first Tab reaches the skip link, which moves focus to the content
+    from selenium.webdriver.common.keys import Keys
+
+    drv.get(f"{base}/ui/fleet")  # type: ignore[attr-defined]
+    drv.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)  # type: ignore[attr-defined]
+    assert drv.execute_script(  # type: ignore[attr-defined]
+        "return document.activeElement.className") == "skip"
+    drv.switch_to.active_element.send_keys(Keys.ENTER)  # type: ignore[attr-defined]
+    assert drv.execute_script("return document.activeElement.id") == "main"  # type: ignore
+
     # phone width: every page fits 390 px without scrolling sideways
     drv.set_window_size(390, 844)  # type: ignore[attr-defined]
     for name, path, _ in pages:
