@@ -49,6 +49,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "heal": ("bench_heal.py", ["--repeat", "5"], ["--repeat", "2"]),
     "failover": ("bench_failover.py", ["--lease-s", "10", "--repeat", "5"],
                  ["--lease-s", "2", "--repeat", "3"]),
+    "dashboard": ("bench_dashboard.py", ["--images", "100000", "--instances", "10000",
+                                         "--runs", "11"],
+                  ["--images", "2000", "--instances", "2000", "--runs", "5",
+                   "--live-runs", "5"]),
 }
 
 

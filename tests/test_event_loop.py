@@ -102,7 +102,11 @@ listen = "127.0.0.1:{dash_port}"
             with opener.open(link, timeout=60) as resp:
                 assert resp.status == 200 and resp.url.endswith("/ui/fleet")
             rid = json.loads(immctl("--json", "rollout", "list"))["items"][0]["id"]
-            for page in ("fleet", "rollouts", f"rollouts/{rid}", "catalog", "proof"):
+            for page in ("fleet", "fleet?verdict=ok&provider=local", "rollouts",
+                         f"rollouts/{rid}", f"rollouts/{rid}/events", "catalog",
+                         "catalog?status=active", "channels/web/production", "images/web@v2",
+                         "proof", "proof?index=1", "compliance", "compliance?ref=web@v1",
+                         "compliance/export?format=jsonl"):
                 with opener.open(f"http://127.0.0.1:{dash_port}/ui/{page}", timeout=60) as resp:
                     assert resp.status == 200, page
             immctl("rollout", "status", "web")

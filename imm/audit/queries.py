@@ -40,6 +40,21 @@ def list_findings(conn: Connection, *, open_only: bool, verdict: str | None,
             "open": counts}
 
 
+def findings_timeline(conn: Connection) -> list[tuple[str, int]]:
+    """How many findings were open after each moment one opened or was resolved: (time, count)
+    per distinct timestamp, oldest first, counted by the database (no row is read out)."""
+    rows = conn.execute(
+        "SELECT at, sum(n) FROM (SELECT opened_at AS at, count(*) AS n FROM findings "
+        "GROUP BY opened_at UNION ALL SELECT resolved_at AS at, -count(*) AS n FROM findings "
+        "WHERE resolved_at IS NOT NULL GROUP BY resolved_at) t GROUP BY at ORDER BY at"
+    ).fetchall()
+    out, open_ = [], 0
+    for at, n in rows:
+        open_ += int(n)
+        out.append((str(at), open_))
+    return out
+
+
 def as_of(conn: Connection) -> dict[str, Any] | None:
     rows = query(conn, "SELECT id, state, started_at, finished_at FROM sweeps "
                        "WHERE state != 'running' ORDER BY id DESC LIMIT 1")
@@ -71,12 +86,14 @@ _HAS_VERDICT = {
 
 
 def list_instances(conn: Connection, *, verdict: str | None, service: str | None,
-                   after: int, limit: int) -> dict[str, Any]:
+                   after: int, limit: int, provider: str | None = None,
+                   region: str | None = None) -> dict[str, Any]:
     where: list[str] = ["o.closed_at IS NULL", "o.rowid > ?"]
     params: list[Any] = [after]
-    if service:
-        where.append("o.service = ?")
-        params.append(service)
+    for column, value in (("service", service), ("provider", provider), ("region", region)):
+        if value:
+            where.append(f"o.{column} = ?")
+            params.append(value)
     if verdict:
         where.append(_HAS_VERDICT[dialect(conn)])
         params.append(verdict)

@@ -60,6 +60,12 @@ def cmd_dashboard(c: Client, a: argparse.Namespace) -> int:
     print(link["url"])
     print(f"one-time link for {link['actor']} ({link['role']}), valid {link['expires_in_s']}s; "
           "from elsewhere: ssh -L PORT:127.0.0.1:PORT this-host", file=sys.stderr)
+    if a.open:
+        import webbrowser  # only here: immctl starts without it
+
+        if not webbrowser.open(link["url"]):
+            print("immctl: no browser could be started here; open the link above yourself",
+                  file=sys.stderr)
     return 0
 
 
@@ -290,8 +296,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add(sub, "completion", cmd_completion, "print the bash or zsh completion script",
              "immctl completion bash > /etc/bash_completion.d/immctl")
     sp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
-    add(sub, "dashboard", cmd_dashboard, "print a one-time login link to the web dashboard",
-        "immctl dashboard")
+    sp = add(sub, "dashboard", cmd_dashboard, "print a one-time login link to the web dashboard",
+             "immctl dashboard\nimmctl dashboard --open")
+    sp.add_argument("--open", action="store_true",
+                    help="also open the link in this machine's web browser, if it has one")
 
     keys = group("keys", "signing keys")
     add(keys, "list", cmd_keys_list, "list signing keys (* = current)", "immctl keys list")

@@ -16,8 +16,8 @@ from ..errors import Conflict, Forbidden
 from . import routes, routes_audit, routes_fleet, routes_rollout, routes_tokens, routes_trust
 from .core import Daemon
 from .dashboard import listen_address
+from .dashboard.common import LOGINS as LOGINS_KEY
 from .dashboard.sessions import Logins
-from .dashboard.web import LOGINS as LOGINS_KEY
 from .dashboard.web import make_dashboard, mint_link
 from .http import json_response, make_middlewares
 from .openapi import document
@@ -75,7 +75,7 @@ def make_app(daemon: Daemon) -> web.Application:
         return json_response(spec)
 
     app.router.add_get("/v1/openapi.json", openapi)
-    app[DASHBOARD] = make_dashboard(daemon, Logins())
+    app[DASHBOARD] = make_dashboard(daemon, Logins(), app[TRUST])
     listen = listen_address(daemon.settings.raw, daemon.settings.source)
     if listen is not None:
         app[DASHBOARD_LISTEN] = listen

@@ -94,6 +94,7 @@ async def audit_instances(request: web.Request) -> web.Response:
     dm = d(request)
     result = await dm.db.read(
         list_instances, verdict=_verdict(request), service=request.query.get("service") or None,
+        provider=request.query.get("provider") or None, region=request.query.get("region") or None,
         after=query_int(request, "after", default=0, maximum=MAX_CURSOR) or 0,
         limit=query_int(request, "limit", default=1000, minimum=1, maximum=100000) or 1000)
     return json_response(result)
@@ -168,7 +169,8 @@ ROUTES: list[Route] = [
           tag="audit"),
     Route("GET", "/v1/audit/instances", audit_instances,
           "Every instance seen by the last sweeps: its image, since when, its verdicts",
-          query={"verdict": VERDICT, "service": {"schema": STR}, **PAGE}, tag="audit"),
+          query={"verdict": VERDICT, "service": {"schema": STR}, "provider": {"schema": STR},
+                 "region": {"schema": STR}, **PAGE}, tag="audit"),
     Route("GET", "/v1/audit/blast-radius", audit_blast_radius,
           "Running instances on an image or its descendants (default: any revoked image)",
           query={"ref": {"schema": STR},

@@ -168,6 +168,36 @@ class MemRouter(Router):
                 if b.weight > 0 and b.state == "ready"}
 
 
+class MemPlugin:
+    """Registers the in-memory provider and router as plugins of kind "memory", for a real
+    ``Daemon`` (``extra_plugins=[MemPlugin()]``) configured with ``kind = "memory"``."""
+
+    def __init__(self) -> None:
+        self.providers: list[MemProvider] = []
+        self.routers: list[MemRouter] = []
+        plugin = self
+
+        class P(MemProvider):
+            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+                super().__init__(name)
+                plugin.providers.append(self)
+
+        class R(MemRouter):
+            def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+                super().__init__(name)
+                plugin.routers.append(self)
+
+        self.P, self.R = P, R
+
+    @hookimpl
+    def imm_register_providers(self, registry: Any) -> None:
+        registry.add(self.P)
+
+    @hookimpl
+    def imm_register_routers(self, registry: Any) -> None:
+        registry.add(self.R)
+
+
 @dataclass
 class Gate:
     """An imm_health_gate plugin refusing the steps named in ``refuse``."""

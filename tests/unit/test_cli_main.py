@@ -3,15 +3,18 @@ exit codes of a failure that happens before (or instead of) the request."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import time
+import webbrowser
 from pathlib import Path
 
 import pytest
 
 from imm.cli.client import Fail
-from imm.cli.main import build_parser, main
+from imm.cli.main import build_parser, cmd_dashboard, main
 from imm.errors import EXIT_UNAVAILABLE, EXIT_USAGE
 
 # what immctl may load of imm: its own package, the errors, and the rollout vocabulary
@@ -79,3 +82,30 @@ def test_audit_verify_failures_are_usage_errors(tmp_path: Path,
 
 def test_fail_carries_its_exit_code() -> None:
     assert Fail("x").code == 1 and Fail("x", EXIT_USAGE).code == EXIT_USAGE
+
+
+def test_dashboard_open_hands_the_link_to_the_browser(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``immctl dashboard --open`` starts $BROWSER (webbrowser's own convention) with the link."""
+    got = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\nprintf '%s' \"$1\" > {got}\n")
+    browser.chmod(0o755)
+    monkeypatch.setenv("BROWSER", str(browser))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    url = "http://127.0.0.1:8780/ui/login?t=abc"
+
+    class Link:
+        def request(self, method: str, path: str) -> dict[str, object]:
+            assert (method, path) == ("GET", "/v1/dashboard/link")
+            return {"url": url, "actor": "a (uid 1)", "role": "reader", "expires_in_s": 60}
+
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # re-read $BROWSER
+    assert cmd_dashboard(Link(), argparse.Namespace(json=False, open=True)) == 0  # type: ignore
+    assert capsys.readouterr().out.strip() == url
+    for _ in range(100):
+        if got.exists() and got.read_text():
+            break
+        time.sleep(0.05)
+    assert got.read_text() == url
