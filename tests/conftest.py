@@ -17,7 +17,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # given by the caller, or by the xdist controller to its workers
     import tempfile
 
-    config.option.basetemp = tempfile.mkdtemp(prefix="imm-t.", dir="/tmp")
+    config.option.basetemp = tempfile.mkdtemp(prefix="t", dir="/tmp")
     config._imm_own_basetemp = config.option.basetemp  # type: ignore[attr-defined]
 
 
