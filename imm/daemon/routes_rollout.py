@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
@@ -54,21 +55,35 @@ async def rollouts_watch(request: web.Request) -> web.StreamResponse:
     entries, and a long pause or approval must not look like a dead connection."""
     engine = d(request).engine
     rid = request.match_info["id"]
-    status = await engine.status(rid)  # an unknown id is a 404 before the stream starts
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
+
+    async def next_entry() -> asyncio.Future[bool]:
+        """A wait for the rollout's next journal entry, registered before the status it
+        follows is read: an entry written while that is read still wakes the stream."""
+        waiter = asyncio.ensure_future(engine.changed(rid, WATCH_EVERY_S))
+        await asyncio.sleep(0)
+        return waiter
+
+    waiter = await next_entry()
     try:
-        while True:
-            await resp.write(json.dumps(status, ensure_ascii=False, default=str).encode() + b"\n")
-            if status["state"] in TERMINAL:
-                break
-            await engine.changed(rid, WATCH_EVERY_S)
-            status = await engine.status(rid)
-        await resp.write_eof()
-    except ConnectionResetError:
-        pass  # the watcher went away (Ctrl-C): the rollout goes on, nobody is left to tell
-    return resp
+        status = await engine.status(rid)  # an unknown id is a 404 before the stream starts
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(json.dumps(status, ensure_ascii=False, default=str).encode()
+                                 + b"\n")
+                if status["state"] in TERMINAL:
+                    break
+                await waiter
+                waiter = await next_entry()
+                status = await engine.status(rid)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the watcher went away (Ctrl-C): the rollout goes on, nobody is left to tell
+        return resp
+    finally:
+        waiter.cancel()
 
 
 async def rollouts_verb(request: web.Request) -> web.Response:
