@@ -230,12 +230,11 @@ def _hash_simple(fd: int, buf: bytearray, progress: Progress | None) -> tuple[An
     h = hashlib.sha256()
     mv = memoryview(buf)
     total = 0
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        while n := f.readinto(mv):
-            h.update(mv[:n])
-            total += n
-            if progress is not None and n == len(buf):
-                progress(total)
+    while n := os.readv(fd, [mv]):
+        h.update(mv[:n])
+        total += n
+        if progress is not None and n == len(buf):
+            progress(total)
     return h, total
 
 
@@ -397,7 +396,10 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
         raise BadRequest(f"{shown} was not opened for reading; pass a descriptor opened with "
                          "O_RDONLY", detail={"path": shown})
     if stat.S_ISREG(st.st_mode):
-        digest, _ = _hash_fd(fd, st, Path(shown), bytearray(CHUNK_SIZE), None)
+        # a buffer no larger than the file needs: zeroing 2 MiB costs more than hashing a small
+        # image (the file may grow meanwhile: the read goes on until its end all the same)
+        buf = bytearray(min(CHUNK_SIZE, max(st.st_size + 1, 1 << 12)))
+        digest, _ = _hash_fd(fd, st, Path(shown), buf, None)
         return "file", digest, None
     if stat.S_ISDIR(st.st_mode):
         if reader is not None and not reader.may(fd, st, _R | _X):
