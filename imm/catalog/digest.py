@@ -209,7 +209,7 @@ def _open_regular(path: Path, *, follow: bool) -> tuple[int, os.stat_result]:
 
 
 def _hash_fd(
-    fd: int, st: os.stat_result, path: Path, buf: bytearray, progress: Progress | None
+    fd: int, st: os.stat_result, path: Path | str, buf: bytearray, progress: Progress | None
 ) -> tuple[str, int]:
     """Hash an open regular file; return (digest, bytes hashed)."""
     try:
@@ -399,7 +399,7 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
         # a buffer no larger than the file needs: zeroing 2 MiB costs more than hashing a small
         # image (the file may grow meanwhile: the read goes on until its end all the same)
         buf = bytearray(min(CHUNK_SIZE, max(st.st_size + 1, 1 << 12)))
-        digest, _ = _hash_fd(fd, st, Path(shown), buf, None)
+        digest, _ = _hash_fd(fd, st, shown, buf, None)
         return "file", digest, None
     if stat.S_ISDIR(st.st_mode):
         if reader is not None and not reader.may(fd, st, _R | _X):
@@ -518,9 +518,10 @@ def open_under_roots(path: str, roots: list[Path]) -> int:
             f"[daemon] image_roots are configured to read {path!r} from by path: run "
             "'immctl image add PATH' (it opens the image with your own access), or configure "
             "image_roots", detail={"path": path})
-    real = Path(os.path.realpath(path))
-    for root in roots:
-        if real == root or root in real.parents:
+    real = os.path.realpath(path)
+    for root in roots:  # absolute: as the config gives them
+        top = str(root)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
             break
     else:
         raise BadRequest(

@@ -42,11 +42,17 @@ class Catalog:
         # True when the store signs one checkpoint per committed batch (Database.add_batch_hook
         # with checkpoint_if_behind): records then leave the checkpoint to it.
         self.defer_checkpoints = False
+        # the last signing key and its key id (serializing the public key for every record
+        # cost more than the ledger append); replaced whole, so readers see a matching pair
+        self._keyid: tuple[SigningKey, str] | None = None
 
     # -- records and the ledger ---------------------------------------------------------------
 
     def _sign_with(self, key: SigningKey, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dsse.sign(kind, body, key, keyid_of(key.public_key()))
+        known = self._keyid
+        if known is None or known[0] is not key:
+            known = self._keyid = (key, keyid_of(key.public_key()))
+        return dsse.sign(kind, body, key, known[1])
 
     def append(self, conn: Connection, kind: str, body: dict[str, Any],
                key: SigningKey | None = None) -> tuple[dict[str, Any], int, str]:
