@@ -411,6 +411,23 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
         "a disk file or a directory tree", detail={"path": shown})
 
 
+def _resolved(path: str, dirs: dict[str, str] | None) -> str:
+    """os.path.realpath(path), the directory part looked up in ``dirs`` (and kept there)."""
+    head, base = os.path.split(path)
+    if dirs is None or base in ("", ".", ".."):
+        return os.path.realpath(path)
+    top = dirs.get(head)
+    if top is None:
+        top = dirs[head] = os.path.realpath(head)
+    real = os.path.join(top, base)
+    try:
+        if stat.S_ISLNK(os.lstat(real).st_mode):  # followed, as realpath does
+            return os.path.realpath(path)
+    except OSError:
+        return os.path.realpath(path)  # opening it says what is wrong
+    return real
+
+
 def fd_flags(fd: int) -> int:
     import fcntl
 
@@ -510,15 +527,18 @@ def _open_at(dfd: int, name: str, where: str, extra: int) -> int:
         raise BadRequest(f"cannot open {where}: {_why(e)}", detail={"path": where}) from e
 
 
-def open_under_roots(path: str, roots: list[Path]) -> int:
-    """Open ``path`` for reading if it lies under one of the configured ``image_roots``."""
+def open_under_roots(path: str, roots: list[Path], dirs: dict[str, str] | None = None) -> int:
+    """Open ``path`` for reading if it lies under one of the configured ``image_roots``.
+
+    ``dirs`` (a dict kept by a caller opening many files) remembers each directory's resolved
+    path, so only the file itself is looked at again (realpath is an lstat per component)."""
     if not roots:
         raise BadRequest(
             f"immd reads an image only through a descriptor its caller passes, and no "
             f"[daemon] image_roots are configured to read {path!r} from by path: run "
             "'immctl image add PATH' (it opens the image with your own access), or configure "
             "image_roots", detail={"path": path})
-    real = os.path.realpath(path)
+    real = _resolved(path, dirs)
     for root in roots:  # absolute: as the config gives them
         top = str(root)
         if real == top or real.startswith(top.rstrip("/") + "/"):
