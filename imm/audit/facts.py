@@ -65,16 +65,18 @@ class CatalogFacts:
                  image_id: str) -> tuple[str | None, tuple[str, ...]]:
         """The digest an artifact row maps this image id to, and why that row does not verify."""
         key = (provider, region, image_id)
-        if key not in self._artifacts:
+        found = self._artifacts.get(key)
+        if found is None:
             row = query_one(conn, "SELECT * FROM artifacts WHERE provider=? AND region=? AND "
                                   "image_id=?", key)
             if row is None:
-                self._artifacts[key] = (None, ())
+                found = (None, ())
             else:
                 problems = tuple(f"artifact {provider}/{region}/{image_id}: {p['problem']}"
                                  for p in check_row(conn, self.keyring, "artifacts", row))
-                self._artifacts[key] = (str(row["digest"]), problems)
-        return self._artifacts[key]
+                found = (str(row["digest"]), problems)
+            self._artifacts[key] = found
+        return found
 
     def image(self, conn: Connection, digest: str) -> ImageFacts | None:
         if digest not in self._images:
