@@ -207,7 +207,17 @@ class _Writer:
 
 _OBS_COLS = ("region, instance_id, image_id, digest, service, state, verdicts, first_seen, "
              "last_seen, ledger_index, entry")
-_OBS_NAMES = tuple(_OBS_COLS.split(", "))
+_CMP_COLS = "region, instance_id, image_id, digest, service, state, verdicts"
+
+
+def _open_observation(conn: Connection, provider: str, key: tuple[Any, ...]) -> dict[str, Any]:
+    """The whole open observation whose (region, instance_id, image_id) lead ``key``."""
+    row = query_one(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
+                          "region=? AND instance_id=? AND image_id=? AND closed_at IS NULL",
+                    (provider, *key[:3]))
+    if row is None:  # it was read in this transaction a moment ago
+        raise LookupError(f"open observation {provider}/{'/'.join(map(str, key[:3]))} vanished")
+    return row
 _FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict, detail, "
                  "opened_at, open_ledger_index, open_entry")
 
@@ -218,11 +228,12 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     w = _Writer(conn, run, provider)
     ids = [it.instance.id for it in items]
     seen = run.seen.setdefault(provider, set())
-    # rows as tuples (region, instance_id, image_id, digest, service, state, verdicts, ...):
-    # most are only compared, and a dict per row was a fifth of a steady sweep
+    # rows as tuples (region, instance_id, image_id, digest, service, state, verdicts): they
+    # are only compared (a dict per row was a fifth of a steady sweep), and the index
+    # observations_open holds these columns; the rest is read for the few that close
     marks = ",".join("?" * len(ids))
     open_obs = {(r[0], r[1]): r for r in conn.execute(
-        f"SELECT {_OBS_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
+        f"SELECT {_CMP_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
         f"provider=? AND instance_id IN ({marks})", (provider, *ids)).fetchall()}
     open_findings: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
@@ -239,7 +250,7 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
         seen.add(key)
         obs = open_obs.get(key)
         if obs is not None and obs[2] != inst.image_id:
-            w.close_observation(dict(zip(_OBS_NAMES, obs, strict=True)), "image changed")
+            w.close_observation(_open_observation(conn, provider, obs), "image changed")
             obs = None
         if obs is None:
             w.open_observation(inst, facts_image, service, verdict_text)
