@@ -295,3 +295,28 @@ def test_diff_manifests_names_what_changed(tree: Path) -> None:
         "changed": ["bin/app", "current", "etc/app.conf"],
     }
     assert diff_manifests(new, new) == {"added": [], "removed": [], "changed": []}
+
+
+def test_open_under_roots_with_a_directory_cache_checks_each_file(tmp_path: Path) -> None:
+    """Many files opened with one ``dirs`` cache: the directory is resolved once, and a file
+    that is a symlink is still followed and judged where it points, as without the cache."""
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(b"secret")
+    (root / "a.raw").write_bytes(b"a")
+    (root / "inside-link.raw").symlink_to(root / "a.raw")
+    (root / "outside-link.raw").symlink_to(outside)
+    (tmp_path / "via").symlink_to(root)  # a directory reached through a symlink
+    dirs: dict[str, str] = {}
+    for p in (root / "a.raw", root / "inside-link.raw", tmp_path / "via" / "a.raw"):
+        fd = digest_mod.open_under_roots(str(p), [root], dirs)
+        try:
+            assert os.read(fd, 10) == b"a"
+        finally:
+            os.close(fd)
+    assert dirs == {str(root): str(root), str(tmp_path / "via"): str(root)}
+    with pytest.raises(BadRequest, match="not under any of the configured image_roots"):
+        digest_mod.open_under_roots(str(root / "outside-link.raw"), [root], dirs)
+    with pytest.raises(BadRequest, match="does not exist"):
+        digest_mod.open_under_roots(str(root / "absent.raw"), [root], dirs)

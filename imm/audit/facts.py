@@ -56,21 +56,27 @@ class CatalogFacts:
         self._rollouts: dict[str, bool] = {}
         self._active: dict[str, str | None] = {}
         self._channels: dict[str, str | None] = {}
+        # Facts are frozen and depend only on this key (and the time): instances that share
+        # it share one object. Kept for one time value at a time (a chunk), so it stays small.
+        self._facts: dict[tuple[str, str, str, str | None, str | None], Facts] = {}
+        self._facts_now: int | None = None
 
     def artifact(self, conn: Connection, provider: str, region: str,
                  image_id: str) -> tuple[str | None, tuple[str, ...]]:
         """The digest an artifact row maps this image id to, and why that row does not verify."""
         key = (provider, region, image_id)
-        if key not in self._artifacts:
+        found = self._artifacts.get(key)
+        if found is None:
             row = query_one(conn, "SELECT * FROM artifacts WHERE provider=? AND region=? AND "
                                   "image_id=?", key)
             if row is None:
-                self._artifacts[key] = (None, ())
+                found = (None, ())
             else:
                 problems = tuple(f"artifact {provider}/{region}/{image_id}: {p['problem']}"
                                  for p in check_row(conn, self.keyring, "artifacts", row))
-                self._artifacts[key] = (str(row["digest"]), problems)
-        return self._artifacts[key]
+                found = (str(row["digest"]), problems)
+            self._artifacts[key] = found
+        return found
 
     def image(self, conn: Connection, digest: str) -> ImageFacts | None:
         if digest not in self._images:
@@ -106,6 +112,20 @@ class CatalogFacts:
         return self._channels[name]
 
     def facts(self, conn: Connection, provider: str, item: Observed, now: int) -> Facts:
+        if item.rehash is not None or item.image_manifest is not None:
+            return self._facts_of(conn, provider, item, now)
+        inst = item.instance
+        key = (provider, inst.region, inst.image_id, inst.tags.get(TAG_SERVICE),
+               inst.tags.get(TAG_ROLLOUT))
+        if now != self._facts_now:
+            self._facts.clear()
+            self._facts_now = now
+        found = self._facts.get(key)
+        if found is None:
+            found = self._facts[key] = self._facts_of(conn, provider, item, now)
+        return found
+
+    def _facts_of(self, conn: Connection, provider: str, item: Observed, now: int) -> Facts:
         inst = item.instance
         digest, art_problems = self.artifact(conn, provider, inst.region, inst.image_id)
         image = self.image(conn, digest) if digest else None

@@ -207,6 +207,17 @@ class _Writer:
 
 _OBS_COLS = ("region, instance_id, image_id, digest, service, state, verdicts, first_seen, "
              "last_seen, ledger_index, entry")
+_CMP_COLS = "region, instance_id, image_id, digest, service, state, verdicts"
+
+
+def _open_observation(conn: Connection, provider: str, key: tuple[Any, ...]) -> dict[str, Any]:
+    """The whole open observation whose (region, instance_id, image_id) lead ``key``."""
+    row = query_one(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
+                          "region=? AND instance_id=? AND image_id=? AND closed_at IS NULL",
+                    (provider, *key[:3]))
+    if row is None:  # it was read in this transaction a moment ago
+        raise LookupError(f"open observation {provider}/{'/'.join(map(str, key[:3]))} vanished")
+    return row
 _FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict, detail, "
                  "opened_at, open_ledger_index, open_entry")
 
@@ -217,9 +228,13 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     w = _Writer(conn, run, provider)
     ids = [it.instance.id for it in items]
     seen = run.seen.setdefault(provider, set())
-    open_obs = {(r["region"], r["instance_id"]): r for r in _in(
-        conn, f"SELECT {_OBS_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
-              "provider=? AND instance_id IN (?*)", (provider,), ids)}
+    # rows as tuples (region, instance_id, image_id, digest, service, state, verdicts): they
+    # are only compared (a dict per row was a fifth of a steady sweep), and the index
+    # observations_open holds these columns; the rest is read for the few that close
+    marks = ",".join("?" * len(ids))
+    open_obs = {(r[0], r[1]): r for r in conn.execute(
+        f"SELECT {_CMP_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
+        f"provider=? AND instance_id IN ({marks})", (provider, *ids)).fetchall()}
     open_findings: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
                        "provider=? AND instance_id IN (?*)", (provider,), ids):
@@ -234,13 +249,12 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
         key = (inst.region, inst.id)
         seen.add(key)
         obs = open_obs.get(key)
-        if obs is not None and obs["image_id"] != inst.image_id:
-            w.close_observation(obs, "image changed")
+        if obs is not None and obs[2] != inst.image_id:
+            w.close_observation(_open_observation(conn, provider, obs), "image changed")
             obs = None
         if obs is None:
             w.open_observation(inst, facts_image, service, verdict_text)
-        elif (obs["state"], obs["verdicts"], obs["digest"], obs["service"]) != (
-                inst.state, verdict_text, facts_image, service):
+        elif (obs[5], obs[6], obs[3], obs[4]) != (inst.state, verdict_text, facts_image, service):
             # changed: rewrite it; an unchanged observation is left as it is (no write)
             w.obs_refresh.append((w.at, inst.state, verdict_text, run.id, facts_image, service,
                                   provider, inst.region, inst.id, inst.image_id))
@@ -261,19 +275,32 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     """Close the observations of ``provider`` this sweep did not see, scanning up to ``limit``
     of its open observations per call (``more`` says whether to call again)."""
     w = _Writer(conn, run, provider)
-    after = run.close_after.get(provider, ("", "", ""))
-    scanned = query(conn, f"SELECT {_OBS_COLS} FROM observations WHERE provider=? AND "  # noqa: S608
-                          "closed_at IS NULL AND (region, instance_id, image_id) > (?, ?, ?) "
-                          "ORDER BY region, instance_id, image_id LIMIT ?",
-                    (provider, *after, limit))
+    after = run.close_after.get(provider)
+    seen = run.seen.get(provider, set())
+    if after is None:
+        # every instance seen has exactly one open observation (opened or kept by apply_chunk):
+        # as many open as seen means none is unseen, and there is nothing to scan
+        (n_open,) = conn.execute("SELECT count(*) FROM observations WHERE provider=? AND "
+                                 "closed_at IS NULL", (provider,)).fetchone()
+        if n_open == len(seen):
+            return w.result
+        after = ("", "", "")
+    # the keys only: most were seen, and nothing more of them is read
+    scanned = conn.execute("SELECT region, instance_id, image_id FROM observations WHERE "
+                           "provider=? AND closed_at IS NULL AND (region, instance_id, image_id) "
+                           "> (?, ?, ?) ORDER BY region, instance_id, image_id LIMIT ?",
+                           (provider, *after, limit)).fetchall()
     w.result.more = len(scanned) == limit
     if scanned:
-        last = scanned[-1]
-        run.close_after[provider] = (last["region"], last["instance_id"], last["image_id"])
-    seen = run.seen.get(provider, set())
-    rows = [r for r in scanned if (r["region"], r["instance_id"]) not in seen]
-    if not rows:
+        run.close_after[provider] = tuple(scanned[-1])
+    unseen = {tuple(r) for r in scanned if (r[0], r[1]) not in seen}
+    if not unseen:
         return w.result
+    rows = [r for r in _in(conn, f"SELECT {_OBS_COLS} FROM observations WHERE "  # noqa: S608
+                                 "closed_at IS NULL AND provider=? AND instance_id IN (?*)",
+                           (provider,), sorted({k[1] for k in unseen}))
+            if (r["region"], r["instance_id"], r["image_id"]) in unseen]
+    rows.sort(key=lambda r: (r["region"], r["instance_id"], r["image_id"]))
     findings: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
                        "provider=? AND instance_id IN (?*)", (provider,),

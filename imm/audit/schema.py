@@ -62,3 +62,14 @@ def _audit(conn: Connection) -> None:
             PRIMARY KEY (ledger_index, entry)) WITHOUT ROWID;
         CREATE INDEX audit_events_at ON audit_events(at)
         """)
+
+
+@SCHEMA.migration("0006-observations-open")
+def _observations_open(conn: Connection) -> None:
+    # a sweep reads each listed instance's open observation by (provider, instance_id) and
+    # compares these columns: the index answers it without visiting the table
+    execute_script(conn, """
+        DROP INDEX observations_instance;
+        CREATE INDEX observations_open ON observations(provider, instance_id, region, image_id,
+            digest, service, state, verdicts) WHERE closed_at IS NULL
+        """)

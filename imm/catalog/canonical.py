@@ -24,8 +24,22 @@ def _reject_floats(obj: Any, path: str = "$") -> None:
             _reject_floats(v, f"{path}[{i}]")
 
 
+def _plain(obj: Any) -> bool:
+    """True when ``obj`` is made of str, int, bool, None, dicts with str keys, lists and tuples
+    only: the quick check, without the paths _reject_floats builds for its message."""
+    t = type(obj)
+    if t is str or t is int or t is bool or obj is None:
+        return True
+    if t is dict:
+        return all(type(k) is str and _plain(v) for k, v in obj.items())
+    if t is list or t is tuple:
+        return all(_plain(v) for v in obj)
+    return False  # a float, or a subclass: the careful walk decides
+
+
 def canonical_json(obj: Any) -> bytes:
-    _reject_floats(obj)
+    if not _plain(obj):
+        _reject_floats(obj)
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")

@@ -209,7 +209,7 @@ def _open_regular(path: Path, *, follow: bool) -> tuple[int, os.stat_result]:
 
 
 def _hash_fd(
-    fd: int, st: os.stat_result, path: Path, buf: bytearray, progress: Progress | None
+    fd: int, st: os.stat_result, path: Path | str, buf: bytearray, progress: Progress | None
 ) -> tuple[str, int]:
     """Hash an open regular file; return (digest, bytes hashed)."""
     try:
@@ -230,12 +230,11 @@ def _hash_simple(fd: int, buf: bytearray, progress: Progress | None) -> tuple[An
     h = hashlib.sha256()
     mv = memoryview(buf)
     total = 0
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        while n := f.readinto(mv):
-            h.update(mv[:n])
-            total += n
-            if progress is not None and n == len(buf):
-                progress(total)
+    while n := os.readv(fd, [mv]):
+        h.update(mv[:n])
+        total += n
+        if progress is not None and n == len(buf):
+            progress(total)
     return h, total
 
 
@@ -397,7 +396,10 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
         raise BadRequest(f"{shown} was not opened for reading; pass a descriptor opened with "
                          "O_RDONLY", detail={"path": shown})
     if stat.S_ISREG(st.st_mode):
-        digest, _ = _hash_fd(fd, st, Path(shown), bytearray(CHUNK_SIZE), None)
+        # a buffer no larger than the file needs: zeroing 2 MiB costs more than hashing a small
+        # image (the file may grow meanwhile: the read goes on until its end all the same)
+        buf = bytearray(min(CHUNK_SIZE, max(st.st_size + 1, 1 << 12)))
+        digest, _ = _hash_fd(fd, st, shown, buf, None)
         return "file", digest, None
     if stat.S_ISDIR(st.st_mode):
         if reader is not None and not reader.may(fd, st, _R | _X):
@@ -407,6 +409,23 @@ def content_digest_fd(fd: int, shown: str, reader: Reader | None
     raise BadRequest(
         f"{shown} is a {_kind_name(st.st_mode)}, not a regular file or directory; an image is "
         "a disk file or a directory tree", detail={"path": shown})
+
+
+def _resolved(path: str, dirs: dict[str, str] | None) -> str:
+    """os.path.realpath(path), the directory part looked up in ``dirs`` (and kept there)."""
+    head, base = os.path.split(path)
+    if dirs is None or base in ("", ".", ".."):
+        return os.path.realpath(path)
+    top = dirs.get(head)
+    if top is None:
+        top = dirs[head] = os.path.realpath(head)
+    real = os.path.join(top, base)
+    try:
+        if stat.S_ISLNK(os.lstat(real).st_mode):  # followed, as realpath does
+            return os.path.realpath(path)
+    except OSError:
+        return os.path.realpath(path)  # opening it says what is wrong
+    return real
 
 
 def fd_flags(fd: int) -> int:
@@ -508,17 +527,21 @@ def _open_at(dfd: int, name: str, where: str, extra: int) -> int:
         raise BadRequest(f"cannot open {where}: {_why(e)}", detail={"path": where}) from e
 
 
-def open_under_roots(path: str, roots: list[Path]) -> int:
-    """Open ``path`` for reading if it lies under one of the configured ``image_roots``."""
+def open_under_roots(path: str, roots: list[Path], dirs: dict[str, str] | None = None) -> int:
+    """Open ``path`` for reading if it lies under one of the configured ``image_roots``.
+
+    ``dirs`` (a dict kept by a caller opening many files) remembers each directory's resolved
+    path, so only the file itself is looked at again (realpath is an lstat per component)."""
     if not roots:
         raise BadRequest(
             f"immd reads an image only through a descriptor its caller passes, and no "
             f"[daemon] image_roots are configured to read {path!r} from by path: run "
             "'immctl image add PATH' (it opens the image with your own access), or configure "
             "image_roots", detail={"path": path})
-    real = Path(os.path.realpath(path))
-    for root in roots:
-        if real == root or root in real.parents:
+    real = _resolved(path, dirs)
+    for root in roots:  # absolute: as the config gives them
+        top = str(root)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
             break
     else:
         raise BadRequest(

@@ -11,10 +11,15 @@ so inclusion and consistency proofs (RFC 9162 §2.1.3 and §2.1.4) verify with a
 implementation.
 
 Storage. ``ledger_leaves`` holds one row per leaf (its data and its leaf hash); ``ledger_nodes``
-holds the hash of every *complete* subtree: row ``(level L, idx i)`` is the root of the perfect
-subtree over leaves ``[i*2^L, (i+1)*2^L)``, for ``L >= 1`` (level 0 is the ``leaf_hash`` column).
-A complete subtree never changes once its last leaf is appended, so an append writes the new leaf
-and, on average, one node (at most log2(n)), reading one stored sibling per node written.
+holds the hash of every *complete* subtree of ``2**MIN_STORED_LEVEL`` (32) leaves or more: row
+``(level L, idx i)`` is the root of the perfect subtree over leaves ``[i*2^L, (i+1)*2^L)``, for
+``L >= MIN_STORED_LEVEL``. The smaller subtrees (levels 1..4, at most 16 leaves) are hashed from
+their leaves' stored hashes (the ``leaf_hash`` column) when a root, proof or append needs them: a
+few dozen leaf hashes read beside a proof's own rows, while an append writes its leaf row alone
+31 times in 32 (a node row written on every second append, on pages apart from the leaves', cost
+about as much as the leaf itself). A complete subtree never changes once its last leaf is
+appended, so the append that completes a subtree of 32 leaves or more writes its node(s),
+reading those 32 leaf hashes and one stored sibling per higher node.
 
 Any range that a root or proof needs (``[start, end)`` with ``start`` aligned to a power of two
 at least ``end - start``) is the fold of O(log n) stored complete subtrees, and every range a
@@ -71,6 +76,11 @@ CREATE TABLE IF NOT EXISTS ledger_nodes (
 """
 
 _sha256 = hashlib.sha256
+
+# Node levels below this are not stored (see the module's docstring). Changing it changes
+# what a stored ledger holds: it needs a migration (catalog/schema.py) like 0005's.
+MIN_STORED_LEVEL = 5
+_LOW_ONES = (1 << MIN_STORED_LEVEL) - 1  # leaf i completes a stored subtree iff i & _LOW_ONES == _LOW_ONES
 
 # Rows buffered per executemany() in append_many().
 _BULK_CHUNK = 8192
@@ -179,27 +189,54 @@ class MerkleLog:
     # -- appending -------------------------------------------------------------------------
 
     def append(self, data: bytes, created_at: int) -> int:
-        """Append one leaf (and the complete subtrees it closes); returns its index."""
-        data = _check_data(data)
-        created_at = _check_int(created_at, "created_at")
-        conn = self.conn
-        i = self.size()
-        h = _sha256(LEAF_PREFIX + data).digest()
-        conn.execute(
-            "INSERT INTO ledger_leaves (idx, data, leaf_hash, created_at) VALUES (?, ?, ?, ?)",
-            (i, data, h, created_at),
+        """Append one leaf (and the stored complete subtrees it closes); returns its index."""
+        if type(data) is not bytes:
+            data = _check_data(data)
+        if type(created_at) is not int:
+            created_at = _check_int(created_at, "created_at")
+        # The next index is taken inside the INSERT: one statement for the common append.
+        cur = self.conn.execute(
+            "INSERT INTO ledger_leaves (idx, data, leaf_hash, created_at) VALUES "
+            "((SELECT COALESCE(MAX(idx), -1) + 1 FROM ledger_leaves), ?, ?, ?)",
+            (data, _sha256(LEAF_PREFIX + data).digest(), created_at),
         )
-        j, level = i, 0
-        nodes: list[tuple[int, int, bytes]] = []
-        while j & 1:
-            left = self._subtree_hash(level, j - 1)
-            h = _sha256(NODE_PREFIX + left + h).digest()
-            j >>= 1
-            level += 1
-            nodes.append((level, j, h))
-        if nodes:  # the subtrees this leaf completes, in one statement
-            self._insert_nodes(nodes)
+        i = cur.lastrowid  # idx is SQLite's rowid
+        if i is None:  # a backend without lastrowid (PostgreSQL): this transaction's last leaf
+            i = self.size() - 1
+        if i & _LOW_ONES == _LOW_ONES:
+            self._store_nodes(i)
         return i
+
+    def _store_nodes(self, i: int) -> None:
+        """Store the subtrees of MIN_STORED_LEVEL and up that leaf ``i`` (just appended) completes."""
+        # the lowest one from its 2**MIN_STORED_LEVEL leaves (leaf i included), in one range read
+        lo = i - _LOW_ONES
+        hashes: list[bytes] = []
+        for idx, h in self.conn.execute(
+            "SELECT idx, leaf_hash FROM ledger_leaves WHERE idx BETWEEN ? AND ? ORDER BY idx", (lo, i)
+        ):
+            if idx != lo + len(hashes):
+                raise _missing(0, lo + len(hashes))
+            hashes.append(_as_hash(h, 0, idx))
+        if len(hashes) != _LOW_ONES + 1:
+            raise _missing(0, lo + len(hashes))
+        while len(hashes) > 1:
+            hashes = [_sha256(NODE_PREFIX + hashes[k] + hashes[k + 1]).digest()
+                      for k in range(0, len(hashes), 2)]
+        h = hashes[0]
+        level = MIN_STORED_LEVEL
+        nodes = [(level, i >> level, h)]
+        # each higher one from its stored left sibling
+        top = level
+        while (i >> top) & 1:
+            top += 1
+        if top > level:
+            siblings = [(lv, (i >> lv) - 1) for lv in range(level, top)]
+            known = self._fetch(siblings)
+            for key in siblings:
+                h = _sha256(NODE_PREFIX + known[key] + h).digest()
+                nodes.append((key[0] + 1, i >> (key[0] + 1), h))
+        self._insert_nodes(nodes)
 
     def append_many(self, items: Iterable[tuple[bytes, int]]) -> int:
         """Append ``(data, created_at)`` pairs in order (bulk path); returns the new size.
@@ -233,7 +270,8 @@ class MerkleLog:
                 h = sha256(np_ + pop() + h).digest()
                 j >>= 1
                 level += 1
-                add_node((level, j, h))
+                if level >= MIN_STORED_LEVEL:
+                    add_node((level, j, h))
             push(h)
             i += 1
             if len(leaf_rows) >= _BULK_CHUNK:
@@ -282,13 +320,13 @@ class MerkleLog:
             else:
                 extra += 1
 
-        top = n.bit_length()  # node levels 1 .. top-1 may hold rows
-        node_rows: list[Iterator[tuple[int, Any]]] = [iter(())]
-        heads: list[tuple[int, Any] | None] = [None]
-        for level in range(1, top):
+        top = n.bit_length()  # node levels MIN_STORED_LEVEL .. top-1 may hold rows
+        node_rows: list[Iterator[tuple[int, Any]]] = [iter(())] * max(top, MIN_STORED_LEVEL)
+        heads: list[tuple[int, Any] | None] = [None] * max(top, MIN_STORED_LEVEL)
+        for level in range(MIN_STORED_LEVEL, top):
             cur = conn.execute("SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,))
-            node_rows.append(iter(cur))
-            heads.append(next(node_rows[level], None))
+            node_rows[level] = iter(cur)
+            heads[level] = next(node_rows[level], None)
 
         pending: list[Any] = [None] * max(top, 1)  # stored hash of the open left child per level
         sha256, lp, np_ = _sha256, LEAF_PREFIX, NODE_PREFIX
@@ -301,6 +339,12 @@ class MerkleLog:
                 left = pending[level]
                 j >>= 1
                 level += 1
+                if level < MIN_STORED_LEVEL:  # not stored: computed from the stored leaf hashes
+                    try:
+                        h = sha256(np_ + left + h).digest()
+                    except TypeError:  # a leaf below is missing or not a blob: reported on its own
+                        h = None
+                    continue
                 head = heads[level]
                 while head is not None and head[0] < j:
                     report(_unexpected_node(level, head[0], n))
@@ -389,18 +433,19 @@ class MerkleLog:
                 progress(expected, n)
 
         # Node rows nobody asked for: past the end of their level, or on levels that cannot exist.
-        for level in range(1, top):
+        for level in range(MIN_STORED_LEVEL, top):
             head = heads[level]
             while head is not None:
                 report(_unexpected_node(level, head[0], n))
                 head = next(node_rows[level], None)
         for level, idx in conn.execute(
-            "SELECT level, idx FROM ledger_nodes WHERE level < 1 ORDER BY level, idx"
+            "SELECT level, idx FROM ledger_nodes WHERE level < ? ORDER BY level, idx",
+            (MIN_STORED_LEVEL,),
         ):
             report(_unexpected_node(level, idx, n))
         for level, idx in conn.execute(
             "SELECT level, idx FROM ledger_nodes WHERE level >= ? ORDER BY level, idx",
-            (max(top, 1),),
+            (max(top, MIN_STORED_LEVEL),),
         ):
             report(_unexpected_node(level, idx, n))
         if progress is not None:
@@ -454,35 +499,38 @@ class MerkleLog:
                 "(a stale node row exists); run the ledger verification"
             ) from e
 
-    def _subtree_hash(self, level: int, idx: int) -> bytes:
-        if level == 0:
-            row = self.conn.execute("SELECT leaf_hash FROM ledger_leaves WHERE idx = ?", (idx,)).fetchone()
-        else:
-            row = self.conn.execute(
-                "SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?", (level, idx)
-            ).fetchone()
-        if row is None:
-            raise _missing(level, idx)
-        return _as_hash(row[0], level, idx)
-
     def _fetch(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        """Stored hashes of the given complete subtrees, in (at most) two statements."""
+        """Hashes of the given complete subtrees, in (at most) two statements: stored ones
+        read, those below MIN_STORED_LEVEL hashed from their leaves' stored hashes."""
         leaves: set[int] = set()
         nodes: set[tuple[int, int]] = set()
+        low: list[tuple[int, int]] = []
         for level, idx in keys:
             if level == 0:
                 leaves.add(idx)
+            elif level < MIN_STORED_LEVEL:
+                low.append((level, idx))
             else:
                 nodes.add((level, idx))
+        wanted = set(leaves)
+        for level, idx in low:
+            wanted.update(range(idx << level, (idx + 1) << level))
         out: dict[tuple[int, int], bytes] = {}
         conn = self.conn
-        if leaves:
-            marks = ",".join("?" * len(leaves))
-            for idx, h in conn.execute(
-                f"SELECT idx, leaf_hash FROM ledger_leaves WHERE idx IN ({marks})",  # noqa: S608
-                tuple(leaves),
-            ):
-                out[(0, idx)] = h
+        stored: dict[int, Any] = {}
+        if wanted:
+            lo, hi = min(wanted), max(wanted)
+            if hi - lo < 2 * len(wanted):  # mostly one block of leaves: one range read
+                cur = conn.execute(
+                    "SELECT idx, leaf_hash FROM ledger_leaves WHERE idx BETWEEN ? AND ?", (lo, hi)
+                )
+            else:
+                marks = ",".join("?" * len(wanted))
+                cur = conn.execute(
+                    f"SELECT idx, leaf_hash FROM ledger_leaves WHERE idx IN ({marks})",  # noqa: S608
+                    tuple(wanted),
+                )
+            stored = dict(cur.fetchall())
         if nodes:
             params: list[int] = []
             for level, idx in nodes:
@@ -496,10 +544,27 @@ class MerkleLog:
                 params,
             ):
                 out[(level, idx)] = h
-        for key in (*((0, i) for i in leaves), *nodes):
+        for i in leaves:
+            if i not in stored:
+                raise _missing(0, i)
+            out[(0, i)] = _as_hash(stored[i], 0, i)
+        for key in nodes:
             if key not in out:
                 raise _missing(*key)
             out[key] = _as_hash(out[key], *key)
+        sha256, np_ = _sha256, NODE_PREFIX
+        for level, idx in low:
+            first = idx << level
+            hashes: list[Any] = [stored.get(j) for j in range(first, first + (1 << level))]
+            for j, h in enumerate(hashes):
+                if type(h) is not bytes or len(h) != HASH_SIZE:
+                    if h is None:
+                        raise _missing(0, first + j)
+                    _as_hash(h, 0, first + j)  # raises, naming the leaf
+            while len(hashes) > 1:
+                hashes = [sha256(np_ + hashes[k] + hashes[k + 1]).digest()
+                          for k in range(0, len(hashes), 2)]
+            out[(level, idx)] = hashes[0]
         return out
 
     def _range_hashes(self, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -552,9 +617,9 @@ def _node_problem(level: int, idx: int, what: str, **extra: Any) -> dict[str, An
 
 
 def _unexpected_node(level: int, idx: int, size: int) -> dict[str, Any]:
-    return {
-        "level": level,
-        "idx": idx,
-        "problem": f"unexpected node row (level {level}, idx {idx}): no complete subtree of "
-        f"a ledger of {size} leaves has that position",
-    }
+    why = (
+        f"subtrees below level {MIN_STORED_LEVEL} are not stored"
+        if 1 <= level < MIN_STORED_LEVEL
+        else f"no complete subtree of a ledger of {size} leaves has that position"
+    )
+    return {"level": level, "idx": idx, "problem": f"unexpected node row (level {level}, idx {idx}): {why}"}

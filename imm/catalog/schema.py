@@ -56,3 +56,9 @@ def _catalog(conn: Connection) -> None:
 def _images_created(conn: Connection) -> None:
     # image list pages by (created_at, digest): without this every page re-sorts the table
     conn.execute("CREATE INDEX images_created ON images(created_at, digest)")
+
+
+@SCHEMA.migration("0005-ledger-sparse-nodes")
+def _ledger_sparse_nodes(conn: Connection) -> None:
+    # subtrees below merkle.MIN_STORED_LEVEL are hashed from their leaves, no longer stored
+    conn.execute("DELETE FROM ledger_nodes WHERE level < ?", (merkle.MIN_STORED_LEVEL,))

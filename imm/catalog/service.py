@@ -21,10 +21,10 @@ from typing import Any
 from ..errors import Ambiguous, BadRequest, ConfigError, Conflict, NotFound
 from ..store import Connection, now, query, query_one
 from . import checkpoint, dsse
-from .canonical import canonical_json
+from .canonical import canonical_json, sha256_digest
 from .checkpoint import checkpoint_size
 from .keys import KeyRing, SigningKey, keyid_of, public_pem
-from .manifest import build_manifest, image_digest
+from .manifest import build_manifest
 from .merkle import MerkleLog
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -42,11 +42,17 @@ class Catalog:
         # True when the store signs one checkpoint per committed batch (Database.add_batch_hook
         # with checkpoint_if_behind): records then leave the checkpoint to it.
         self.defer_checkpoints = False
+        # the last signing key and its key id (serializing the public key for every record
+        # cost more than the ledger append); replaced whole, so readers see a matching pair
+        self._keyid: tuple[SigningKey, str] | None = None
 
     # -- records and the ledger ---------------------------------------------------------------
 
     def _sign_with(self, key: SigningKey, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dsse.sign(kind, body, key, keyid_of(key.public_key()))
+        known = self._keyid
+        if known is None or known[0] is not key:
+            known = self._keyid = (key, keyid_of(key.public_key()))
+        return dsse.sign(kind, body, key, known[1])
 
     def append(self, conn: Connection, kind: str, body: dict[str, Any],
                key: SigningKey | None = None) -> tuple[dict[str, Any], int, str]:
@@ -200,13 +206,15 @@ class Catalog:
             name=name, version=version, content_digest=content_digest, content_kind=content_kind,
             layers=layers, boot_actions=boot_actions, parent=parent_digest, labels=labels,
             provenance=provenance or {})
-        digest = image_digest(manifest)
-        existing = query_one(conn, "SELECT digest FROM images WHERE digest=?", (digest,))
-        created = existing is None
+        manifest_text = canonical_json(manifest)
+        digest = sha256_digest(manifest_text)  # image_digest(manifest), its text kept
+        # one look-up for both: this very image, or another under its name@version
+        same = query(conn, "SELECT digest FROM images WHERE digest=? OR (name=? AND version=?)",
+                     (digest, name, version))
+        created = not any(r["digest"] == digest for r in same)
         if created:
-            clash = query_one(conn, "SELECT digest FROM images WHERE name=? AND version=?",
-                              (name, version))
-            if clash:
+            if same:
+                clash = same[0]
                 raise Conflict(
                     f"{name}@{version} is already {clash['digest']} with other content or "
                     "manifest; images are immutable: register a new version",
@@ -214,16 +222,29 @@ class Catalog:
             body = {"type": "image", "digest": digest, "manifest": manifest, "actor": actor,
                     "time": now()}
             env, idx, text = self.append(conn, "image", body)
+            manifest_str = manifest_text.decode()
             conn.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (digest, name, version, content_digest, content_kind, parent_digest,
-                 manifest["ladder_step"], canonical_json(manifest).decode(), actor, body["time"],
+                 manifest["ladder_step"], manifest_str, actor, body["time"],
                  self.keyring.keyid, idx, text))
+        artifacts = list(artifacts)
         for provider, region, image_id in artifacts:
             self._add_artifact(conn, actor, digest, provider, region, image_id)
         if created or artifacts:
             self.checkpoint(conn)
-        result = self.show(conn, digest)
+        if created and not artifacts:
+            # what show() would read back: a new image has no revocation, artifact or channel
+            # yet (each of those names an existing image)
+            result = self._image_view_of(
+                {"digest": digest, "name": name, "version": version,
+                 "content_digest": content_digest, "content_kind": content_kind,
+                 "parent": parent_digest, "ladder_step": manifest["ladder_step"],
+                 "manifest": manifest_str, "created_at": body["time"], "actor": actor,
+                 "keyid": self.keyring.keyid, "ledger_index": idx, "envelope": text},
+                rev=None, arts=[], chans=[])
+        else:
+            result = self.show(conn, digest)
         result["created"] = created
         return result
 
@@ -244,6 +265,12 @@ class Catalog:
             conn, "SELECT h.name FROM channel_history h JOIN (SELECT name, max(seq) s FROM "
                   "channel_history GROUP BY name) m ON h.name=m.name AND h.seq=m.s "
                   "WHERE h.digest=?", (digest,))]
+        return self._image_view_of(row, rev=rev, arts=arts, chans=chans)
+
+    @staticmethod
+    def _image_view_of(row: dict[str, Any], *, rev: dict[str, Any] | None,
+                       arts: list[dict[str, Any]], chans: list[str]) -> dict[str, Any]:
+        digest = row["digest"]
         return {
             "digest": digest, "name": row["name"], "version": row["version"],
             "content_digest": row["content_digest"], "content_kind": row["content_kind"],

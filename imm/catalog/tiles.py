@@ -6,8 +6,9 @@ a partial tile); ``/tile/entries/<N>[.p/<W>]`` is the entry bundle (uint16 big-e
 prefixed leaves). N is written as zero-padded 3-digit path elements, all but the last prefixed
 with ``x`` (1234067 → ``x001/x234/067``).
 
-The ledger keeps every complete-subtree hash (``ledger_nodes(level, idx)`` is the hash of the
-2**level leaves from idx * 2**level), so a tile at level L is one range read of level 8L: the
+The ledger keeps every complete-subtree hash from level ``merkle.MIN_STORED_LEVEL`` (5) on
+(``ledger_nodes(level, idx)`` is the hash of the 2**level leaves from idx * 2**level), so a tile
+at level L >= 1 is one range read of level 8L, and a tile at level 0 one of leaf hashes: the
 same layout as Go's checksum database, Rekor v2 and Sigsum, so standard tile clients can mirror
 the ledger and prove inclusion without imm's tools. A partial tile is a prefix of the full tile
 it becomes, so any width the tree already covers is served.

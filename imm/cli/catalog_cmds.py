@@ -11,7 +11,6 @@ from ..errors import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
 )
-from . import trust_cmds
 from .client import Client, Fail, seg
 from .render import block, emit_json, emit_list, short, table
 
@@ -210,6 +209,7 @@ def cmd_artifact_add(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
+    from . import trust_cmds  # imported when used: immctl starts quicker
     if a.at:
         return int(trust_cmds.guard(trust_cmds.cmd_image_lifecycle)(c, a))
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/revoke",
@@ -224,6 +224,7 @@ def cmd_image_revoke(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
+    from . import trust_cmds  # imported when used: immctl starts quicker
     r = c.request("POST", f"/v1/images/{seg(a.ref)}/restore", {})
     if trust_cmds.pending(r, a):
         return 0
@@ -239,6 +240,7 @@ def cmd_image_restore(c: Client, a: argparse.Namespace) -> int:
 # -- channels -------------------------------------------------------------------------------
 
 def cmd_channel_set(c: Client, a: argparse.Namespace) -> int:
+    from . import trust_cmds  # imported when used: immctl starts quicker
     r = c.request("PUT", f"/v1/channels/{seg(a.name)}", {"ref": a.ref})
     if trust_cmds.pending(r, a):
         return 0
@@ -334,6 +336,7 @@ def cmd_ledger_leaf(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(c: Client, a: argparse.Namespace) -> int:
+    from . import trust_cmds  # imported when used: immctl starts quicker
     if a.checkpoint:
         return int(trust_cmds.guard(lambda _c, a: trust_cmds.verify_checkpoint_offline(a))(c, a))
     r = c.request("GET", "/v1/ledger/verify")

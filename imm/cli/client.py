@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import _socket  # not socket.py: its enums and selectors cost more than the rest of immctl
+import io
 import json
 import os
-import socket
 from urllib.parse import quote, urlencode
 
 from ..errors import EXIT_ERROR
@@ -98,6 +99,20 @@ class Response:
             chunks.append(data)
 
 
+class _SocketReader(io.RawIOBase):
+    """The read side of a socket as a raw stream under io.BufferedReader: what
+    socket.makefile("rb") gives, without importing socket.py."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
+
+
 class UnixHTTPConnection:
     """HTTP/1.1 with keep-alive over a unix socket, in a few lines of the standard library:
     http.client would pull in email and ssl, a fifth of immctl's start-up."""
@@ -105,11 +120,11 @@ class UnixHTTPConnection:
     def __init__(self, path: str, timeout: float) -> None:
         self.unix_path = path
         self.timeout = timeout
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self._rfile: Any = None
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.unix_path)
@@ -117,7 +132,7 @@ class UnixHTTPConnection:
             sock.close()
             raise
         self.sock = sock
-        self._rfile = sock.makefile("rb")
+        self._rfile = io.BufferedReader(_SocketReader(sock))
 
     def close(self) -> None:
         if self._rfile is not None:
@@ -146,7 +161,7 @@ class UnixHTTPConnection:
         import array
 
         assert self.sock is not None
-        self.sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+        self.sock.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                       array.array("i", [fd]).tobytes())])
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from ..errors import (
     ERROR_CLASSES,
@@ -19,7 +17,6 @@ from ..errors import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from . import audit_cmds, rollout_cmds, token_cmds, trust_cmds
 from .catalog_cmds import (
     BATCH,
     cmd_artifact_add,
@@ -45,9 +42,29 @@ from .render import block, emit_json, emit_list, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-Command = Callable[[Client, argparse.Namespace], int]
+    Command = Callable[[Client, argparse.Namespace], int]
+
+# The top-level commands other modules register, in the order help lists them; a module is
+# imported only when the invoked command is one of its own (or for help and the generators).
+ROLLOUT_COMMANDS = ("rollout", "service", "instance")
+AUDIT_COMMANDS = ("audit",)
+TOKEN_COMMANDS = ("token",)
+TRUST_COMMANDS = ("operator", "change", "approve", "witness")
+OWN_COMMANDS = ("status", "help", "completion", "dashboard", "keys", "state", "image", "channel",
+                "ledger")
+
+
+def _trust(name: str, guarded: bool = True) -> Command:
+    """A command of trust_cmds, imported only when it runs."""
+    def run(c: Client, a: argparse.Namespace) -> int:
+        from . import trust_cmds
+
+        fn = getattr(trust_cmds, name)
+        return int((trust_cmds.guard(fn) if guarded else fn)(c, a))
+    return run
 
 
 # -- status, keys ---------------------------------------------------------------------------
@@ -184,6 +201,8 @@ def cmd_channel_resolve(c: Client, a: argparse.Namespace) -> int:
     """With --provider: the provider's image id of the channel's image (Terraform's question);
     without: the image digest from the channel's signed head. --max-age (or --statement) checks
     the signed head's freshness first in both cases."""
+    from . import trust_cmds
+
     if a.provider is None:
         return int(trust_cmds.guard(trust_cmds.cmd_channel_resolve)(c, a))
     head: dict[str, Any] | None = None
@@ -244,8 +263,8 @@ def cmd_completion(c: Client, a: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------------------
 
 class _Skipped:
-    """Stands in for the subcommands of groups this invocation does not use: building every
-    group's parsers would be a third of immctl's start-up."""
+    """Stands in for the parsers of commands this invocation does not use: building every
+    command's parser would be most of immctl's start-up."""
 
     def add_parser(self, *a: Any, **k: Any) -> _Skipped:
         return self
@@ -260,9 +279,51 @@ class _Skipped:
         return None
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """immctl's parser; with ``only``, just that command group gets its subcommands."""
-    p = argparse.ArgumentParser(
+class _Only:
+    """A subparsers action that builds only the parser of one name; ``built`` says whether
+    that name came by (if not, the caller builds them all so argparse can list the choices)."""
+
+    def __init__(self, action: Any, name: str) -> None:
+        self.action, self.name, self.built = action, name, False
+
+    def add_parser(self, name: str, **k: Any) -> Any:
+        if name != self.name:
+            return _Skipped()
+        self.built = True
+        return self.action.add_parser(name, **k)
+
+
+def _columns() -> int:
+    """What shutil.get_terminal_size() says (COLUMNS, else the terminal, else 80), without
+    importing shutil (and with it bz2, lzma and fnmatch)."""
+    try:
+        cols = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        cols = 0
+    if cols <= 0:
+        try:
+            cols = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            cols = 0
+    return (cols if cols > 0 else 80) - 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse makes a help formatter, which asks the terminal's width, on every
+    add_argument (to check the metavar): the width is asked without importing shutil."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_columns())  # type: ignore[call-arg]
+
+
+def build_parser(only: str | None = None, sub_only: str | None = None) -> argparse.ArgumentParser:
+    """immctl's parser. With ``only`` (a command), just that command's parser is built (the
+    others are not in it); with ``sub_only`` too, just that subcommand of the group ``only``
+    (if the group has no such subcommand, all of its subcommands are built)."""
+    if only is not None and only not in (*OWN_COMMANDS, *ROLLOUT_COMMANDS, *AUDIT_COMMANDS,
+                                         *TOKEN_COMMANDS, *TRUST_COMMANDS):
+        only = sub_only = None  # argparse refuses it and lists every command
+    p = _Parser(
         prog="immctl", description="Drive immd, the control plane of an immutable fleet.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="--json anywhere prints JSON for scripts; every list is "
@@ -272,7 +333,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--socket", help="immd's unix socket (default: $IMM_SOCKET, /run/imm/immd.sock,"
                                     " ~/.local/state/imm/immd.sock)")
     p.add_argument("--json", action="store_true", help="print JSON (anywhere on the line)")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    # prog given: argparse would otherwise format a usage line to make it
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True, prog="immctl")
+    top: Any = sub if only is None else _Only(sub, only)
+    filters: list[_Only] = []
 
     def add(parent: Any, name: str, fn: Command, help_text: str, example: str) -> Any:
         sp = parent.add_parser(name, help=help_text, description=help_text,
@@ -282,21 +346,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return sp
 
     def group(name: str, help_text: str) -> Any:
-        g = sub.add_parser(name, help=help_text, description=help_text)
-        if only is not None and name != only:
-            return _Skipped()
-        return g.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+        g = top.add_parser(name, help=help_text, description=help_text)
+        if isinstance(g, _Skipped):
+            return g
+        subs = g.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True,
+                                prog=f"immctl {name}")
+        if sub_only is None:
+            return subs
+        filters.append(_Only(subs, sub_only))
+        return filters[-1]
 
-    add(sub, "status", cmd_status, "daemon status, catalog counts and loaded plugins",
+    add(top, "status", cmd_status, "daemon status, catalog counts and loaded plugins",
         "immctl status")
-    sp = add(sub, "help", cmd_help, "a command's help, or a topic: json, exit-codes, refs, "
+    sp = add(top, "help", cmd_help, "a command's help, or a topic: json, exit-codes, refs, "
              "completion", "immctl help rollout start\nimmctl help refs")
     sp.add_argument("topic", nargs="*", metavar="TOPIC",
                     help="a command (and subcommand), or a topic")
-    sp = add(sub, "completion", cmd_completion, "print the bash or zsh completion script",
+    sp = add(top, "completion", cmd_completion, "print the bash or zsh completion script",
              "immctl completion bash > /etc/bash_completion.d/immctl")
     sp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
-    sp = add(sub, "dashboard", cmd_dashboard, "print a one-time login link to the web dashboard",
+    sp = add(top, "dashboard", cmd_dashboard, "print a one-time login link to the web dashboard",
              "immctl dashboard\nimmctl dashboard --open")
     sp.add_argument("--open", action="store_true",
                     help="also open the link in this machine's web browser, if it has one")
@@ -362,7 +431,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every image, artifact and channel")
     art = img.add_parser("artifact", help="where copies of an image live",
                          description="where copies of an image live").add_subparsers(
-        dest="sub2", metavar="SUBCOMMAND", required=True)
+        dest="sub2", metavar="SUBCOMMAND", required=True, prog="immctl image artifact")
     sp = add(art, "add", cmd_artifact_add, "record a copy in a provider/region",
              "immctl image artifact add web@v2 --provider aws-prod --region us-east-1 "
              "--image-id ami-0abc1234def567890")
@@ -379,13 +448,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true",
                     help="with --at: even if the last audit sweep saw it running")
     sp.set_defaults(action="revoke")
-    sp = add(img, "deprecate", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+    sp = add(img, "deprecate", _trust("cmd_image_lifecycle"),
              "mark an image deprecated: rollouts still allowed, with a warning",
              "immctl image deprecate web@v1 --reason 'superseded by v2'")
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
     sp.add_argument("--reason", default="", help="why, kept in the ledger")
     sp.set_defaults(action="deprecate", at=None, force=False)
-    sp = add(img, "expire", trust_cmds.guard(trust_cmds.cmd_image_lifecycle),
+    sp = add(img, "expire", _trust("cmd_image_lifecycle"),
              "from --at on, rollouts to the image are refused (rule not-expired)",
              "immctl image expire web@v1 --at +30d --reason 'end of support'")
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
@@ -395,7 +464,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true",
                     help="even if the last audit sweep saw it running")
     sp.set_defaults(action="expire")
-    sp = add(img, "attest", trust_cmds.guard(trust_cmds.cmd_image_attest),
+    sp = add(img, "attest", _trust("cmd_image_attest"),
              "attach an in-toto Statement v1 (signed by the daemon) to an image",
              "immctl image attest web@v2 --predicate-type https://slsa.dev/provenance/v1 "
              "--predicate provenance.json")
@@ -403,14 +472,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--predicate-type", required=True, metavar="URI",
                     help="the predicate's type URI, e.g. https://slsa.dev/provenance/v1")
     sp.add_argument("--predicate", required=True, metavar="FILE", help="a JSON object")
-    sp = add(img, "attestations", trust_cmds.cmd_image_attestations,
+    sp = add(img, "attestations", _trust("cmd_image_attestations", guarded=False),
              "an image's attestations, each re-verified", "immctl image attestations web@v2")
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
-    sp = add(img, "import-attestation", trust_cmds.guard(trust_cmds.cmd_image_import_attestation),
+    sp = add(img, "import-attestation", _trust("cmd_image_import_attestation"),
              "import an in-toto DSSE envelope signed by a [trust.builders] key",
              "immctl image import-attestation build-42.intoto.json")
     sp.add_argument("file", help="a DSSE envelope holding an in-toto Statement v1")
-    sp = add(img, "lifecycle", trust_cmds.cmd_image_lifecycle_show,
+    sp = add(img, "lifecycle", _trust("cmd_image_lifecycle_show", guarded=False),
              "an image's deprecation, expiry and scheduled revocation records",
              "immctl image lifecycle web@v1")
     sp.add_argument("ref", help="the image: digest, prefix or name@version")
@@ -464,10 +533,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--max-age", metavar="DURATION",
                     help="refuse a checkpoint signed longer ago (e.g. 10m, 1h)")
 
-    rollout_cmds.register(sub, add, group)
-    audit_cmds.register(sub, add, group)
-    token_cmds.register(sub, add, group)
-    trust_cmds.register(sub, add, group)
+    if only is None or only in ROLLOUT_COMMANDS:
+        from . import rollout_cmds
+        rollout_cmds.register(top, add, group)
+    if only is None or only in AUDIT_COMMANDS:
+        from . import audit_cmds
+        audit_cmds.register(top, add, group)
+    if only is None or only in TOKEN_COMMANDS:
+        from . import token_cmds
+        token_cmds.register(top, add, group)
+    if only is None or only in TRUST_COMMANDS:
+        from . import trust_cmds
+        trust_cmds.register(top, add, group)
+    if sub_only is not None and not all(f.built for f in filters):
+        return build_parser(only)  # a subcommand name argparse must refuse (or none): all of them
     return p
 
 
@@ -492,9 +571,13 @@ def split_globals(argv: list[str]) -> tuple[list[str], bool, str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse asks gettext for a translation of each word it prints or keeps (a catalog
+    # search that imports locale); immctl speaks English and Python ships no catalog for
+    # argparse's domain, so the words are taken as they are.
+    argparse._ = str  # type: ignore[attr-defined]
     rest, as_json, sock = split_globals(argv)
-    command = next((a for a in rest if not a.startswith("-")), None)
-    parser = build_parser(only=command)
+    words = [a for a in rest if not a.startswith("-")][:2]  # the command and its subcommand
+    parser = build_parser(*words)
     args = parser.parse_args(rest)
     args.json = as_json
     client = Client(sock)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 

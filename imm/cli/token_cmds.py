@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from .client import Client, seg
 from .render import emit_json, emit_list, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def cmd_create(c: Client, a: argparse.Namespace) -> int:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ..errors import EXIT_USAGE
 from .client import Client, seg
 from .render import block, emit_json, emit_list, table
+
+TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Usage(Exception):

@@ -234,10 +234,11 @@ class Daemon:
 
         def hash_all() -> list[tuple[str, str, int]]:
             out: list[tuple[str, str, int]] = []
+            dirs: dict[str, str] = {}  # many images share a directory: resolved once
             try:
                 for i, (path, _) in enumerate(specs):
                     try:
-                        fd = open_under_roots(path, self.settings.image_roots)
+                        fd = open_under_roots(path, self.settings.image_roots, dirs)
                         out.append((*content_digest_fd(fd, path, None)[:2], fd))
                     except ImmError as e:
                         raise type(e)(f"images[{i}]: {e.message}", detail=e.detail) from None

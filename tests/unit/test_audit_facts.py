@@ -56,3 +56,18 @@ def test_the_active_rollout_comes_from_the_lookup(world: World) -> None:
     facts = CatalogFacts(world.keyring, {}, lookup)
     assert world.db.write_sync(facts.active_rollout, "web") == "r-7"
     assert world.db.write_sync(facts.active_rollout, "api") is None
+
+
+def test_instances_alike_share_one_facts_object_for_one_time(world: World) -> None:
+    d = world.image("1")
+    facts = CatalogFacts(world.keyring, {}, RolloutLookup.none())
+    a, b = (Observed(inst(f"i-{n}", "img-1", **managed(d))) for n in range(2))
+    other = Observed(inst("i-9", "ami-x"))
+    fa = world.db.write_sync(facts.facts, "mem", a, 100)
+    assert world.db.write_sync(facts.facts, "mem", b, 100) is fa  # same key, same time
+    fo = world.db.write_sync(facts.facts, "mem", other, 100)
+    assert fo is not fa and fo.image is None and fa.image is not None
+    later = world.db.write_sync(facts.facts, "mem", a, 160)
+    assert later is not fa and later.now == 160 and fa.now == 100  # time is part of it
+    rehashed = Observed(a.instance, rehash=("sha256:" + "0" * 64, {}))
+    assert world.db.write_sync(facts.facts, "mem", rehashed, 160).rehash == rehashed.rehash

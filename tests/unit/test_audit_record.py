@@ -117,3 +117,27 @@ def test_a_sweep_writes_only_what_changed_and_closes_only_what_it_did_not_see(
     assert after["i-3"]["closed_at"] is not None
     # the ledger got one record: the close (a state change is not an observation event)
     assert world.sql("SELECT COUNT(*) AS n FROM ledger_leaves")[0]["n"] == ledger0 + 1
+
+
+def test_when_every_open_observation_was_seen_nothing_is_scanned(world: World) -> None:
+    d1, d2 = world.image("1"), world.image("2")
+    fleet = [inst(f"i-{n}", "img-1", **managed(d1)) for n in range(3)]
+    run1 = new_run(world)
+    world.db.write_sync(apply_chunk, run1, "mem", [Observed(i) for i in fleet])
+    run2 = new_run(world)
+    # i-2 now runs another image: its old observation is closed, a new one opened (still one
+    # open observation per instance seen)
+    moved = inst("i-2", "img-2", **managed(d2))
+    world.db.write_sync(apply_chunk, run2, "mem", [Observed(fleet[0]), Observed(fleet[1]),
+                                                   Observed(moved)])
+    c = world.db.write_sync(close_unseen, run2, "mem")
+    assert (c.observations_closed, c.records, c.more) == (0, 0, False)
+    assert "mem" not in run2.close_after  # decided from the count: no key was read
+    assert len(world.sql("SELECT 1 FROM observations WHERE closed_at IS NULL")) == 3
+    # one instance fewer: the count differs, the scan runs and closes it
+    run3 = new_run(world)
+    world.db.write_sync(apply_chunk, run3, "mem", [Observed(fleet[0]), Observed(moved)])
+    c = world.db.write_sync(close_unseen, run3, "mem")
+    assert c.observations_closed == 1 and c.records == 1
+    assert {r["instance_id"] for r in world.sql(
+        "SELECT instance_id FROM observations WHERE closed_at IS NULL")} == {"i-0", "i-2"}

@@ -21,6 +21,7 @@ from pymerkle import verify_inclusion as pm_verify_inclusion
 from pymerkle.proof import InclusionProof
 
 from imm.catalog.merkle import (
+    MIN_STORED_LEVEL,
     SCHEMA,
     LedgerCorrupt,
     MerkleLog,
@@ -616,6 +617,11 @@ def test_appends_and_proofs_do_not_scan_the_log():
 # verify_all
 
 
+# Nodes are stored from level L on (subtrees of W leaves or more); lower ones are hashed from leaves.
+L = MIN_STORED_LEVEL
+W = 1 << L
+
+
 def tamper(conn: sqlite3.Connection, sql: str, *params) -> None:
     cur = conn.execute(sql, params)
     assert cur.rowcount == 1
@@ -644,14 +650,15 @@ def test_verify_all_names_altered_leaf_data():
     assert problems[0]["problem"] == "leaf hash does not match the stored leaf data"
 
 
-def test_verify_all_names_altered_leaf_hash_and_its_parent():
+def test_verify_all_names_altered_leaf_hash_and_the_stored_node_above():
     conn, log, leaves = build(37)
     tamper(conn, "UPDATE ledger_leaves SET leaf_hash = ? WHERE idx = 5", flip(leaf_hash(leaves[5])))
     problems = log.verify_all()
     assert problems[0]["index"] == 5
     assert "leaf hash does not match" in problems[0]["problem"]
-    assert (problems[1]["level"], problems[1]["idx"], problems[1]["leaves"]) == (1, 2, [4, 5])
-    assert "does not match the hash of its children" in problems[1]["problem"]
+    # the levels below L are hashed from the leaf hashes: the first stored subtree over leaf 5
+    assert (problems[1]["level"], problems[1]["idx"], problems[1]["leaves"]) == (L, 0, [0, W - 1])
+    assert f"does not match the hash of its children (level {L - 1}, idx 0 and 1)" in problems[1]["problem"]
     assert len(problems) == 2
     # ... and a proof built from the altered row no longer verifies against the true root.
     true_root = rfc_mth(leaves)
@@ -660,35 +667,39 @@ def test_verify_all_names_altered_leaf_hash_and_its_parent():
 
 
 def test_verify_all_names_altered_node_and_its_parent():
-    conn, log, leaves = build(37)
-    (h,) = conn.execute("SELECT hash FROM ledger_nodes WHERE level = 2 AND idx = 3").fetchone()
-    tamper(conn, "UPDATE ledger_nodes SET hash = ? WHERE level = 2 AND idx = 3", flip(h, 31))
+    n = 2 * W + 5
+    conn, log, leaves = build(n)
+    (h,) = conn.execute("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = 1", (L,)).fetchone()
+    tamper(conn, "UPDATE ledger_nodes SET hash = ? WHERE level = ? AND idx = 1", flip(h, 31), L)
     problems = log.verify_all()
     where = [(p["level"], p["idx"], p["leaves"]) for p in problems]
-    assert where == [(2, 3, [12, 15]), (3, 1, [8, 15])]
-    assert "node (level 2, idx 3) covering leaves 12..15" in problems[0]["problem"]
+    assert where == [(L, 1, [W, 2 * W - 1]), (L + 1, 0, [0, 2 * W - 1])]
+    assert f"node (level {L}, idx 1) covering leaves {W}..{2 * W - 1}" in problems[0]["problem"]
     assert problems[0]["stored"] == flip(h, 31).hex() and problems[0]["expected"] == h.hex()
     true_root = rfc_mth(leaves)
-    assert log.root() == true_root  # the root is made of other stored subtrees: (5, 0), (2, 8)...
+    assert log.root() == true_root  # the root is made of other subtrees: (L + 1, 0), ...
     # ... but a proof that uses the altered node no longer verifies against the true root.
-    assert not verify_inclusion(leaf_hash(leaves[8]), 8, 37, log.inclusion_proof(8), true_root)
-    assert verify_inclusion(leaf_hash(leaves[0]), 0, 37, log.inclusion_proof(0), true_root)
+    assert not verify_inclusion(leaf_hash(leaves[8]), 8, n, log.inclusion_proof(8), true_root)
+    i = 2 * W + 1
+    assert verify_inclusion(leaf_hash(leaves[i]), i, n, log.inclusion_proof(i), true_root)
 
 
 def test_verify_all_reports_missing_and_unexpected_rows():
-    conn, log, _ = build(37)
-    tamper(conn, "DELETE FROM ledger_nodes WHERE level = 1 AND idx = 9")
-    tamper(conn, "INSERT INTO ledger_nodes VALUES (1, 18, ?)", bytes(32))  # leaves 36..37: no 37
+    conn, log, _ = build(2 * W + 5)
+    tamper(conn, "DELETE FROM ledger_nodes WHERE level = ? AND idx = 1", L)
+    tamper(conn, "INSERT INTO ledger_nodes VALUES (?, 2, ?)", L, bytes(32))  # incomplete
+    tamper(conn, "INSERT INTO ledger_nodes VALUES (1, 9, ?)", bytes(32))  # not stored
     tamper(conn, "INSERT INTO ledger_nodes VALUES (9, 0, ?)", bytes(32))
-    tamper(conn, "DELETE FROM ledger_leaves WHERE idx = 30")
+    tamper(conn, "DELETE FROM ledger_leaves WHERE idx = ?", W + 3)  # under the missing node
     problems = log.verify_all()
     text = "\n".join(p["problem"] for p in problems)
-    assert "node (level 1, idx 9) covering leaves 18..19 is missing" in text
-    assert "leaves 30..30 are missing" in text
-    assert "unexpected node row (level 1, idx 18)" in text
+    assert f"node (level {L}, idx 1) covering leaves {W}..{2 * W - 1} is missing" in text
+    assert f"leaves {W + 3}..{W + 3} are missing" in text
+    assert f"unexpected node row (level {L}, idx 2): no complete subtree" in text
+    assert f"unexpected node row (level 1, idx 9): subtrees below level {L} are not stored" in text
     assert "unexpected node row (level 9, idx 0)" in text
-    with pytest.raises(Exception, match=r"node \(level 1, idx 9\).*missing"):
-        log.inclusion_proof(16)
+    with pytest.raises(Exception, match=rf"node \(level {L}, idx 1\).*missing"):
+        log.inclusion_proof(0)
 
 
 def test_verify_all_caps_the_problem_list():
@@ -886,14 +897,14 @@ def corrupt(message: str):
 
 
 def test_corrupt_rows_are_named():
-    conn, log, leaves = build(8)
-    conn.execute("DELETE FROM ledger_nodes WHERE level = 2 AND idx = 1")
-    with corrupt("ledger node (level 2, idx 1) covering leaves 4..7 is missing; run the ledger "
-                 "verification"):
+    conn, log, leaves = build(2 * W)
+    conn.execute("DELETE FROM ledger_nodes WHERE level = ? AND idx = 1", (L,))
+    with corrupt(f"ledger node (level {L}, idx 1) covering leaves {W}..{2 * W - 1} is missing; "
+                 "run the ledger verification"):
         log.inclusion_proof(0)
-    conn, log, leaves = build(8)
-    conn.execute("UPDATE ledger_nodes SET hash = x'00' WHERE level = 1 AND idx = 1")
-    with corrupt("ledger node (level 1, idx 1) holds a malformed hash (00); run the ledger "
+    conn, log, leaves = build(2 * W)
+    conn.execute("UPDATE ledger_nodes SET hash = x'00' WHERE level = ? AND idx = 1", (L,))
+    with corrupt(f"ledger node (level {L}, idx 1) holds a malformed hash (00); run the ledger "
                  "verification"):
         log.inclusion_proof(0)
     conn, log, leaves = build(7)
@@ -911,20 +922,22 @@ def test_corrupt_rows_are_named():
         log.leaf(4)
     with corrupt("ledger leaf 4 is missing; run the ledger verification"):
         log.inclusion_proof(5)
+    conn, log, leaves = build(W - 1)
+    conn.execute("UPDATE ledger_leaves SET leaf_hash = 'text' WHERE idx = 6")
     with corrupt("ledger leaf 6 holds a malformed hash ('text'); run the ledger verification"):
-        log.append(b"x", 1)  # leaf 7 closes (1, 3): its left child is leaf 6
+        log.append(b"x", 1)  # leaf W - 1 closes (L, 0), hashed from leaves 0..W-1
 
 
 def test_a_stale_node_row_blocks_an_append_with_a_clear_error():
-    conn, log, _ = build(3)
-    conn.execute("INSERT INTO ledger_nodes VALUES (1, 1, ?)", (bytes(32),))
-    with corrupt("cannot store ledger node (level 1, idx 1): UNIQUE constraint failed: "
+    conn, log, _ = build(W - 1)
+    conn.execute("INSERT INTO ledger_nodes VALUES (?, 0, ?)", (L, bytes(32)))
+    with corrupt(f"cannot store ledger node (level {L}, idx 0): UNIQUE constraint failed: "
                  "ledger_nodes.level, ledger_nodes.idx (a stale node row exists); run the ledger "
                  "verification"):
         log.append(b"x", 1)
-    conn, log, _ = build(3)
-    conn.execute("INSERT INTO ledger_nodes VALUES (1, 1, ?)", (bytes(32),))
-    with corrupt("cannot store ledger node (level 1, idx 1): UNIQUE constraint failed: "
+    conn, log, _ = build(W - 1)
+    conn.execute("INSERT INTO ledger_nodes VALUES (?, 0, ?)", (L, bytes(32)))
+    with corrupt(f"cannot store ledger node (level {L}, idx 0): UNIQUE constraint failed: "
                  "ledger_nodes.level, ledger_nodes.idx (a stale node row exists); run the ledger "
                  "verification"):
         log.append_many([(b"x", 1)])
@@ -943,67 +956,69 @@ def test_a_leaf_row_past_the_end_blocks_a_bulk_append():
 
 
 def test_verify_all_problem_entries_exactly():
-    conn, log, leaves = build(6)
+    n = W + 6  # one stored node, (L, 0)
+    conn, log, leaves = build(n)
     conn.execute("UPDATE ledger_leaves SET data = x'00' WHERE idx = 2")
     conn.execute("UPDATE ledger_leaves SET data = 'text' WHERE idx = 4")
-    conn.execute("UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 2 AND idx = 0")
+    conn.execute("UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = ? AND idx = 0", (L,))
     conn.execute("INSERT INTO ledger_nodes VALUES (0, 1, zeroblob(32))")
-    conn.execute("INSERT INTO ledger_nodes VALUES (3, 0, zeroblob(32))")
     conn.execute("INSERT INTO ledger_nodes VALUES (1, 3, zeroblob(32))")
-    root2 = node_hash(node_hash(leaf_hash(leaves[0]), leaf_hash(leaves[1])),
-                      node_hash(leaf_hash(leaves[2]), leaf_hash(leaves[3])))
+    conn.execute("INSERT INTO ledger_nodes VALUES (?, 1, zeroblob(32))", (L,))
+    conn.execute("INSERT INTO ledger_nodes VALUES (?, 0, zeroblob(32))", (L + 1,))
     progress: list[tuple[int, int]] = []
+    nowhere = f"no complete subtree of a ledger of {n} leaves has that position"
     assert log.verify_all(lambda d, t: progress.append((d, t))) == [
         {"index": 2, "problem": "leaf hash does not match the stored leaf data",
          "stored": leaf_hash(leaves[2]).hex(), "expected": leaf_hash(b"\0").hex()},
-        {"level": 2, "idx": 0, "leaves": [0, 3],
-         "problem": "node (level 2, idx 0) covering leaves 0..3 does not match the hash of its "
-                    "children (level 1, idx 0 and 1)",
-         "stored": "00" * 32, "expected": root2.hex()},
         {"index": 4, "problem": "leaf data is not a blob but str",
          "stored": leaf_hash(leaves[4]).hex(), "expected": None},
-        {"level": 1, "idx": 3, "problem": "unexpected node row (level 1, idx 3): no complete "
-                                          "subtree of a ledger of 6 leaves has that position"},
-        {"level": 0, "idx": 1, "problem": "unexpected node row (level 0, idx 1): no complete "
-                                          "subtree of a ledger of 6 leaves has that position"},
-        {"level": 3, "idx": 0, "problem": "unexpected node row (level 3, idx 0): no complete "
-                                          "subtree of a ledger of 6 leaves has that position"},
+        {"level": L, "idx": 0, "leaves": [0, W - 1],
+         "problem": f"node (level {L}, idx 0) covering leaves 0..{W - 1} does not match the hash "
+                    f"of its children (level {L - 1}, idx 0 and 1)",
+         "stored": "00" * 32, "expected": rfc_mth(leaves[:W]).hex()},
+        {"level": L, "idx": 1, "problem": f"unexpected node row (level {L}, idx 1): {nowhere}"},
+        {"level": 0, "idx": 1, "problem": f"unexpected node row (level 0, idx 1): {nowhere}"},
+        {"level": 1, "idx": 3, "problem": "unexpected node row (level 1, idx 3): subtrees below "
+                                          f"level {L} are not stored"},
+        {"level": L + 1, "idx": 0, "problem": f"unexpected node row (level {L + 1}, idx 0): {nowhere}"},
     ]
-    assert progress == [(6, 6)]
+    assert progress == [(n, n)]
 
 
 def test_verify_all_missing_leaves_and_nodes_exactly():
-    conn, log, leaves = build(9)
+    n = 2 * W + 1
+    conn, log, leaves = build(n)
     conn.execute("DELETE FROM ledger_leaves WHERE idx IN (2, 3)")
-    conn.execute("DELETE FROM ledger_nodes WHERE level = 1 AND idx = 1")
-    conn.execute("DELETE FROM ledger_nodes WHERE level = 3 AND idx = 0")
+    conn.execute("DELETE FROM ledger_nodes WHERE level = ? AND idx = 1", (L,))
+    conn.execute("DELETE FROM ledger_nodes WHERE level = ? AND idx = 0", (L + 1,))
     assert log.verify_all() == [
         {"index": 2, "leaves": [2, 3],
-         "problem": "leaves 2..3 are missing (the ledger has 9 leaves, 0..8)"},
-        {"level": 1, "idx": 1, "leaves": [2, 3],
-         "problem": "node (level 1, idx 1) covering leaves 2..3 is missing"},
-        {"level": 3, "idx": 0, "leaves": [0, 7],
-         "problem": "node (level 3, idx 0) covering leaves 0..7 is missing"},
+         "problem": f"leaves 2..3 are missing (the ledger has {n} leaves, 0..{n - 1})"},
+        {"level": L, "idx": 1, "leaves": [W, 2 * W - 1],
+         "problem": f"node (level {L}, idx 1) covering leaves {W}..{2 * W - 1} is missing"},
+        {"level": L + 1, "idx": 0, "leaves": [0, 2 * W - 1],
+         "problem": f"node (level {L + 1}, idx 0) covering leaves 0..{2 * W - 1} is missing"},
     ]
-    conn.execute("DELETE FROM ledger_leaves WHERE idx = 8")
-    assert log.size() == 8
+    conn.execute("DELETE FROM ledger_leaves WHERE idx = ?", (n - 1,))
+    assert log.size() == n - 1
     assert [p["problem"] for p in log.verify_all()] == [
-        "leaves 2..3 are missing (the ledger has 8 leaves, 0..7)",
-        "node (level 1, idx 1) covering leaves 2..3 is missing",
-        "node (level 3, idx 0) covering leaves 0..7 is missing",
+        f"leaves 2..3 are missing (the ledger has {n - 1} leaves, 0..{n - 2})",
+        f"node (level {L}, idx 1) covering leaves {W}..{2 * W - 1} is missing",
+        f"node (level {L + 1}, idx 0) covering leaves 0..{2 * W - 1} is missing",
     ]
 
 
 def test_verify_all_a_negative_leaf_index_and_the_cap():
-    conn, log, leaves = build(4)
+    conn, log, leaves = build(W)
     conn.execute("INSERT INTO ledger_leaves VALUES (-1, x'00', zeroblob(32), 0)")
     assert log.verify_all() == [{"index": -1, "problem": "unexpected leaf index -1"}]
     conn.execute("UPDATE ledger_leaves SET leaf_hash = zeroblob(32) WHERE idx >= 0")
+    # W + 2 problems: leaf -1, the W leaf hashes, and the stored node (L, 0) above them
     problems = log.verify_all(max_problems=2)
     assert [p.get("index", p.get("level")) for p in problems[:2]] == [-1, 0]
-    assert problems[2:] == [{"problem": "5 more problems not listed"}]
-    assert len(log.verify_all(max_problems=7)) == 7
-    assert len(log.verify_all(max_problems=6)) == 7
+    assert problems[2:] == [{"problem": f"{W} more problems not listed"}]
+    assert len(log.verify_all(max_problems=W + 2)) == W + 2
+    assert len(log.verify_all(max_problems=W + 1)) == W + 2
 
 
 def test_verify_all_stops_at_a_huge_gap():

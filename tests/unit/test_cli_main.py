@@ -109,3 +109,32 @@ def test_dashboard_open_hands_the_link_to_the_browser(tmp_path: Path,
             break
         time.sleep(0.05)
     assert got.read_text() == url
+
+
+def _choices(parser: argparse.ArgumentParser) -> set[str]:
+    return set(next(a for a in parser._actions  # noqa: SLF001
+                    if isinstance(a, argparse._SubParsersAction)).choices)  # noqa: SLF001
+
+
+def test_only_the_invoked_command_and_subcommand_are_built() -> None:
+    parser = build_parser("image", "list")
+    assert _choices(parser) == {"image"}
+    group = next(a for a in parser._actions  # noqa: SLF001
+                 if isinstance(a, argparse._SubParsersAction)).choices["image"]
+    assert _choices(group) == {"list"}
+    args = parser.parse_args(["image", "list", "--name", "web", "--limit", "5"])
+    assert (args.name, args.limit, args.fn.__name__) == ("web", 5, "cmd_image_list")
+    # a name argparse must refuse: everything is built, so its message lists every choice
+    group = next(a for a in build_parser("image", "lst")._actions  # noqa: SLF001
+                 if isinstance(a, argparse._SubParsersAction)).choices["image"]
+    assert {"add", "list", "show", "verify", "revoke"} <= _choices(group)
+    assert {"image", "rollout", "audit", "witness"} <= _choices(build_parser("imagex"))
+
+
+def test_a_mistyped_subcommand_lists_the_group_s_choices(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["image", "lst"])
+    assert e.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "invalid choice: 'lst'" in err and "'list'" in err and "'revoke'" in err
