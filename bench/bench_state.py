@@ -47,12 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imm.catalog.canonical import canonical_json  # noqa: E402
 from imm.catalog.dsse import pae, payload_type  # noqa: E402
 from imm.catalog.keys import FileKeyStore  # noqa: E402
+from imm.cli.client import Client  # noqa: E402
 
 from daemon import Immd, reap_under  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
-from bench_catalog import loadavg, log, make_files, register_api  # noqa: E402
+from bench_catalog import loadavg, log, make_files, register_api, register_batches  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_PASSWORD = "imm-bench-password"
@@ -184,7 +185,7 @@ def fmt_ms(x: float) -> str:
 
 def bench_state(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     files = work / "files"
-    paths = make_files(files, a.images)
+    paths = make_files(files, 2 * a.images)  # the second half goes through the batch route
     pg = PgCluster()
     daemons: dict[str, Immd] = {}
     try:
@@ -219,11 +220,17 @@ def bench_state(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         # (b) list, interleaved
         lists: dict[str, dict[str, list[float]]] = {
-            kind: {"sqlite": [], "postgresql": []} for kind in ("page", "all")}
+            kind: {"sqlite": [], "postgresql": []} for kind in ("page", "all", "get")}
+        clients = {name: Client(str(d.sock)) for name, d in daemons.items()}
         for r in range(a.runs):
             order = ["sqlite", "postgresql"] if r % 2 == 0 else ["postgresql", "sqlite"]
             for name in order:
                 d = daemons[name]
+                t0 = time.perf_counter()
+                page = clients[name].request("GET", "/v1/images", query={"limit": 1000})
+                lists["get"][name].append(time.perf_counter() - t0)
+                if len(page["images"]) != min(1000, a.images):
+                    raise RuntimeError(f"{name}: GET /v1/images gave {len(page['images'])}")
                 dt, n = timed([d.immctl, "image", "list", "--json"], d.env)
                 if n != min(100, a.images):
                     raise RuntimeError(f"{name}: image list printed {n} images")
@@ -233,12 +240,26 @@ def bench_state(a: argparse.Namespace, work: Path) -> dict[str, Any]:
                     raise RuntimeError(f"{name}: image list --all printed {n} of {a.images}")
                 lists["all"][name].append(dt)
         log(f"listed {a.runs} times on each (load {loadavg()})")
+
+        # (a') register as many again through POST /v1/images/batch, interleaved likewise
+        bat = {"sqlite": 0.0, "postgresql": 0.0}
+        for r in range(a.rounds):
+            lo, hi = a.images + bounds[r], a.images + bounds[r + 1]
+            order = ["sqlite", "postgresql"] if r % 2 == 0 else ["postgresql", "sqlite"]
+            for name in order:
+                bat[name] += register_batches(daemons[name].sock, paths[lo:hi], lo, a.batch,
+                                              a.connections)
+        for name, d in daemons.items():
+            size = d.ledger_size()
+            if size < 2 * a.images:
+                raise RuntimeError(f"{name}: ledger has {size} entries, expected ≥ {2 * a.images}")
+        log(f"batch-registered {a.images:,} more on each (load {loadavg()})")
     finally:
         for d in daemons.values():
             d.stop()
             reap_under(d.root)
         pg.stop()
-    return {"register": reg, "list": lists}
+    return {"register": reg, "batch": bat, "list": lists}
 
 
 def bench_sign(a: argparse.Namespace, work: Path, module: str) -> dict[str, list[float]]:
@@ -284,13 +305,15 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=4, help="interleaved registration chunks")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=100, help="images per batch request")
     ap.add_argument("--runs", type=int, default=9, help="image list runs on each")
     ap.add_argument("--signatures", type=int, default=2000)
     ap.add_argument("--sign-repeat", type=int, default=5)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    if a.images < 1 or a.rounds < 1 or a.runs < 1 or a.signatures < 1 or a.sign_repeat < 1:
-        ap.error("--images, --rounds, --runs, --signatures and --sign-repeat must be ≥ 1")
+    if a.images < 1 or a.rounds < 1 or a.runs < 1 or a.signatures < 1 or a.sign_repeat < 1 \
+            or a.batch < 1:
+        ap.error("--images, --rounds, --runs, --signatures and --sign-repeat and --batch must be ≥ 1")
     if not (PG_BIN / "initdb").exists() or (os.geteuid() == 0 and not shutil.which("runuser")):
         print(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb): apt-get install postgresql-15",
               file=sys.stderr)
@@ -310,15 +333,21 @@ def main() -> int:
     load1 = loadavg()
 
     reg = {k: a.images / v for k, v in st["register"].items()}
+    bat = {k: a.images / v for k, v in st["batch"].items()}
     med = {kind: {k: statistics.median(v) for k, v in d.items()} for kind, d in st["list"].items()}
     srate = {k: a.signatures / statistics.median(v) for k, v in sg.items()}
     print(f"state and signer, {a.images:,} images, {a.connections} connections, {a.rounds} "
           f"interleaved rounds; {a.runs} list runs; {a.signatures:,} signatures x "
           f"{a.sign_repeat}; load average {load0} at the start, {load1} at the end")
-    print(f"  {'figure':<44} {'SQLite / file':>15} {'PostgreSQL / PKCS#11':>21} {'ratio':>7}")
+    print(f"  {'figure':<52} {'SQLite / file':>15} {'PostgreSQL / PKCS#11':>21} {'ratio':>7}")
     lines = [
         ("register (POST /v1/images)", fmt_rate(reg["sqlite"]), fmt_rate(reg["postgresql"]),
          reg["postgresql"] / reg["sqlite"]),
+        (f"register (POST /v1/images/batch, {a.batch} each)", fmt_rate(bat["sqlite"]),
+         fmt_rate(bat["postgresql"]), bat["postgresql"] / bat["sqlite"]),
+        (f"GET /v1/images?limit=1000 ({min(1000, a.images):,}), median",
+         fmt_ms(med["get"]["sqlite"]), fmt_ms(med["get"]["postgresql"]),
+         med["get"]["postgresql"] / med["get"]["sqlite"]),
         ("immctl image list --json (100), median", fmt_ms(med["page"]["sqlite"]),
          fmt_ms(med["page"]["postgresql"]), med["page"]["postgresql"] / med["page"]["sqlite"]),
         (f"immctl image list --all --json ({a.images:,}), median", fmt_ms(med["all"]["sqlite"]),
@@ -327,7 +356,7 @@ def main() -> int:
          srate["pkcs11"] / srate["file"]),
     ]
     for fig, x, y, ratio in lines:
-        print(f"  {fig:<44} {x:>15} {y:>21} {ratio:>6.2f}×")
+        print(f"  {fig:<52} {x:>15} {y:>21} {ratio:>6.2f}×")
     print("  list runs (ms), sqlite:     " + ", ".join(
         f"{t * 1000:.0f}" for t in st["list"]["all"]["sqlite"]))
     print("  list runs (ms), postgresql: " + ", ".join(
@@ -339,6 +368,9 @@ def main() -> int:
         report.row(f"register rate, PostgreSQL vs SQLite ({a.images:,} images)",
                    fmt_rate(reg["postgresql"]), fmt_rate(reg["sqlite"]),
                    reg["postgresql"] / reg["sqlite"]),
+        report.row(f"batch register rate, PostgreSQL vs SQLite ({a.images:,} images)",
+                   fmt_rate(bat["postgresql"]), fmt_rate(bat["sqlite"]),
+                   bat["postgresql"] / bat["sqlite"]),
         report.row(f"immctl image list --all --json, PostgreSQL vs SQLite ({a.images:,})",
                    fmt_ms(med["all"]["postgresql"]), fmt_ms(med["all"]["sqlite"]),
                    med["all"]["postgresql"] / med["all"]["sqlite"]),
