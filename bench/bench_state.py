@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -329,6 +330,8 @@ def main() -> int:
         print("SoftHSM2 is not installed (softhsm2-util, libsofthsm2.so): apt-get install softhsm2",
               file=sys.stderr)
         return 2
+    # a SIGTERM (a timeout, ^C's cousin) unwinds through the finally blocks: nothing is left
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load0 = loadavg()
     work = Path(tempfile.mkdtemp(prefix="imm-bench-state-"))
     try:
