@@ -53,6 +53,9 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
                                          "--runs", "11"],
                   ["--images", "2000", "--instances", "2000", "--runs", "5",
                    "--live-runs", "5"]),
+    "state": ("bench_state.py", ["--images", "2000", "--runs", "9", "--signatures", "2000",
+                                 "--sign-repeat", "5"],
+              ["--images", "300", "--runs", "5", "--signatures", "300", "--sign-repeat", "3"]),
 }
 
 
