@@ -153,10 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         list_cmd = [immctl, "image", "list"]
         curl_cmd = ["curl", "-s", "-f", "--unix-socket", sock, "http://imm/v1/images"]
         # Both sides must show the whole catalog (default limit 100 holds it up to 100 images).
-        shown = subprocess.run(list_cmd, capture_output=True, text=True, env=immd.env, check=True)
+        shown = json.loads(subprocess.run([*list_cmd, "--json"], capture_output=True, text=True,
+                                          env=immd.env, check=True).stdout)
         got = json.loads(subprocess.run(curl_cmd, capture_output=True, check=True).stdout)
-        if len(shown.stdout.splitlines()) - 1 != len(got["images"]):
-            raise RuntimeError("immctl image list and curl disagree on the catalog")
+        if [i["digest"] for i in shown["items"]] != [i["digest"] for i in got["images"]]:
+            raise RuntimeError("immctl image list and curl disagree on the catalog: "
+                               f"{len(shown['items'])} vs {len(got['images'])} images")
         pairs: list[Pair] = [
             ("immctl image list", list_cmd, "curl --unix-socket .../v1/images", curl_cmd),
             ("immctl --help", [immctl, "--help"], "python -c pass", [shebang_python(immctl),
