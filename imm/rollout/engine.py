@@ -294,7 +294,9 @@ class Engine:
             if any(s["op"] == OP_SHIFT and s["name"] in done for s in r["params"]["plan"]):
                 self.steps.analysis.ensure_background(svc, r)  # traffic has reached the new set
                 self.steps.analysis.check_background(rid)
-            if cur["params"].get("promote") and (
+            # promote skips the waits and partial shifts not yet begun; one begun before a
+            # restart is under way: its wait is cut short, its gate and analyses still run
+            if name not in decided and cur["params"].get("promote") and (
                     step["op"] in WAITS or (step["op"] == OP_SHIFT
                                             and step["pct"] not in (100, "even"))):
                 await self.journal.record(rid, name, DONE, {"skipped": "promoted"})

@@ -376,9 +376,10 @@ def test_a_restart_during_a_wave_bake_resumes_the_bake_then_the_next_waves(
         assert "wave 1/3" in progress_line(mid)
         await w.engine.shutdown()  # parked inside wave 1's 30 s bake
         again = Engine(w.ctx)
+        # promoted before the resumed task reaches the bake (as a follower records a verb while
+        # a new leader starts): the bake under way is still cut short, gated and analysed
+        await again.journal.promote(rid, "bob")
         await again.startup()
-        await at_step(again, rid, "w1-4-wave")
-        await again.set_state("bob", rid, "promote")  # skip the remaining bakes
         try:
             return await settle(again, rid)
         finally:
