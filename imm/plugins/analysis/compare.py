@@ -13,26 +13,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from ..analysis_base import AnalysisKind, AnalysisRegistry, AnalysisTarget, Measured, Template
-from ..analysis_base import option as _option
+from ..analysis_base import AnalysisRegistry, AnalysisTarget, Measured
 from ..hookspecs import hookimpl
-from .prometheus import check_promql, prometheus_url, query
+from .prometheus import Prometheus, query
 
 
-class Compare(AnalysisKind):
+class Compare(Prometheus):
+    """The prometheus kind's settings (url, query, timeout_s), its query asked once per role."""
+
     kind = "compare"
     variables = ("canary", "stable")
-    keys = frozenset({"url", "query", "timeout_s"})
-
-    def __init__(self, where: str, spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-        super().__init__(where, spec, defaults)
-        self.url = prometheus_url(where, spec, defaults)
-        self.query = Template(f"{where} query", spec.get("query"))
-        check_promql(where, self.query.text)
-        self.timeout_s = _option(spec, where, "timeout_s", 5.0, float, 0.1)
 
     def measure(self, target: AnalysisTarget) -> Measured:
         values: dict[str, float | None] = {}
