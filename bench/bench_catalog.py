@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -93,6 +94,21 @@ def spec(i: int, path: str) -> dict[str, Any]:
     return {"path": path, "name": f"svc{i % 100:02d}", "version": str(i)}
 
 
+def run_workers(worker: Callable[[], None], connections: int,
+                errors: list[BaseException]) -> float:
+    """Run ``worker`` on ``connections`` threads at once; seconds until all end. The first
+    error a worker handed over in ``errors`` is raised here."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
 def register_api(sock: Path, paths: list[str], start: int, connections: int) -> float:
     """Register ``paths`` through the API from ``connections`` keep-alive clients; seconds."""
     n = len(paths)
@@ -121,15 +137,8 @@ def register_api(sock: Path, paths: list[str], start: int, connections: int) -> 
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
+    t0 = time.perf_counter()  # for the progress lines
+    return run_workers(worker, connections, errors)
 
 
 def register_batches(sock: Path, paths: list[str], start: int, per_request: int,
@@ -157,15 +166,7 @@ def register_batches(sock: Path, paths: list[str], start: int, per_request: int,
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
+    return run_workers(worker, connections, errors)
 
 
 def register_client_one_conn(sock: Path, paths: list[str], start: int) -> float:
