@@ -118,17 +118,15 @@ quarantine_keep = 1
         assert r["state"] == "completed", r["error"]
         first_seen: dict[str, float] = {}
         lock = threading.Lock()
-        load = LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002)
-        orig = load._record
 
         def record(backend: str | None, error: str | None) -> None:
-            orig(backend, error)
             if backend:
                 iid = json.loads(backend).get("instance", "")
                 with lock:
                     first_seen.setdefault(iid, time.time())
 
-        load._record = record  # type: ignore[method-assign]
+        load = LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002,
+                          on_answer=record)
         load.start()
         time.sleep(0.5)
         replaced: list[float] = []

@@ -134,16 +134,14 @@ drain_timeout_s = 30
         d.json("rollout", "start", "web", "--image", "web@v1", "--wait")
         stamps: list[tuple[float, str]] = []
         lock = threading.Lock()
-        load = LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002)
-        orig = load._record
 
         def record(backend: str | None, error: str | None) -> None:
-            orig(backend, error)
             if backend:
                 with lock:
                     stamps.append((time.time(), json.loads(backend)["version"]))
 
-        load._record = record  # type: ignore[method-assign]
+        load = LoadClient(f"http://127.0.0.1:{port}/", concurrency=8, pause_s=0.002,
+                          on_answer=record)
         load.start()
         time.sleep(0.5)
         totals, starts, drains, switches, retires = [], [], [], [], []

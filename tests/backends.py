@@ -205,10 +205,13 @@ class LoadClient:
 
     A request counts as ok on a 200; anything else (status, reset, timeout) counts as failed and
     the thread reconnects. ``by_backend`` counts which backend answered (``X-Backend``).
+    ``on_answer(backend, error)``, if given, is called for every request after it is counted
+    (from the client's threads), for a caller that times the answers.
     """
 
     def __init__(self, url: str, concurrency: int = 8, *, timeout_s: float = 5.0,
-                 pause_s: float = 0.0, max_errors: int = 20) -> None:
+                 pause_s: float = 0.0, max_errors: int = 20,
+                 on_answer: Callable[[str | None, str | None], None] | None = None) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -217,6 +220,7 @@ class LoadClient:
         self.timeout_s = timeout_s
         self.pause_s = pause_s
         self.max_errors = max_errors
+        self.on_answer = on_answer
         self._stats = LoadStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -264,6 +268,8 @@ class LoadClient:
                 self._stats.failed += 1
                 if len(self._stats.errors) < self.max_errors:
                     self._stats.errors.append(error)
+        if self.on_answer is not None:
+            self.on_answer(backend, error)
 
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None
