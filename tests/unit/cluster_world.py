@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rollout_world import FAST, SERVICE, MemProvider, MemRouter
+from rollout_world import FAST, SERVICE, MemProvider, MemRouter, serving_fleet
 
 from imm.catalog.keys import KeyRing
 from imm.catalog.service import Catalog
@@ -140,12 +140,7 @@ class Cluster:
         return str(row["digest"])
 
     def old_fleet(self, digest: str, n: int = 2) -> list[str]:
-        ids = [i.id for i in self.provider.add_old(digest, n)]
-        for i in ids:
-            self.router.add("web", i, self.provider.instances[i].address or "")
-        self.router.set_weights("web", {i: 100 for i in ids})
-        self.router.history.clear()
-        return ids
+        return serving_fleet(self.provider, self.router, digest, n)
 
     async def leader(self, limit_s: float = 20.0) -> Host:
         loop = asyncio.get_running_loop()

@@ -231,6 +231,17 @@ SERVICE = {"targets": [{"provider": "mem", "region": "r1", "count": 2}], "router
            "canary_pause_s": 0, "canary_surge": 2, "health_timeout_s": 1, "batch": "1"}
 
 
+def serving_fleet(provider: Any, router: Any, digest: str, n: int) -> list[str]:
+    """``n`` instances of ``digest`` behind route ``web`` at full weight, as a completed rollout
+    leaves them (the router's history cleared); their ids."""
+    ids = [i.id for i in provider.add_old(digest, n)]
+    for i in ids:
+        router.add("web", i, provider.instances[i].address or "")
+    router.set_weights("web", {i: 100 for i in ids})
+    router.history.clear()
+    return ids
+
+
 class World:
     def __init__(self, tmp: Path, services: dict[str, dict[str, Any]] | None = None,
                  plugins: Sequence[object] = (), checks: bool = True,
@@ -270,12 +281,7 @@ class World:
 
     def old_fleet(self, digest: str, n: int = 2) -> list[str]:
         """A serving fleet of ``n`` instances of ``digest``, as a completed rollout leaves it."""
-        ids = [i.id for i in self.provider.add_old(digest, n)]
-        for i in ids:
-            self.router.add("web", i, self.provider.instances[i].address or "")
-        self.router.set_weights("web", {i: 100 for i in ids})
-        self.router.history.clear()
-        return ids
+        return serving_fleet(self.provider, self.router, digest, n)
 
     def close(self) -> None:
         self.db.close()
