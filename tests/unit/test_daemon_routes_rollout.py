@@ -1,76 +1,70 @@
 """GET /v1/rollouts/{id}/watch, the stream ``immctl rollout watch`` and ``--wait`` read: a
 journal entry written while the stream reads the status it follows still wakes it at once.
 
-The route runs in aiohttp's test server; the engine under it is a scripted stand-in with the
-two calls the route makes (``status``, ``changed``), so the order of those calls can be forced:
-the entry lands while ``status`` is being read, which a real engine does only by chance."""
+The route runs in aiohttp's test server over a real engine (the in-memory provider and router of
+rollout_world); the one thing forced is the order: the entry is journalled while the route's
+first ``status`` read is under way, which a live rollout does only by chance."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from rollout_world import SERVICE, World, run
 
 from imm.daemon import routes_rollout
 from imm.daemon.routes import DAEMON
-
-
-class ScriptedEngine:
-    """A rollout that gets one journal entry while its first status is being read."""
-
-    def __init__(self) -> None:
-        self.waiters: list[asyncio.Future[None]] = []
-        self.reads = 0
-
-    async def changed(self, rid: str, timeout_s: float) -> bool:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self.waiters.remove(fut)
-
-    def entry(self) -> None:
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def status(self, rid: str) -> dict[str, Any]:
-        self.reads += 1
-        if self.reads == 1:
-            state = {"id": rid, "state": "running", "step": "0-launch"}
-            self.entry()  # the next step is journalled while this status is read
-            return state
-        return {"id": rid, "state": "completed", "step": "complete"}
+from imm.rollout.states import PAUSED
 
 
 class Holder:
-    def __init__(self, engine: ScriptedEngine) -> None:
+    """What the route reads of the daemon: its engine."""
+
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
 
 
-def test_an_entry_written_while_the_status_is_read_wakes_the_stream(monkeypatch: Any) -> None:
+def test_an_entry_written_while_the_status_is_read_wakes_the_stream(
+        tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr(routes_rollout, "WATCH_EVERY_S", 3600.0)  # no timer to fall back on
-    engine = ScriptedEngine()
+    w = World(tmp_path, {"web": {**SERVICE, "strategy": "canary", "canary_pause_s": 30}})
+    w.old_fleet(w.image("1"))
+    w.image("2")
 
-    async def main() -> list[dict[str, Any]]:
+    async def body() -> list[dict[str, Any]]:
+        rid = (await w.engine.start("alice", "web", "app@2"))["id"]
+        await w.engine.set_state("bob", rid, "pause")
+        status = w.engine.status
+        reads = []
+
+        async def status_meanwhile(r: str) -> dict[str, Any]:
+            got = await status(r)
+            reads.append(got["state"])
+            if len(reads) == 1:  # the stream's first read: an entry is journalled under it,
+                # and (the rollout being paused) nothing after it
+                await w.engine.journal.record(rid, "note", "note", {"text": "meanwhile"},
+                                              actor="bob")
+            return got
+
+        w.engine.status = status_meanwhile  # type: ignore[method-assign]
         app = web.Application()
-        app[DAEMON] = Holder(engine)  # type: ignore[assignment]
+        app[DAEMON] = Holder(w.engine)  # type: ignore[assignment]
         app.router.add_get("/v1/rollouts/{id}/watch", routes_rollout.rollouts_watch)
         async with TestClient(TestServer(app)) as client:
-            resp = await client.get("/v1/rollouts/r1/watch")
+            resp = await client.get(f"/v1/rollouts/{rid}/watch")
             lines = []
             async with asyncio.timeout(30):  # without the fix the stream waits the full hour
                 async for raw in resp.content:
                     lines.append(json.loads(raw))
+                    if len(lines) == 2:
+                        break
             return lines
 
-    lines = asyncio.run(main())
-    assert [line["state"] for line in lines] == ["running", "completed"]
+    lines = run(w, body)
+    assert [line["state"] for line in lines] == [PAUSED, PAUSED]
+    assert lines[1]["journal"][-1]["detail"] == {"text": "meanwhile"}, \
+        "the entry written during the first read was sent"
