@@ -108,6 +108,21 @@ def _err(source: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {message}")
 
 
+def _table(source: str, data: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+    """Section ``[name]`` of ``data`` (empty when absent); refused unless a table of ``keys``."""
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise _err(source, f"[{name}] must be a table")
+    bad = set(section) - keys
+    if bad:
+        raise _err(source, f"unknown [{name}] key(s) {sorted(bad)}; known: {sorted(keys)}")
+    return section
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _expand(path: str, state_dir: str | None = None) -> Path:
     if state_dir is not None:
         path = path.replace("{state_dir}", state_dir)
@@ -123,12 +138,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
     unknown = set(data) - SECTIONS
     if unknown:
         raise _err(source, f"unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
-    d = data.get("daemon", {})
-    if not isinstance(d, dict):
-        raise _err(source, "[daemon] must be a table")
-    bad = set(d) - DAEMON_KEYS
-    if bad:
-        raise _err(source, f"unknown [daemon] key(s) {sorted(bad)}; known: {sorted(DAEMON_KEYS)}")
+    d = _table(source, data, "daemon", DAEMON_KEYS)
     sd = state_dir if state_dir is not None else str(d.get("state_dir", "~/.local/state/imm"))
     state = _expand(sd)
     sock = _expand(socket if socket is not None else str(d.get("socket", "{state_dir}/immd.sock")),
@@ -162,12 +172,7 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, f"daemon.image_roots {roots!r} must be a list of absolute directory "
                            "paths")
     image_roots = [Path(os.path.realpath(r)) for r in roots]
-    st = data.get("state", {})
-    if not isinstance(st, dict):
-        raise _err(source, "[state] must be a table")
-    bad = set(st) - STATE_KEYS
-    if bad:
-        raise _err(source, f"unknown [state] key(s) {sorted(bad)}; known: {sorted(STATE_KEYS)}")
+    st = _table(source, data, "state", STATE_KEYS)
     for key in STATE_KEYS:
         if not isinstance(st.get(key, ""), str):
             raise _err(source, f"state.{key} must be a string")
@@ -194,20 +199,12 @@ def parse(text: str, source: str, *, state_dir: str | None = None,
         raise _err(source, "[reconcile] takes one key, interval_s = SECONDS (how often the fleet "
                            "reconciler runs; 0 = off)")
     heal_interval = reconcile.get("interval_s", 5.0)
-    if isinstance(heal_interval, bool) or not isinstance(heal_interval, (int, float)) \
-            or not (heal_interval == 0 or 0.1 <= heal_interval <= 3600):
+    if not _is_number(heal_interval) or not (heal_interval == 0 or 0.1 <= heal_interval <= 3600):
         raise _err(source, f"reconcile.interval_s {heal_interval!r} must be 0 (off) or a number "
                            "of seconds from 0.1 to 3600")
 
-    cluster = data.get("cluster", {})
-    if not isinstance(cluster, dict):
-        raise _err(source, "[cluster] must be a table, e.g. lease_s = 10")
-    bad = set(cluster) - CLUSTER_KEYS
-    if bad:
-        raise _err(source, f"unknown [cluster] key(s) {sorted(bad)}; known: {sorted(CLUSTER_KEYS)}")
-    lease_s = cluster.get("lease_s", 10)
-    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) \
-            or not LEASE_MIN_S <= lease_s <= LEASE_MAX_S:
+    lease_s = _table(source, data, "cluster", CLUSTER_KEYS).get("lease_s", 10)
+    if not _is_number(lease_s) or not LEASE_MIN_S <= lease_s <= LEASE_MAX_S:
         raise _err(source, f"cluster.lease_s {lease_s!r} must be a number of seconds from "
                            f"{LEASE_MIN_S} to {LEASE_MAX_S} (how long a dead leader's rollouts "
                            "wait for another immd; default 10)")
