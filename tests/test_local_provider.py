@@ -588,6 +588,28 @@ def test_an_instance_killed_by_hand_is_terminated_then_reclaimed(state_dir: Path
     provider.terminate([keep.id])
 
 
+def test_a_dead_instance_terminated_while_it_is_listed_is_simply_gone(
+        state_dir: Path, baked: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing notes when it first sees an instance dead; if a terminate removes the instance's
+    directory at that moment (a rollout retiring it), the listing says it is gone, not a 500."""
+    provider = make_provider(state_dir)
+    image_id = store(provider, baked, "v1")
+    keep, victim = provider.launch(request(image_id, count=2))
+    os.killpg(victim.extra["pid"], signal.SIGKILL)
+    assert wait_gone(victim.extra["pid"])
+    replace = os.replace
+
+    def terminated_meanwhile(src: Any, dst: Any) -> None:
+        if Path(dst).parent.name == victim.id:
+            # terminate removes the directory after the new meta.json's temp file was written
+            provider._remove_instance(victim.id)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", terminated_meanwhile)
+    assert [i.id for i in provider.list_instances()] == [keep.id]
+    provider.terminate([keep.id])
+
+
 def test_process_found_when_immd_died_before_recording_its_pid(provider: LocalProvider,
                                                                baked: Path) -> None:
     image_id = store(provider, baked, "v1")

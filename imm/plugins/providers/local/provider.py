@@ -103,7 +103,10 @@ class LocalProvider(LocalCore):
             gone_at = meta.get("gone_at")
             if gone_at is None:
                 meta["gone_at"] = time.time()
-                _write_json(self.instances_dir / iid / "meta.json", meta)
+                try:
+                    _write_json(self.instances_dir / iid / "meta.json", meta)
+                except FileNotFoundError:
+                    return True  # terminated meanwhile (its directory removed): it is gone
                 self.log.info("local instance %s: its process is gone; listed as terminated "
                               "for %.0f s", iid, self.terminated_ttl_s)
                 return False
