@@ -173,7 +173,7 @@ class LocalProvider(LocalCore):
                 if missing > 0:
                     self._start_checked(request, image, missing, extra_env, used_ports, started)
             except BaseException:
-                self._kill_and_remove([m["id"] for m in started])
+                self._kill_and_remove([m["id"] for m in started], locked=True)
                 raise
         if started:
             self.log.info("local provider %s: launched %s from %s", self.name,
@@ -334,8 +334,10 @@ class LocalProvider(LocalCore):
         self._kill_and_remove(ids)
         _reap()
 
-    def _kill_and_remove(self, ids: Sequence[str]) -> None:
-        """SIGTERM each instance's process group, SIGKILL after stop_timeout_s, remove dirs."""
+    def _kill_and_remove(self, ids: Sequence[str], locked: bool = False) -> None:
+        """SIGTERM each instance's process group, SIGKILL after stop_timeout_s, remove dirs.
+        The dirs are removed under the provider's lock (``locked``: the caller holds it), so a
+        listing that notes a dead instance never writes into, or re-creates, a removed one."""
         procs: dict[str, tuple[int, int | None, str | None]] = {}
         for iid in ids:
             try:
@@ -369,6 +371,11 @@ class LocalProvider(LocalCore):
             # The group leader is gone: take down anything it left behind in its group.
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
+        with contextlib.nullcontext() if locked else self._locked():
+            self._remove_dirs(ids)
+        self._still_running(pending)
+
+    def _remove_dirs(self, ids: Sequence[str]) -> None:
         for iid in ids:
             if (self.instances_dir / iid).exists():
                 self._remove_instance(iid)
@@ -376,6 +383,8 @@ class LocalProvider(LocalCore):
                         open(self.logs_dir / f"{iid}.log", "a", encoding="utf-8") as f:
                     f.write(f"[imm-local] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
                             f" terminated {iid}\n")
+
+    def _still_running(self, pending: dict[str, tuple[int, int | None, str | None]]) -> None:
         if pending:
             raise ProviderError(
                 f"{self._where('terminate')}: instance(s) {', '.join(sorted(pending))} still "
