@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rollout_world import FAST, SERVICE, World, run, settle, wait_for
+from rollout_world import FAST, SERVICE, World, at_step, run, settle, wait_for
 
 from imm.catalog.verify import verify_ledger
 from imm.context import Timings
@@ -201,6 +201,8 @@ def test_a_service_with_an_active_rollout_is_untouched(tmp_path: Path) -> None:
         w.image("3")
         # a canary with long pauses: still under way when it is paused below
         st = await w.engine.start("alice", "web", "app@3", strategy="canary")
+        # paused inside its first pause: no launch or shift of it is still in flight
+        await at_step(w.engine, st["id"], "3-pause")
         await w.engine.set_state("alice", st["id"], "pause")
         assert (await w.engine.status(st["id"]))["state"] in ACTIVE
         w.provider.instances[ids[0]].state = "stopped"
