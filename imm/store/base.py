@@ -8,6 +8,8 @@ protocol as it is; a PostgreSQL backend hands over a thin wrapper around a psyco
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -63,6 +65,20 @@ FENCE: ContextVar[int | None] = ContextVar("imm_fence", default=None)
 def fence(epoch: int | None) -> None:
     """Mark the current task's writes as the leader's of ``epoch`` (``None``: unfenced)."""
     FENCE.set(epoch)
+
+
+async def landed(work: asyncio.Future[T]) -> T:
+    """Await a write running in a thread; if the caller is cancelled meanwhile, let the write
+    land (commit or fail) before the cancellation goes on. A stopped task's last write is then
+    never still in flight when the stop returns: whoever reads the journal next (a restarted
+    engine, the next leader) sees it, and does not decide the same step a second time."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if not work.done():
+            with contextlib.suppress(BaseException):
+                await work
+        raise
 
 
 def dialect(conn: Connection) -> str:

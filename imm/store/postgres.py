@@ -35,7 +35,7 @@ from psycopg import conninfo as pg_conninfo
 
 from ..errors import ConfigError, Unavailable
 from . import lease
-from .base import FENCE, IntegrityError, Schema
+from .base import FENCE, IntegrityError, Schema, landed
 from .sqlite import ordered
 
 T = TypeVar("T")
@@ -303,8 +303,8 @@ class Database:
         epoch is no longer the leader's."""
         loop = asyncio.get_running_loop()
         epoch = FENCE.get()
-        return await loop.run_in_executor(self._writer,
-                                          lambda: self._write(epoch, fn, *args, **kw))
+        return await landed(loop.run_in_executor(self._writer,
+                                                 lambda: self._write(epoch, fn, *args, **kw)))
 
     async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import NoSpace, StoreCorrupted
-from .base import Connection, Migration, Schema
+from .base import Connection, Migration, Schema, landed
 
 T = TypeVar("T")
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
@@ -369,7 +369,7 @@ class Database:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._submit(_Job(fn, args, kw, loop=loop, fut=fut))
-        return await fut
+        return await landed(fut)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread (a consistent snapshot per call)."""

@@ -4,6 +4,7 @@ errors a bad URL or password gives."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,42 @@ def test_a_write_that_raises_rolls_back_and_integrity_errors_are_the_stores(
         db.write_sync(two)
     assert db.write_sync(lambda c: query(c, "SELECT * FROM t")) == []
     db.close()
+
+
+def test_a_write_whose_caller_is_cancelled_has_landed_when_the_cancellation_returns(
+        pg_cluster: Any) -> None:
+    """A rollout task stopped while its journal write runs in the writer thread: the stop
+    returns only once the write is committed, so the engine started next (or the next leader)
+    reads it; it decided the same step twice otherwise."""
+    s = Schema("x")
+
+    @s.migration("0001-t")
+    def _t(conn: Any) -> None:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+
+    db = Database(pg_cluster.dsn(pg_cluster.new_database()), [s])
+    db.open()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_insert(conn: Any) -> None:
+        entered.set()
+        release.wait(10)
+        conn.execute("INSERT INTO t VALUES (?)", ("begin 3-pause",))
+
+    async def body() -> list[dict[str, Any]]:
+        task = asyncio.create_task(db.write(slow_insert))
+        await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await db.read(lambda c: query(c, "SELECT k FROM t"))
+
+    try:
+        assert asyncio.run(body()) == [{"k": "begin 3-pause"}]
+    finally:
+        release.set()
+        db.close()
 
 
 def test_an_unreachable_database_is_named_without_its_password(monkeypatch: Any) -> None:

@@ -233,3 +233,33 @@ def test_closing_runs_the_hooks_still_owed(tmp_path: Path) -> None:
     assert seen == [1]  # the second is owed for a minute
     db.close()
     assert seen == [1, 2]  # but closing does not wait for it, nor drop it
+
+
+def test_a_write_whose_caller_is_cancelled_has_landed_when_the_cancellation_returns(
+        tmp_path: Path) -> None:
+    """A rollout task stopped while its journal write runs: the stop returns only once the write
+    is committed, so the engine started next reads it (it decided a step twice otherwise)."""
+    a, b = two_schemas()
+    db = Database(tmp_path / "x.db", [a, b])
+    db.open()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_insert(conn: Connection) -> None:
+        entered.set()
+        release.wait(10)
+        conn.execute("INSERT INTO a (x) VALUES (7)")
+
+    async def body() -> list[dict]:
+        task = asyncio.create_task(db.write(slow_insert))
+        await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await db.read(lambda c: query(c, "SELECT x FROM a"))
+
+    try:
+        assert asyncio.run(body()) == [{"x": 7}]
+    finally:
+        release.set()
+        db.close()
