@@ -143,10 +143,13 @@ class Engine:
         for h in self._retries:
             h.cancel()
         self._retries.clear()
+        # an adoption still looking at the journal would start rollouts after this returns
+        for f in list(self._forwards):
+            f.cancel()
         for t in self.tasks.values():
             t.cancel()
         await self.steps.analysis.stop_all_background()
-        for t in list(self.tasks.values()):
+        for t in [*self._forwards, *self.tasks.values()]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - parked

@@ -240,9 +240,10 @@ class Elector:
     def halt(self) -> None:
         """Stop at once, as a killed process would: no step down, no release (tests)."""
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for t in (self._task, self._transition):
+            if t is not None:
+                t.cancel()
+        self._task = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -411,13 +412,13 @@ class Elector:
 
     def _deliver(self, payload: str) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return
+        if loop is None or loop.is_closed() or self._stop.is_set():
+            return  # stopped (or halted): a notification still arriving wakes nothing
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self._woken, payload)
 
     def _woken(self, payload: str) -> None:
-        if self.is_leader():
+        if self.is_leader() and not self._stop.is_set():
             self.on_wake(payload)
 
 

@@ -272,3 +272,33 @@ def test_sqlite_is_one_immd_always_the_leader_with_no_election(tmp_path: Path) -
     tables = {r[0] for r in sqlite3.connect(tmp_path / "state" / "imm.db").execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "leases" not in tables and "lease_members" not in tables
+
+
+def test_a_halted_immd_is_woken_by_nothing_its_listener_still_receives(dsn: str,
+                                                                       tmp_path: Path) -> None:
+    """A killed immd acts no more: a NOTIFY (a follower forwarding a verb) that its listener
+    thread still receives after the stop must not start a rollout there. The failover tests saw
+    a "killed" leader finish a rollout this way, before the other immd was even elected."""
+    w = Cluster(dsn, tmp_path)
+    a, b = w.hosts
+    woken: list[str] = []
+
+    async def main() -> None:
+        await a.elector.start()
+        await wait_for(a.elector.is_leader, 10)
+        await wait_for(lambda: a.elector._listener is not None and a.elector._raw is not None)
+        await asyncio.sleep(0.3)  # the listener is connected and LISTENs
+        a.elector.on_wake = woken.append
+        a.elector.halt()
+        assert a.elector.is_leader(), "halted, it still believes it leads (as a frozen process)"
+        for i in range(5):
+            await b.elector.wake(f"r{i}")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)  # the listener's longest wait for a notification
+        assert woken == []
+        await b.elector.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
