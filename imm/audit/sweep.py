@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import Settings
 from ..context import Context, ProviderHandle
 from ..errors import ConfigError, ImmError, NotLeader
 from ..plugins.base import Feature, Instance
@@ -69,12 +70,7 @@ class Auditor:
 
     def interval(self) -> float:
         """``[audit] interval_s``: seconds between scheduled sweeps; 0 or absent: none."""
-        settings = self.ctx.settings
-        value = settings.audit.get("interval_s", 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{settings.source}: [audit] interval_s {value!r} must "
-                              "be a number of seconds ≥ 0 (0 turns scheduled sweeps off)")
-        return float(value)
+        return audit_interval(self.ctx.settings)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -274,3 +270,13 @@ class Auditor:
         """Tell the ``imm_audit_finding`` observers (a failing one is logged, not raised)."""
         for finding in (*result.opened, *result.resolved):
             await self.ctx.plugins.audit_finding(finding)
+
+
+def audit_interval(settings: Settings) -> float:
+    """``[audit] interval_s``: seconds between scheduled sweeps; 0 or absent: none (raises
+    ConfigError naming a bad value; the daemon checks it before it creates any state)."""
+    value = settings.audit.get("interval_s", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{settings.source}: [audit] interval_s {value!r} must "
+                          "be a number of seconds ≥ 0 (0 turns scheduled sweeps off)")
+    return float(value)

@@ -22,7 +22,7 @@ from aiohttp import web
 from .. import __version__
 from ..audit.facts import RolloutLookup
 from ..audit.schema import SCHEMA as AUDIT_SCHEMA
-from ..audit.sweep import Auditor
+from ..audit.sweep import Auditor, audit_interval
 from ..catalog import packer
 from ..catalog.digest import Reader, content_digest_fd, open_under_roots
 from ..catalog.keys import KeyRing
@@ -40,6 +40,7 @@ from ..rollout import journal
 from ..rollout.engine import Engine
 from ..rollout.reconcile import Reconciler
 from ..rollout.schema import SCHEMA as ROLLOUT_SCHEMA
+from ..rollout.services import load_services
 from ..store import Backend
 from ..store.url import open_state
 from .metrics import Metrics
@@ -76,12 +77,17 @@ class Daemon:
     def open(self, actor: str) -> None:
         """Blocking start-up work, done before the socket is served."""
         s = self.settings
-        s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(s.state_dir, 0o700)
         block = s.plugins.get("block", [])
         if not isinstance(block, list):
             raise ConfigError(f"{s.source}: [plugins] block must be a list of plugin names")
         self.plugins = Plugins(block=block, extra=self.extra_plugins)
+        # what the config says is checked before any state exists: a mistake in [services] or
+        # [audit] must not leave a new key and an empty database behind
+        load_services(s.services, set(s.providers), set(s.routers), self.plugins.analysis,
+                      s.analysis)
+        audit_interval(s)
+        s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(s.state_dir, 0o700)
         signer = self.plugins.signers.get(str(s.signer.get("kind", "file")))
         self.keyring, created = KeyRing.load_or_create(s.keys_dir, signer(s.signer, s.keys_dir))
         if created:
