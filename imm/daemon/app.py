@@ -19,7 +19,7 @@ from .dashboard import listen_address
 from .dashboard.common import LOGINS as LOGINS_KEY
 from .dashboard.sessions import Logins
 from .dashboard.web import make_dashboard, mint_link
-from .http import json_response, make_middlewares
+from .http import PEER, json_response, make_middlewares
 from .openapi import document
 from .routes import DAEMON, Route
 from .routes_trust import add_tile_routes, trust_context
@@ -43,7 +43,7 @@ async def dashboard_link(request: web.Request) -> web.Response:
     if sock is None or sock.family != socket.AF_UNIX:
         raise Forbidden("dashboard login links are handed out only over the unix socket, where "
                         "the kernel names the caller; run immctl dashboard on the host")
-    return json_response(mint_link(request.app[DASHBOARD][LOGINS_KEY], request["peer"], listen),
+    return json_response(mint_link(request.app[DASHBOARD][LOGINS_KEY], request[PEER], listen),
                          status=201)
 
 

@@ -30,10 +30,12 @@ from ..errors import (
 from .auth import AdminRule, Peer, is_admin, peer_credentials, user_name
 from .tokens import TokenStore
 
+# the caller, as the kernel named it when it connected (SO_PEERCRED), or a token's holder
+PEER = web.RequestKey("peer", Peer)
+
 log = logging.getLogger("imm.daemon")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PEER: web.AppKey[str] = web.AppKey("admin_group", str)
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_JSON_DEPTH = 32  # the deepest a request body may nest; no request needs more than a few
 # minting and revoking one's own tokens is open to readers (the handler enforces the scope)
@@ -191,7 +193,7 @@ def make_middlewares(admin_rule: Callable[[], AdminRule],
         peer = peer_of(request, rule)
         if peer is None:
             peer = token_peer(request, tokens())
-        request["peer"] = peer
+        request[PEER] = peer
         check_params(request)
         resource = request.match_info.route.resource
         canonical = resource.canonical if resource is not None else ""

@@ -18,7 +18,7 @@ from ..catalog.manifest import parse_label, parse_layer
 from ..catalog.resolve import resolve_artifact
 from ..errors import BadRequest
 from .core import Daemon
-from .http import FD_HEADER, body, field, json_response, path_int, query_int, receive_fd
+from .http import FD_HEADER, PEER, body, field, json_response, path_int, query_int, receive_fd
 from .trust import TRUST
 
 log = logging.getLogger("imm.daemon")
@@ -42,7 +42,7 @@ def d(request: web.Request) -> Daemon:
 
 
 def actor(request: web.Request) -> str:
-    return str(request["peer"].actor)
+    return str(request[PEER].actor)
 
 
 def ref_of(request: web.Request) -> str:
@@ -53,7 +53,7 @@ def ref_of(request: web.Request) -> str:
 
 async def status(request: web.Request) -> web.Response:
     result = await d(request).status()
-    peer = request["peer"]
+    peer = request[PEER]
     result["peer"] = {"user": peer.user, "uid": peer.uid, "admin": peer.admin}
     return json_response(result)
 
@@ -181,7 +181,7 @@ async def images_add(request: web.Request) -> web.Response:
     path, spec = _image_spec(await body(request))
     fd, reader = None, None
     if request.headers.get(FD_HEADER) == "1":
-        peer = request["peer"]
+        peer = request[PEER]
         fd = await receive_fd(request)
         reader = Reader(peer.uid, peer.groups)
     result = await d(request).add_image(actor(request), path, spec, fd=fd, reader=reader)

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from ..errors import BadRequest, Forbidden
-from .http import body, field, json_response
+from .http import PEER, body, field, json_response
 from .routes import DAEMON, Route
 from .tokens import SCOPES, TokenStore, parse_ttl
 
@@ -22,7 +22,7 @@ def _store(request: web.Request) -> TokenStore:
 
 
 def _socket_only(request: web.Request, what: str) -> None:
-    if request["peer"].scope:
+    if request[PEER].scope:
         raise Forbidden(f"tokens are {what} over the unix socket only ('immctl token ...'), "
                         "not with another token")
 
@@ -34,7 +34,7 @@ async def tokens_create(request: web.Request) -> web.Response:
     scope = field(data, "scope", str, default="read")
     if scope not in SCOPES:
         raise BadRequest(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
-    peer = request["peer"]
+    peer = request[PEER]
     token, rec = await asyncio.to_thread(_store(request).create, peer.uid, peer.user,
                                          peer.admin, scope, parse_ttl(ttl))
     # the id only: the token itself is shown once, to its owner, and never logged
@@ -44,14 +44,14 @@ async def tokens_create(request: web.Request) -> web.Response:
 
 
 async def tokens_list(request: web.Request) -> web.Response:
-    peer = request["peer"]
+    peer = request[PEER]
     return json_response({"tokens": _store(request).listing(None if peer.admin else peer.uid)})
 
 
 async def tokens_revoke(request: web.Request) -> web.Response:
     _socket_only(request, "revoked")
     await body(request)
-    peer = request["peer"]
+    peer = request[PEER]
     rec = await asyncio.to_thread(_store(request).revoke, request.match_info["id"], peer.uid,
                                   peer.admin, peer.actor)
     log.info("token %s of %s revoked by %s", rec["id"], rec["user"], peer.actor)
