@@ -610,6 +610,33 @@ def test_a_dead_instance_terminated_while_it_is_listed_is_simply_gone(
     provider.terminate([keep.id])
 
 
+def test_a_terminate_cut_short_after_the_process_stopped_is_finished_by_the_next_listing(
+        state_dir: Path, baked: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """immd killed inside a terminate, after the instance's process stopped and before its
+    directory was removed (the crash harness hit it in a rollback): the next immd's listing
+    removes it instead of listing a dead instance of a rolled-back rollout for
+    terminated_ttl_s."""
+    provider = make_provider(state_dir)
+    image_id = store(provider, baked, "v1")
+    keep, victim = provider.launch(request(image_id, count=2))
+
+    class Killed(BaseException):
+        pass
+
+    def killed(ids: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(provider, "_remove_dirs", killed)
+    with pytest.raises(Killed):
+        provider.terminate([victim.id])
+    assert wait_gone(victim.extra["pid"])
+    assert (provider.root / "instances" / victim.id).is_dir()
+    fresh = make_provider(state_dir)  # the next immd
+    assert [(i.id, i.state) for i in fresh.list_instances()] == [(keep.id, "running")]
+    assert not (provider.root / "instances" / victim.id).exists()
+    fresh.terminate([keep.id])
+
+
 def test_process_found_when_immd_died_before_recording_its_pid(provider: LocalProvider,
                                                                baked: Path) -> None:
     image_id = store(provider, baked, "v1")

@@ -100,6 +100,11 @@ class LocalProvider(LocalCore):
                 return False
             if meta is None or self._is_running(meta):
                 return meta is None
+            if meta.get("terminating") is not None:
+                # a terminate stopped the process and was cut short (immd killed) before it
+                # removed the directory: finish it, the instance is not "seen dead" but gone
+                self._remove_dirs([iid])
+                return True
             gone_at = meta.get("gone_at")
             if gone_at is None:
                 meta["gone_at"] = time.time()
@@ -339,13 +344,23 @@ class LocalProvider(LocalCore):
         The dirs are removed under the provider's lock (``locked``: the caller holds it), so a
         listing that notes a dead instance never writes into, or re-creates, a removed one."""
         procs: dict[str, tuple[int, int | None, str | None]] = {}
-        for iid in ids:
-            try:
-                meta = self._read_meta(iid)
-            except (OSError, ValueError):  # unreadable meta: find the process by its env
-                meta = {"id": iid}
-            if meta is None:
-                continue
+        metas: dict[str, dict[str, Any]] = {}
+        with contextlib.nullcontext() if locked else self._locked():
+            for iid in ids:
+                try:
+                    meta = self._read_meta(iid)
+                except (OSError, ValueError):  # unreadable meta: find the process by its env
+                    meta = {"id": iid}
+                if meta is None:
+                    continue
+                metas[iid] = meta
+                if "tags" in meta and meta.get("terminating") is None:
+                    # the terminate began: if immd dies before the directory is removed, the
+                    # next listing finishes the job instead of showing a dead instance
+                    meta["terminating"] = time.time()
+                    with contextlib.suppress(FileNotFoundError):
+                        _write_json(self.instances_dir / iid / "meta.json", meta)
+        for iid, meta in metas.items():
             pid, start = self._resolve_pid(meta)
             if pid and _alive(pid, start, meta.get("boot_id")):
                 procs[iid] = (pid, start, meta.get("boot_id"))
