@@ -125,14 +125,11 @@ class Engine:
     async def startup(self) -> None:
         """Bring up every service's route, then resume the rollouts a crash interrupted."""
         for svc in self.services.values():
-            routed = self.fleet.router(svc)
-            if routed is not None:
-                router, route = routed
-                try:
-                    await router.start()
-                    await router.ensure_route(route, svc.route_settings)
-                except ImmError as e:
-                    log.error("service %s: route %s not ready: %s", svc.name, route, e.message)
+            try:
+                await self.fleet.bring_up(svc)
+            except ImmError as e:
+                # tried again before the service's next step, rollback or repair
+                log.error("service %s: route %s not ready: %s", svc.name, svc.route, e.message)
         await self.steps.analysis.write_targets()
         for r in await self.journal.active():
             log.info("resuming rollout %s of %s after a restart", r["id"], r["service"])
@@ -287,6 +284,7 @@ class Engine:
         done = {j["step"] for j in r["journal"] if j["action"] == DONE}
         decided = {j["step"]: j["detail"] for j in r["journal"] if j["action"] == BEGIN}
         svc = self.service(r["service"])
+        await self.fleet.ready(svc)
         for step in r["params"]["plan"]:
             name = step["name"]
             if name in done:

@@ -7,6 +7,8 @@ handles.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
@@ -14,6 +16,8 @@ from ..context import Context, RouterHandle
 from ..errors import ImmError, NotFound
 from ..plugins.base import TAG_ROLLOUT, TAG_SERVICE, Backend, Instance
 from .services import Service, load_services
+
+log = logging.getLogger("imm.rollout")
 
 LIVE_STATES = ("pending", "running")  # instance states that count as part of a service
 
@@ -27,6 +31,7 @@ class Fleet:
         self.ctx = ctx
         self.services: dict[str, Service] = {}
         self._views: dict[str, tuple[float, View]] = {}
+        self._up: set[str] = set()  # routes declared as configured (see ``ready``)
         self.reload()
 
     def reload(self) -> None:
@@ -48,6 +53,27 @@ class Fleet:
         if svc.router is None or not svc.route:
             return None
         return self.ctx.router(svc.router), svc.route
+
+    async def bring_up(self, svc: Service) -> None:
+        """Start the service's router and declare its route as configured (idempotent; raises
+        ImmError when the router cannot)."""
+        routed = self.router(svc)
+        if routed is None:
+            return
+        router, route = routed
+        key = _route_key(svc)
+        self._up.discard(key)
+        await router.start()
+        await router.ensure_route(route, svc.route_settings)
+        self._up.add(key)
+
+    async def ready(self, svc: Service) -> None:
+        """Bring the service's route up unless it already is as configured: a route start-up
+        could not declare (its router was down or slow then), or one a reload added or
+        changed. Before a rollout step, a rollback or a repair uses the route."""
+        if self.router(svc) is not None and _route_key(svc) not in self._up:
+            await self.bring_up(svc)
+            log.info("service %s: route %s is up", svc.name, svc.route)
 
     async def instances(self, svc: Service, rollout: str | None = None) -> list[Instance]:
         """The service's live instances (only those of ``rollout`` when given)."""
@@ -90,3 +116,7 @@ class Fleet:
 
     def describe(self, svc: Service) -> dict[str, Any]:
         return {**svc.to_dict(), "count": svc.count}
+
+
+def _route_key(svc: Service) -> str:
+    return json.dumps([svc.router, svc.route, svc.route_settings], sort_keys=True, default=str)

@@ -182,6 +182,7 @@ class Reconciler:
             listing += await self.ctx.provider(p).list_instances({TAG_SERVICE: svc.name})
         members = [i for i in listing if (i.provider, i.id) not in held
                    and i.tags.get(TAG_DIGEST) == want["digest"]]
+        await self.fleet.ready(svc)
         routed = self.fleet.router(svc)
         health: Mapping[str, bool | None] = {}
         backends: set[str] = set()

@@ -59,6 +59,7 @@ class Rollback:
     async def run(self, r: Rollout) -> None:
         rid = r["id"]
         svc = self.fleet.service(r["service"])
+        await self.fleet.ready(svc)  # not up (its router was down): retried with backoff
         await self.journal.record(rid, "rollback", BEGIN, {"reason": r["error"]})
         everything = await self.fleet.instances(svc)
         new = [i for i in everything if i.tags.get(TAG_ROLLOUT) == rid

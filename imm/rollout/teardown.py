@@ -65,6 +65,7 @@ async def service_down(engine: Engine, actor: str, name: str,
         raise Conflict(f"rollout {active['id']} of service {svc.name} is {active['state']}; "
                        f"abort it first ('immctl rollout abort {svc.name}'), then take the "
                        "service down", detail={"active": active["id"]})
+    await engine.fleet.ready(svc)  # before anything is recorded: its route must answer
     instances = await engine.service_instances(svc)
     idx = await _record(engine, "service-down", actor, service=svc.name, reason=reason,
                         instances=[_described(i) for i in instances])
@@ -117,9 +118,11 @@ async def terminate_instance(engine: Engine, actor: str, instance_id: str,
                        f"rollout {active['id']} is {active['state']}: the rollout owns its "
                        f"instances; wait for it or abort it ('immctl rollout abort "
                        f"{active['id']}')", detail={"active": active["id"]})
+    svc = engine.services.get(service) if service else None
+    if svc is not None:
+        await engine.fleet.ready(svc)  # before anything is recorded: its route must answer
     idx = await _record(engine, "instance-terminate", actor, reason=reason,
                         instance=_described(inst))
-    svc = engine.services.get(service) if service else None
     last = await engine.journal.list(svc.name, 1) if svc is not None else []
     if last:  # the reconciler keeps the service that many instances fewer there
         await engine.journal.record(last[0]["id"], OPERATOR_TERMINATE, OPERATOR_TERMINATE,

@@ -130,12 +130,20 @@ class MemRouter(Router):
         self.started += 1
 
     def ensure_route(self, route: str, settings: Mapping[str, Any]) -> None:
+        self._maybe_fail("ensure_route")
         self.routes.setdefault(route, {})
+
+    def _declared(self, route: str) -> dict[str, Backend]:
+        """The route's backends; as haproxy does, a route nobody declared is an error."""
+        if route not in self.routes:
+            raise RouterError(f"router {self.name}: route {route!r} is not declared; call "
+                              "ensure_route() with its bind address first")
+        return self.routes[route]
 
     def backends(self, route: str) -> list[Backend]:
         self._maybe_fail("backends")
         out = []
-        for b in self.routes.setdefault(route, {}).values():
+        for b in self._declared(route).values():
             healthy = None if not self.checks else b.name not in self.sick
             out.append(Backend(b.name, b.address, b.weight, b.state, healthy))
         return out
@@ -143,24 +151,24 @@ class MemRouter(Router):
     def add(self, route: str, name: str, address: str) -> None:
         self._maybe_fail("add")
         self.history.append(("add", name))
-        self.routes.setdefault(route, {})[name] = Backend(name, address, 0, "ready", None)
+        self._declared(route)[name] = Backend(name, address, 0, "ready", None)
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
         self._maybe_fail("set_weights")
         self.history.append(("set_weights", dict(weights)))
         for n, w in weights.items():
-            b = self.routes[route][n]
+            b = self._declared(route)[n]
             b.weight, b.state = w, "ready"
 
     def drain(self, route: str, name: str) -> None:
         self._maybe_fail("drain")
         self.history.append(("drain", name))
-        self.routes[route][name].state = "drain"
+        self._declared(route)[name].state = "drain"
 
     def remove(self, route: str, name: str) -> None:
         self._maybe_fail("remove")
         self.history.append(("remove", name))
-        self.routes.setdefault(route, {}).pop(name, None)
+        self._declared(route).pop(name, None)
 
     def serving(self, route: str = "web") -> dict[str, int]:
         """Backends taking traffic: weight > 0 and ready."""

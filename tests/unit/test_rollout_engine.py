@@ -10,6 +10,7 @@ import pytest
 from rollout_world import SERVICE, World, actions, run, settle, wait_for
 
 from imm.rollout.engine import Engine
+from imm.rollout.services import load_services
 from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK, ROLLING_BACK, RUNNING
 
 
@@ -221,6 +222,43 @@ def test_startup_brings_up_every_route(tmp_path: Path) -> None:
 
     run(w, body)
     assert w.router.started == 1 and "web" in w.router.routes
+
+
+def test_a_route_start_up_could_not_declare_is_declared_before_the_rollout_uses_it(
+        tmp_path: Path) -> None:
+    """The router failed at start-up (haproxy slow to come back from a reload, on a loaded
+    host): the route was not declared. The next rollout declares it first and completes; it
+    used to fail with 'route not declared' and retry its rollback against it forever."""
+    w = World(tmp_path, {"api": {**SERVICE, "route": "api"}})
+    w.image("2")
+    w.router.fail["ensure_route"] = 1
+
+    async def body() -> dict:
+        assert "api" not in w.router.routes  # start-up could not declare it
+        rid = (await w.engine.start("alice", "api", "app@2"))["id"]
+        return await settle(w.engine, rid)
+
+    st = run(w, body)
+    assert st["state"] == COMPLETED, st["error"]
+    assert sorted(w.router.serving("api")) == sorted(w.provider.instances)
+
+
+def test_a_service_a_reload_added_gets_its_route_before_its_first_rollout(
+        tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.old_fleet(w.image("1"))
+    w.image("2")
+
+    async def body() -> dict:
+        # as SIGHUP does: the services are replaced, the engine is not restarted
+        w.engine.services = load_services({"web": SERVICE, "api": {**SERVICE, "route": "api"}},
+                                          {"mem"}, {"lb"})
+        rid = (await w.engine.start("alice", "api", "app@2"))["id"]
+        return await settle(w.engine, rid)
+
+    st = run(w, body)
+    assert st["state"] == COMPLETED, st["error"]
+    assert len(w.router.serving("api")) == 2 and len(w.router.serving("web")) == 2
 
 
 def test_paused_rollout_waits_without_polling_and_resumes(tmp_path: Path) -> None:
