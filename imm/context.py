@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -298,6 +300,7 @@ class RouterHandle(_Limited[Router]):
 
     what = "router"
     error = RouterError
+    _waits: ThreadPoolExecutor | None = None  # wait_health's threads, created on first use
 
     @property
     def checks_health(self) -> bool:
@@ -341,6 +344,46 @@ class RouterHandle(_Limited[Router]):
     async def health(self, route: str) -> dict[str, bool | None]:
         r = self.plugin
         return await self._call("health", lambda: dict(r.health(route)))
+
+    async def wait_health(self, route: str, names: Sequence[str], timeout_s: float,
+                          wake: asyncio.Event | None = None) -> dict[str, bool | None]:
+        """Wait until every backend in ``names`` has passed its health check (the router's
+        ``wait_health``): the route's health then. Returns early, with the health as it
+        stands, once ``wake`` is set (a verb changed the rollout); raises ``HealthTimeout``
+        naming the backends still unhealthy after ``timeout_s``.
+
+        The wait runs in a thread of the handle's own pool, outside the concurrency limit: it
+        mostly sleeps, and holding a slot or a shared worker thread for a whole health timeout
+        would hold up the calls that change the route and everything else run in threads.
+        """
+        r, want, stop = self.plugin, list(names), threading.Event()
+        if self._waits is None:
+            self._waits = ThreadPoolExecutor(thread_name_prefix=f"router-{self.name}-wait")
+        work = asyncio.get_running_loop().run_in_executor(
+            self._waits, lambda: dict(r.wait_health(route, want, timeout_s, stop)))
+        work.add_done_callback(_consume)
+        waker = None
+        if wake is not None:
+            waker = asyncio.ensure_future(wake.wait())
+            waker.add_done_callback(lambda _f: stop.set())
+        try:
+            # the router gives up after timeout_s itself; past that, one probe that hangs
+            async with asyncio.timeout(timeout_s + self.timeout_s):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            raise self.error(
+                f"router {self.name}: wait_health on route {route} did not answer within "
+                f"{timeout_s + self.timeout_s:g}s; check that it is reachable, or raise "
+                f"call_timeout_s in [routers.{self.name}]") from None
+        finally:
+            stop.set()  # a caller that stops waiting (cancelled, woken) ends the wait too
+            if waker is not None:
+                waker.cancel()
+
+    def close(self) -> None:
+        if self._waits is not None:
+            self._waits.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 def _limits(what: str, name: str, entry: Mapping[str, Any]) -> tuple[int, float]:
