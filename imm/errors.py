@@ -179,6 +179,6 @@ ERROR_CLASSES: dict[str, type[ImmError]] = {
     for cls in (
         ImmError, BadRequest, NotFound, Ambiguous, Conflict, Forbidden, PolicyRefused,
         VerificationFailed, PayloadTooLarge, Unauthorized, NoSpace, StoreCorrupted, Unavailable,
-        ProviderError, RouterError, Unsupported, ConfigError, PluginError,
+        ProviderError, RouterError, HealthTimeout, Unsupported, ConfigError, PluginError,
     )
 }

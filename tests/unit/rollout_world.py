@@ -138,6 +138,7 @@ class MemRouter(Router):
         self.changed = threading.Condition()
         self.sick = Sick(self.changed)  # backend names that fail their health check
         self.waits: list[tuple[str, list[str]]] = []  # (route, names) of each wait_health
+        self.born_sick = False  # backends added while set fail their check until made well
         self.checks = checks
         self.fail: dict[str, int] = {}
         self.history: list[tuple[str, Any]] = []  # (call, argument) in order
@@ -188,6 +189,8 @@ class MemRouter(Router):
         self.history.append(("add", name))
         with self.changed:
             self.routes.setdefault(route, {})[name] = Backend(name, address, 0, "ready", None)
+            if self.born_sick:
+                set.add(self.sick, name)
             self.changed.notify_all()
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
