@@ -648,3 +648,23 @@ def test_wait_health_is_cut_short_by_the_callers_wake_up(
 
     assert asyncio.run(main()) == {"sick": False}
     handle.close()
+
+
+def test_a_new_server_is_first_checked_after_the_down_interval(
+        make_router: Callable[..., HAProxyRouter], make_backend: Callable[..., Backend],
+        workdir: Path) -> None:
+    # haproxy adds a server down and checks a down server every 'downinter': with an hourly
+    # check interval, only the down interval can bring the new server up within the test
+    r = make_router()
+    r.start()
+    r.ensure_route("web", {**route_settings(), "check_interval_ms": 3_600_000,
+                           "down_interval_ms": 20, "rise": 1})
+    b = make_backend("new")
+    r.add("web", "new", b.address)
+    assert r.wait_health("web", ["new"], 30) == {"new": True}
+    r.ensure_route("other", route_settings())  # a reload writes the live servers out
+    cfg = (workdir / "edge" / "haproxy.cfg").read_text()
+    assert "server new 127.0.0.1:" in cfg and "check inter 3600000 downinter 20 rise 1" in cfg
+    assert r.health("web") == {"new": True}
+    with pytest.raises(BadRequest, match="down_interval_ms"):
+        r.ensure_route("bad", {**route_settings(), "down_interval_ms": 0})

@@ -30,7 +30,7 @@ from typing import Any
 from ....errors import BadRequest, HealthTimeout, RouterError
 from ...base import Backend, PluginContext, Router, RouterFeature
 from ...statefile import write_json
-from .runtime import RuntimeAPI, fmt_host, parse_stat_sessions, server_name
+from .runtime import RuntimeAPI, down_interval_ms, fmt_host, parse_stat_sessions, server_name
 from .supervisor import ProcessSettings, Supervisor
 
 MAX_WEIGHT = 256
@@ -57,7 +57,11 @@ ROUTE_DEFAULTS: dict[str, Any] = {
 # check_timeout_ms: how long one health check may wait for its answer before it counts as a
 # failure (haproxy's 'timeout check' for the route's backend); unset, the router's
 # timeouts.check applies. A check that hangs then fails like a check that answers 500.
-ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s", "check_timeout_ms"}
+# down_interval_ms: how often a server that is down is checked (haproxy's 'downinter'); a new
+# server is added down, so this is also how soon its first check comes. Unset: the check
+# interval, at most 250 ms, so a new instance does not wait a whole check_interval_ms to serve.
+ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s", "check_timeout_ms",
+                                    "down_interval_ms"}
 BALANCE_ALGOS = {"roundrobin", "leastconn", "static-rr", "first"}
 
 TIMEOUT_DEFAULTS = {
@@ -356,6 +360,9 @@ class HAProxyRouter(Router):
                              f"spaces, got {rs['health_path']!r}")
         rs["check_interval_ms"] = _as_int(where, "check_interval_ms", rs["check_interval_ms"],
                                           10, 3_600_000)
+        if "down_interval_ms" in rs:
+            rs["down_interval_ms"] = _as_int(where, "down_interval_ms", rs["down_interval_ms"],
+                                             10, 3_600_000)
         rs["rise"] = _as_int(where, "rise", rs["rise"], 1, 100)
         rs["fall"] = _as_int(where, "fall", rs["fall"], 1, 100)
         rs["maxconn"] = _as_int(where, "maxconn", rs["maxconn"], 1, 1_000_000)
@@ -412,7 +419,8 @@ class HAProxyRouter(Router):
                 self._remember(route, hname, name)
                 self.api.cmd(
                     f"add server {route}/{hname} {fmt_host(ip)}:{port} weight 0 check "
-                    f"inter {rs['check_interval_ms']} rise {rs['rise']} fall {rs['fall']} "
+                    f"inter {rs['check_interval_ms']} downinter {down_interval_ms(rs)} "
+                    f"rise {rs['rise']} fall {rs['fall']} "
                     f"maxconn {rs['maxconn']}",
                     route=route, server=name, expect="New server registered")
             self.api.cmd(f"enable health {route}/{hname}", route=route, server=name)
