@@ -25,6 +25,11 @@ Every call to a plugin goes through a typed handle (:class:`ProviderHandle`,
 - gives up waiting after ``timeout_s`` (``call_timeout_s`` in the entry, default 600 s) with a
   ``ProviderError``/``RouterError`` that names the provider, the call and the setting.
 
+One call is different: a router's ``wait_health`` mostly sleeps until the router sees the
+condition (or a wake-up event ends it), so it runs in a thread of the handle's own pool, outside
+the concurrency limit, where it holds up neither the calls that change the route nor the
+threads everything else runs in.
+
 Retries of throttling and 5xx answers live in the plugins' shared cloud machinery, close to the
 SDK that knows which errors are transient; a handle does not retry (a second ``launch`` is only
 safe because of its client token, which the provider honours, not the handle).
@@ -66,6 +71,7 @@ T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
+WAIT_THREADS = 64  # health waits one router runs at once (each in a thread, outside its limit)
 
 
 class Store(Protocol):
@@ -358,7 +364,9 @@ class RouterHandle(_Limited[Router]):
         """
         r, want, stop = self.plugin, list(names), threading.Event()
         if self._waits is None:
-            self._waits = ThreadPoolExecutor(thread_name_prefix=f"router-{self.name}-wait")
+            # threads are made as waits need them: as many as rollouts and heals wait at once
+            self._waits = ThreadPoolExecutor(WAIT_THREADS,
+                                             thread_name_prefix=f"router-{self.name}-wait")
         work = asyncio.get_running_loop().run_in_executor(
             self._waits, lambda: dict(r.wait_health(route, want, timeout_s, stop)))
         work.add_done_callback(_consume)
