@@ -134,7 +134,7 @@ class Solo:
 class Timings:
     """Intervals the engine waits between polls and retries (seconds)."""
 
-    poll_s: float = 0.2  # health and pause polling
+    poll_s: float = 0.2  # a pause step's look at background analyses; approval and analysis polls
     view_ttl_s: float = 1.0  # how long status shares one listing of a service's instances
     retry_min_s: float = 0.5  # backoff between attempts to finish a rollback
     retry_max_s: float = 30.0  # ... its ceiling, and the wait before a crashed run restarts
