@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rollout_world import SERVICE, World, at_step, run, settle, wait_for
 
+from imm.context import Timings
 from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK
 
 PATIENT = {"web": {**SERVICE, "health_timeout_s": 3600}}
@@ -75,3 +76,33 @@ def test_an_abort_ends_a_health_wait_at_once_and_rolls_back(tmp_path: Path) -> N
     st = run(w, body)
     assert st["state"] == ROLLED_BACK
     assert set(w.provider.instances) == set(old) and w.router.serving() == {i: 100 for i in old}
+
+
+# an hour between looks at the journal: only the wake-up can end a pause step in a test's time
+DROWSY = Timings(poll_s=3600, view_ttl_s=0.0, retry_min_s=0.005, retry_max_s=0.02)
+BAKING = {"web": {**SERVICE, "strategy": "canary", "canary_pause_s": 3600}}
+
+
+def _in_pause(st: dict) -> bool:
+    begun = [j["step"] for j in st["journal"] if j["action"] == "begin"]
+    return bool(begun) and begun[-1].endswith("-pause")
+
+
+def test_a_verb_ends_a_pause_step_at_once(tmp_path: Path) -> None:
+    w = World(tmp_path, BAKING, timings=DROWSY)
+    w.old_fleet(w.image("1"))
+    w.image("2")
+
+    async def body() -> dict:
+        rid = (await w.engine.start("alice", "web", "app@2"))["id"]
+        while not _in_pause(await w.engine.status(rid)):
+            await w.engine.changed(rid, 5)
+        await w.engine.set_state("bob", rid, "pause")
+        await settle(w.engine, rid, [PAUSED])
+        await w.engine.set_state("bob", rid, "resume")
+        await wait_for(lambda: not w.engine.wake[rid].is_set())  # back asleep in the step
+        await w.engine.set_state("bob", rid, "promote")
+        return await settle(w.engine, rid)
+
+    st = run(w, body)
+    assert st["state"] == COMPLETED, st["error"]
