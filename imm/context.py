@@ -25,6 +25,11 @@ Every call to a plugin goes through a typed handle (:class:`ProviderHandle`,
 - gives up waiting after ``timeout_s`` (``call_timeout_s`` in the entry, default 600 s) with a
   ``ProviderError``/``RouterError`` that names the provider, the call and the setting.
 
+One call is different: a router's ``wait_health`` mostly sleeps until the router sees the
+condition (or a wake-up event ends it), so it runs in a thread of the handle's own pool, outside
+the concurrency limit, where it holds up neither the calls that change the route nor the
+threads everything else runs in.
+
 Retries of throttling and 5xx answers live in the plugins' shared cloud machinery, close to the
 SDK that knows which errors are transient; a handle does not retry (a second ``launch`` is only
 safe because of its client token, which the provider honours, not the handle).
@@ -37,7 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -64,6 +71,7 @@ T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
+WAIT_THREADS = 64  # health waits one router runs at once (each in a thread, outside its limit)
 
 
 class Store(Protocol):
@@ -126,7 +134,7 @@ class Solo:
 class Timings:
     """Intervals the engine waits between polls and retries (seconds)."""
 
-    poll_s: float = 0.2  # health and pause polling
+    poll_s: float = 0.2  # a pause step's look at background analyses; approval and analysis polls
     view_ttl_s: float = 1.0  # how long status shares one listing of a service's instances
     retry_min_s: float = 0.5  # backoff between attempts to finish a rollback
     retry_max_s: float = 30.0  # ... its ceiling, and the wait before a crashed run restarts
@@ -298,6 +306,7 @@ class RouterHandle(_Limited[Router]):
 
     what = "router"
     error = RouterError
+    _waits: ThreadPoolExecutor | None = None  # wait_health's threads, created on first use
 
     @property
     def checks_health(self) -> bool:
@@ -341,6 +350,48 @@ class RouterHandle(_Limited[Router]):
     async def health(self, route: str) -> dict[str, bool | None]:
         r = self.plugin
         return await self._call("health", lambda: dict(r.health(route)))
+
+    async def wait_health(self, route: str, names: Sequence[str], timeout_s: float,
+                          wake: asyncio.Event | None = None) -> dict[str, bool | None]:
+        """Wait until every backend in ``names`` has passed its health check (the router's
+        ``wait_health``): the route's health then. Returns early, with the health as it
+        stands, once ``wake`` is set (a verb changed the rollout); raises ``HealthTimeout``
+        naming the backends still unhealthy after ``timeout_s``.
+
+        The wait runs in a thread of the handle's own pool, outside the concurrency limit: it
+        mostly sleeps, and holding a slot or a shared worker thread for a whole health timeout
+        would hold up the calls that change the route and everything else run in threads.
+        """
+        r, want, stop = self.plugin, list(names), threading.Event()
+        if self._waits is None:
+            # threads are made as waits need them: as many as rollouts and heals wait at once
+            self._waits = ThreadPoolExecutor(WAIT_THREADS,
+                                             thread_name_prefix=f"router-{self.name}-wait")
+        work = asyncio.get_running_loop().run_in_executor(
+            self._waits, lambda: dict(r.wait_health(route, want, timeout_s, stop)))
+        work.add_done_callback(_consume)
+        waker = None
+        if wake is not None:
+            waker = asyncio.ensure_future(wake.wait())
+            waker.add_done_callback(lambda _f: stop.set())
+        try:
+            # the router gives up after timeout_s itself; past that, one probe that hangs
+            async with asyncio.timeout(timeout_s + self.timeout_s):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            raise self.error(
+                f"router {self.name}: wait_health on route {route} did not answer within "
+                f"{timeout_s + self.timeout_s:g}s; check that it is reachable, or raise "
+                f"call_timeout_s in [routers.{self.name}]") from None
+        finally:
+            stop.set()  # a caller that stops waiting (cancelled, woken) ends the wait too
+            if waker is not None:
+                waker.cancel()
+
+    def close(self) -> None:
+        if self._waits is not None:
+            self._waits.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 def _limits(what: str, name: str, entry: Mapping[str, Any]) -> tuple[int, float]:

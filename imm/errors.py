@@ -146,6 +146,14 @@ class RouterError(ImmError):
     exit_code = EXIT_ERROR
 
 
+class HealthTimeout(RouterError):
+    """Backends did not pass their health check in time (``Router.wait_health``); ``detail``
+    holds the route and the backends still unhealthy (``unhealthy``)."""
+
+    code = "health-timeout"
+    status = 504
+
+
 class Unsupported(ImmError):
     """A configured provider or router lacks an optional operation (see its ``features``)."""
 
@@ -171,6 +179,6 @@ ERROR_CLASSES: dict[str, type[ImmError]] = {
     for cls in (
         ImmError, BadRequest, NotFound, Ambiguous, Conflict, Forbidden, PolicyRefused,
         VerificationFailed, PayloadTooLarge, Unauthorized, NoSpace, StoreCorrupted, Unavailable,
-        ProviderError, RouterError, Unsupported, ConfigError, PluginError,
+        ProviderError, RouterError, HealthTimeout, Unsupported, ConfigError, PluginError,
     )
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import os
@@ -21,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from imm.errors import BadRequest, RouterError
+from imm.context import RouterHandle
+from imm.errors import BadRequest, HealthTimeout, RouterError
 from imm.plugins.base import PluginContext
 from imm.plugins.registry import RouterRegistry
 from imm.plugins.routers.haproxy import (
@@ -575,3 +577,94 @@ def test_external_mode_errors_name_the_socket_and_the_fix(
 
     with pytest.raises(RouterError, match="level 'operator'.*'level admin'"):
         make_router("op", admin_socket=str(external_haproxy["operator_socket"])).start()
+
+
+# -- wait_health: the router watches the servers' check state on its admin socket ----------------
+
+
+def test_wait_health_returns_once_the_check_passes(
+        make_router: Callable[..., HAProxyRouter], make_backend: Callable[..., Backend]) -> None:
+    r = make_router()
+    r.start()
+    r.ensure_route("web", route_settings())
+    b = make_backend("late", healthy=False)
+    r.add("web", "late", b.address)
+    wait_until(lambda: r.health("web")["late"] is False)  # its checks fail for now
+    handle = RouterHandle(r)
+
+    async def main() -> dict[str, bool | None]:
+        waiting = asyncio.ensure_future(handle.wait_health("web", ["late"], 30))
+        hits = b.health_hits
+        # the wait has watched more failing checks
+        await asyncio.to_thread(wait_until, lambda: b.health_hits >= hits + 2)
+        assert not waiting.done(), "a failing server is not healthy"
+        b.set_healthy(True)
+        return await waiting
+
+    assert asyncio.run(main()) == {"late": True}
+    handle.close()
+
+
+def test_wait_health_times_out_naming_the_route_and_each_backend(
+        make_router: Callable[..., HAProxyRouter], make_backend: Callable[..., Backend]) -> None:
+    r = make_router()
+    r.start()
+    r.ensure_route("web", route_settings())
+    good, sick = make_backend("good"), make_backend("sick", healthy=False)
+    r.add("web", "good", good.address)
+    r.add("web", "sick", sick.address)
+    wait_until(lambda: r.health("web") == {"good": True, "sick": False})
+    with pytest.raises(HealthTimeout) as e:
+        r.wait_health("web", ["good", "sick", "gone"], 0.3)
+    assert e.value.message.startswith(
+        "router edge, route web: 2 of 3 backend(s) did not pass the health check within 0.3s: "
+        "gone (not in the route), sick (failing its check);"), e.value.message
+    assert e.value.detail["unhealthy"] == ["gone", "sick"]
+    assert isinstance(e.value, RouterError) and e.value.status == 504
+    with pytest.raises(RouterError, match="no backend 'nope'|nope"):
+        r.wait_health("nope", ["good"], 0.3)
+
+
+def test_wait_health_is_cut_short_by_the_callers_wake_up(
+        make_router: Callable[..., HAProxyRouter], make_backend: Callable[..., Backend]) -> None:
+    r = make_router()
+    r.start()
+    r.ensure_route("web", route_settings())
+    sick = make_backend("sick", healthy=False)
+    r.add("web", "sick", sick.address)
+    wait_until(lambda: r.health("web")["sick"] is False)
+    handle = RouterHandle(r)
+
+    async def main() -> dict[str, bool | None]:
+        wake = asyncio.Event()
+        # a health timeout far beyond the test's: only the wake-up can end this wait in time
+        waiting = asyncio.ensure_future(handle.wait_health("web", ["sick"], 3600, wake))
+        hits = sick.health_hits
+        await asyncio.to_thread(wait_until, lambda: sick.health_hits >= hits + 1)
+        assert not waiting.done()
+        wake.set()  # what a pause or an abort does to a rollout's wait
+        async with asyncio.timeout(30):
+            return await waiting
+
+    assert asyncio.run(main()) == {"sick": False}
+    handle.close()
+
+
+def test_a_new_server_is_first_checked_after_the_down_interval(
+        make_router: Callable[..., HAProxyRouter], make_backend: Callable[..., Backend],
+        workdir: Path) -> None:
+    # haproxy adds a server down and checks a down server every 'downinter': with an hourly
+    # check interval, only the down interval can bring the new server up within the test
+    r = make_router()
+    r.start()
+    r.ensure_route("web", {**route_settings(), "check_interval_ms": 3_600_000,
+                           "down_interval_ms": 20, "rise": 1})
+    b = make_backend("new")
+    r.add("web", "new", b.address)
+    assert r.wait_health("web", ["new"], 30) == {"new": True}
+    r.ensure_route("other", route_settings())  # a reload writes the live servers out
+    cfg = (workdir / "edge" / "haproxy.cfg").read_text()
+    assert "server new 127.0.0.1:" in cfg and "check inter 3600000 downinter 20 rise 1" in cfg
+    assert r.health("web") == {"new": True}
+    with pytest.raises(BadRequest, match="down_interval_ms"):
+        r.ensure_route("bad", {**route_settings(), "down_interval_ms": 0})

@@ -471,6 +471,25 @@ def test_command_that_exits_at_once_is_a_provider_error(state_dir: Path,
     assert list((provider.root / "instances").iterdir()) == []
 
 
+def test_one_instance_of_a_batch_dying_at_once_fails_the_launch_and_leaves_nothing(
+        state_dir: Path, tmp_path: Path) -> None:
+    # The batch starts at once; the one that dies is seen on its pidfd, the others are stopped.
+    provider = make_provider(state_dir, start_check_s=2)
+    marker = tmp_path / "first"
+    code = (f"import os, sys, time\n"
+            f"try:\n    os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL))\n"
+            f"except FileExistsError:\n    time.sleep(600)\n"
+            f"print('first one out', flush=True); sys.exit(4)")
+    src = write_image(tmp_path / "one-dies", {"command": ["python3", "-c", code]})
+    image_id = provider.store_image(src, digest_of_tree(src))
+    with pytest.raises(ProviderError, match=r"exited with status 4.*first one out"):
+        provider.launch(request(image_id, count=3))
+    assert list((provider.root / "instances").iterdir()) == []
+    assert list(provider.list_instances()) == []
+    logs = list((provider.root / "logs").iterdir())
+    assert len(logs) == 3  # each one's log is kept, the two stopped ones' too
+
+
 def test_settings_are_checked(state_dir: Path) -> None:
     with pytest.raises(ConfigError, match="port_range"):
         make_provider(state_dir, port_range="30000")

@@ -14,6 +14,8 @@ raises ``imm.errors.Unsupported`` naming the plugin and the feature.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import Unsupported
+from ..errors import HealthTimeout, Unsupported
 
 # Tag keys every launched instance carries (GCE: labels hold short forms, metadata the full digest).
 # Defined here only; the domain imports them from this module.
@@ -249,3 +251,51 @@ class Router(ABC):
     def health(self, route: str) -> dict[str, bool | None]:
         """Backend name -> passed its health check (None: not checked yet)."""
         return {b.name: b.healthy for b in self.backends(route)}
+
+    #: the default ``wait_health`` probes ``health()`` first after ``[0]`` seconds, then at an
+    #: interval growing by half each time up to ``[1]``: prompt for a backend about to pass,
+    #: and no busier than one call every ``[1]`` seconds for one that takes its time
+    health_poll_s: ClassVar[tuple[float, float]] = (0.02, 0.5)
+
+    def wait_health(self, route: str, names: Sequence[str], timeout_s: float,
+                    stop: threading.Event | None = None) -> dict[str, bool | None]:
+        """Wait until every backend in ``names`` has passed its health check; the route's
+        health (as ``health()``) at that moment.
+
+        Returns as soon as the condition holds, at once for a router that does not check
+        health, and early when ``stop`` is set (the caller was woken for another reason; it
+        compares the health returned itself). After ``timeout_s`` without the condition it
+        raises :class:`HealthTimeout` naming the route and each backend still unhealthy.
+
+        This default polls ``health()`` (see ``health_poll_s``); a router that can watch its
+        check state more cheaply, or be told of a change, overrides it. It blocks: imm runs it
+        in a worker thread of its own and sets ``stop`` when it no longer waits.
+        """
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + timeout_s
+        interval, ceiling = self.health_poll_s
+        while True:
+            health = self.health(route)
+            if (not self.checks_health or stop.is_set()
+                    or all(health.get(n) is True for n in names)):
+                return health
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.health_timed_out(route, names, health, timeout_s)
+            stop.wait(min(interval, left))
+            interval = min(interval * 1.5, ceiling)
+
+    def health_timed_out(self, route: str, names: Sequence[str], health: Mapping[str, bool | None],
+                       timeout_s: float) -> HealthTimeout:
+        """The error of a ``wait_health`` that ran out of time: each backend still unhealthy
+        and why (failing its check, not checked yet, not in the route)."""
+        why = {True: "healthy", False: "failing its check", None: "not checked yet"}
+        bad = sorted(n for n in names if health.get(n) is not True)
+        text = ", ".join(f"{n} ({why[health[n]] if n in health else 'not in the route'})"
+                         for n in bad)
+        return HealthTimeout(
+            f"router {self.name}, route {route}: {len(bad)} of {len(set(names))} backend(s) did "
+            f"not pass the health check within {timeout_s:g}s: {text}; check that each "
+            f"instance answers its health check, or raise the service's health_timeout_s",
+            detail={"router": self.name, "route": route, "unhealthy": bad,
+                    "health": {n: health.get(n) for n in bad}})

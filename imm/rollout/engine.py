@@ -71,11 +71,11 @@ class Engine:
         self.ctx = ctx
         self.journal = Journal(ctx)
         self.fleet = Fleet(ctx)
-        self.steps = Steps(ctx, self.journal, self.fleet)
+        self.wake: dict[str, asyncio.Event] = {}
+        self.steps = Steps(ctx, self.journal, self.fleet, self.wake)
         self.rollback = Rollback(ctx, self.journal, self.fleet, self.steps, _test_kill)
         self.verbs = Verbs(ctx, self.journal, self.fleet, self.kick)
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.wake: dict[str, asyncio.Event] = {}
         self._retries: set[asyncio.TimerHandle] = set()
         self._forwards: set[asyncio.Task[None]] = set()
 

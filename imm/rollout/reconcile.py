@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import Context, RouterHandle
-from ..errors import ImmError, NotLeader
+from ..errors import HealthTimeout, ImmError, NotLeader
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from ..store import Connection, fence, now, query, query_one
 from .fleet import LIVE_STATES, Fleet
@@ -374,14 +374,12 @@ class Reconciler:
             if i.id not in present and i.address:
                 await router.add(route, i.id, i.address)
         ids = {i.id for i in new if i.address}
-        deadline = self.clock() + svc.health_timeout_s
-        while router.checks_health:
-            health = await router.health(route)
-            if all(health.get(n) is True for n in ids):
-                break
-            if self.clock() > deadline:
+        if router.checks_health:
+            try:
+                await router.wait_health(route, sorted(ids), svc.health_timeout_s)
+            except HealthTimeout as e:
                 log.warning("service %s: replacement(s) %s not healthy within %gs; left out of "
-                            "traffic", svc.name, ", ".join(sorted(ids)), svc.health_timeout_s)
+                            "traffic (%s)", svc.name, ", ".join(sorted(ids)),
+                            svc.health_timeout_s, e.message)
                 return
-            await asyncio.sleep(self.ctx.timings.poll_s)
         await router.set_weights(route, {n: weight for n in ids})

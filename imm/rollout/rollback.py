@@ -13,13 +13,13 @@ instances and backends of the later waves are not touched at all.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..context import Context
+from ..errors import HealthTimeout
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from .fleet import Fleet
 from .journal import Journal
@@ -84,15 +84,13 @@ class Rollback:
                 if i.id not in present and i.address:
                     await router.add(route, i.id, i.address)
             if old:
-                deadline = time.monotonic() + svc.health_timeout_s
                 # every old instance (a relaunched one too) gets its weight back once healthy:
                 # one left at weight 0 would be the only serving backend the next rollout
                 # could not retire (a canary retires old instances before its first shift)
-                while router.checks_health and time.monotonic() < deadline:
-                    health = await router.health(route)
-                    if all(health.get(i.id) for i in old):
-                        break
-                    await asyncio.sleep(self.ctx.timings.poll_s)
+                if router.checks_health:
+                    with contextlib.suppress(HealthTimeout):  # those healthy by then serve
+                        await router.wait_health(route, [i.id for i in old],
+                                                 svc.health_timeout_s)
                 health = await router.health(route)
                 healthy_old = [i.id for i in old
                                if health.get(i.id) or not router.checks_health]

@@ -8,12 +8,13 @@ raises :class:`StepFailed`; the engine then rolls the rollout back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from ..context import Context, RouterHandle
-from ..errors import ImmError, NotLeader
+from ..errors import HealthTimeout, ImmError, NotLeader
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, TAG_SLOT, Instance, LaunchRequest
 from . import approve
 from .analysis import Analysis
@@ -69,10 +70,14 @@ def step_targets(svc: Service, r: Rollout, step: Step) -> list[tuple[str, str, i
 
 
 class Steps:
-    def __init__(self, ctx: Context, journal: Journal, fleet: Fleet) -> None:
+    def __init__(self, ctx: Context, journal: Journal, fleet: Fleet,
+                 wakes: dict[str, asyncio.Event] | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
         self.fleet = fleet
+        # the engine's wake-up of each running rollout, set when a verb changes it: a wait in
+        # a step ends at once rather than at its next look at the journal
+        self.wakes = wakes if wakes is not None else {}
         self.analysis = Analysis(ctx, journal, fleet)
 
     async def decide(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
@@ -152,21 +157,12 @@ class Steps:
                 if not i.address:
                     raise StepFailed(f"instance {i.id} has no address the router can reach")
                 await router.add(route, i.id, i.address)
-        deadline = time.monotonic() + svc.health_timeout_s
         ids = {i.id for i in new}
-        while router.checks_health:
-            health = await router.health(route)
-            bad = [n for n in ids if health.get(n) is not True]
-            if not bad:
-                break
-            if time.monotonic() > deadline:
-                raise StepFailed(
-                    f"{len(bad)} of {len(ids)} new instance(s) did not pass the health check of "
-                    f"route {route} within {svc.health_timeout_s:g}s: {', '.join(sorted(bad))}")
-            stop = await self._interrupted(r["id"])
+        if router.checks_health:
+            stop = await self.await_health(r["id"], router, route, sorted(ids),
+                                           svc.health_timeout_s)
             if stop:
                 return stop
-            await asyncio.sleep(self.ctx.timings.poll_s)
         await self.gate(svc, r, step, new)
         if step.get("first", step["batch"] == 0):  # the first batch (of the wave)
             stop = await self.analysis.run(svc, r, step["name"], "before-traffic",
@@ -174,6 +170,37 @@ class Steps:
             if stop:
                 return stop
         return {"instances": sorted(ids), "healthy": True}
+
+    def wake(self, rid: str) -> asyncio.Event:
+        return self.wakes.setdefault(rid, asyncio.Event())
+
+    async def await_health(self, rid: str, router: RouterHandle, route: str, ids: list[str],
+                           timeout_s: float) -> dict[str, Any] | None:
+        """Wait until every one of ``ids`` passes the route's health check: None then, or
+        ``{"interrupted": state}`` as soon as an operator pauses or aborts the rollout.
+
+        The router says the moment the check passes (``wait_health``); a verb wakes the wait
+        through the engine's wake-up, so neither waits for a poll.
+        """
+        wake = self.wake(rid)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                health = await router.wait_health(
+                    route, ids, max(0.0, deadline - time.monotonic()), wake)
+            except HealthTimeout as e:
+                bad = e.detail.get("unhealthy") or ids
+                raise StepFailed(
+                    f"{len(bad)} of {len(ids)} new instance(s) did not pass the health check of "
+                    f"route {route} within {timeout_s:g}s: {', '.join(sorted(bad))}") from None
+            if all(health.get(n) is True for n in ids):
+                return None
+            # woken: cleared before the state is read, so a verb landing after the read
+            # ends the next wait at once (one set before this step began ends the first)
+            wake.clear()
+            stop = await self._interrupted(rid)
+            if stop:
+                return stop
 
     async def gate(self, svc: Service, r: Rollout, step: Step, instances: list[Instance]) -> None:
         """Ask the ``imm_health_gate`` plugins; any refusal fails the step."""
@@ -224,14 +251,21 @@ class Steps:
     async def wait(self, svc: Service, r: Rollout, step: Step) -> dict[str, Any]:
         """Wait the step's seconds (promote cuts it short); a ``pause`` then gates again."""
         deadline = time.monotonic() + float(step.get("seconds", 0))
+        wake = self.wake(r["id"])
         while time.monotonic() < deadline:
+            wake.clear()  # before the state is read: a verb landing after the read wakes us
             cur = await self.journal.load(r["id"])
             if cur["state"] != RUNNING:
                 return {"interrupted": cur["state"]}  # paused or aborted: the wait is not done
             if cur["params"].get("promote"):
                 break
             self.analysis.check_background(r["id"])
-            await asyncio.sleep(self.ctx.timings.poll_s)
+            # a verb (pause, abort, promote) ends the nap at once; the background analysis
+            # is looked at again every poll_s
+            left = deadline - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(self.ctx.timings.poll_s, left))):
+                    await wake.wait()
         if step["op"] in (OP_PAUSE, OP_WAVE):
             wave = wave_of(r, step)
             keys = wave_keys(wave) if wave else None

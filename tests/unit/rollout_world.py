@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,15 +105,40 @@ class MemProvider(Provider):
                   "imm:digest": digest}))
 
 
+class Sick(set[str]):
+    """Backend names failing their health check; a change wakes the router's waits."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        super().__init__()
+        self.changed = changed
+
+    def add(self, name: str) -> None:
+        with self.changed:
+            super().add(name)
+            self.changed.notify_all()
+
+    def discard(self, name: str) -> None:
+        with self.changed:
+            super().discard(name)
+            self.changed.notify_all()
+
+
 class MemRouter(Router):
-    """Routes of weighted backends; health is what the test says (healthy unless listed)."""
+    """Routes of weighted backends; health is what the test says (healthy unless listed).
+
+    ``wait_health`` sleeps on a condition variable that every change of health (a backend
+    added, one made sick or well) notifies: no polling, as a router told of its checks works.
+    """
 
     kind: ClassVar[str] = "memory"
 
     def __init__(self, name: str = "lb", checks: bool = True) -> None:
         super().__init__(name, {}, PluginContext(Path("/nonexistent"), None))  # type: ignore[arg-type]
         self.routes: dict[str, dict[str, Backend]] = {}
-        self.sick: set[str] = set()  # backend names that fail their health check
+        self.changed = threading.Condition()
+        self.sick = Sick(self.changed)  # backend names that fail their health check
+        self.waits: list[tuple[str, list[str]]] = []  # (route, names) of each wait_health
+        self.born_sick = False  # backends added while set fail their check until made well
         self.checks = checks
         self.fail: dict[str, int] = {}
         self.history: list[tuple[str, Any]] = []  # (call, argument) in order
@@ -148,10 +175,31 @@ class MemRouter(Router):
             out.append(Backend(b.name, b.address, b.weight, b.state, healthy))
         return out
 
+    def wait_health(self, route: str, names: Sequence[str], timeout_s: float,
+                    stop: threading.Event | None = None) -> dict[str, bool | None]:
+        self._maybe_fail("wait_health")
+        self.waits.append((route, list(names)))
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while True:
+                health = self.health(route)
+                if (not self.checks or (stop is not None and stop.is_set())
+                        or all(health.get(n) is True for n in names)):
+                    return health
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.health_timed_out(route, names, health, timeout_s)
+                # a set stop cannot notify this condition: look at it again now and then
+                self.changed.wait(min(left, 0.05) if stop is not None else left)
+
     def add(self, route: str, name: str, address: str) -> None:
         self._maybe_fail("add")
         self.history.append(("add", name))
-        self._declared(route)[name] = Backend(name, address, 0, "ready", None)
+        with self.changed:
+            self._declared(route)[name] = Backend(name, address, 0, "ready", None)
+            if self.born_sick:
+                set.add(self.sick, name)
+            self.changed.notify_all()
 
     def set_weights(self, route: str, weights: Mapping[str, int]) -> None:
         self._maybe_fail("set_weights")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from imm.errors import ERROR_CLASSES, Unsupported
+from imm.errors import ERROR_CLASSES, HealthTimeout, Unsupported
 from imm.plugins.base import (
     Backend,
     Feature,
@@ -116,3 +117,49 @@ def test_router_health_check_is_a_feature() -> None:
 def test_one_context_class() -> None:
     from imm.plugins import base
     assert not hasattr(base, "ProviderContext") and not hasattr(base, "RouterContext")
+
+
+class Flaky(Plain):
+    """Health checked; a backend passes once health() has been asked ``after`` times."""
+
+    features = frozenset({RouterFeature.HEALTH_CHECK})
+    health_poll_s = (0.001, 0.004)
+
+    def __init__(self, *a, after: int = 3, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*a, **kw)
+        self.after, self.asked = after, 0
+
+    def health(self, route: str) -> dict[str, bool | None]:
+        self.asked += 1
+        return {n: self.asked > self.after for n in self.table.get(route, {})}
+
+
+def test_the_default_wait_health_polls_until_every_backend_passes() -> None:
+    r = Flaky("f", {}, CTX, after=3)
+    r.add("web", "i-1", "10.0.0.1:80")
+    assert r.wait_health("web", ["i-1"], 30) == {"i-1": True}
+    assert r.asked == 4, "it returns at the first health() that shows the check passed"
+
+
+def test_the_default_wait_health_names_what_is_unhealthy_when_it_times_out() -> None:
+    r = Flaky("f", {}, CTX, after=10**9)
+    r.add("web", "i-1", "10.0.0.1:80")
+    with pytest.raises(HealthTimeout) as err:
+        r.wait_health("web", ["i-1", "i-2"], 0.01)
+    assert err.value.message.startswith(
+        "router f, route web: 2 of 2 backend(s) did not pass the health check within 0.01s: "
+        "i-1 (failing its check), i-2 (not in the route);")
+    assert err.value.detail == {"router": "f", "route": "web", "unhealthy": ["i-1", "i-2"],
+                                "health": {"i-1": False, "i-2": None}}
+    assert ERROR_CLASSES["health-timeout"] is HealthTimeout and err.value.status == 504
+
+
+def test_the_default_wait_health_ends_when_told_to_stop_or_when_nothing_is_checked() -> None:
+    r = Flaky("f", {}, CTX, after=10**9)
+    r.add("web", "i-1", "10.0.0.1:80")
+    stop = threading.Event()
+    stop.set()
+    assert r.wait_health("web", ["i-1"], 3600, stop) == {"i-1": False}
+    p = Plain("p", {}, CTX)  # no health checks: nothing to wait for
+    p.add("web", "i-1", "10.0.0.1:80")
+    assert p.wait_health("web", ["i-1"], 3600) == {"i-1": None}

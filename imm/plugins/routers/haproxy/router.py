@@ -23,14 +23,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ....errors import BadRequest, RouterError
+from ....errors import BadRequest, HealthTimeout, RouterError
 from ...base import Backend, PluginContext, Router, RouterFeature
 from ...statefile import write_json
-from .runtime import RuntimeAPI, fmt_host, parse_stat_sessions, server_name
+from .runtime import RuntimeAPI, down_interval_ms, fmt_host, parse_stat_sessions, server_name
 from .supervisor import ProcessSettings, Supervisor
 
 MAX_WEIGHT = 256
@@ -38,6 +38,7 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 # haproxy binds its socket as "<path>.<pid>.tmp" and renames it: 10 bytes fewer for the path
 HAPROXY_SOCKET_MAX = 97
 DELETE_GRACE_S = 2.0  # how long remove() retries 'del server' after the drain
+WATCH_S = 0.005  # wait_health, remove: how often they read the servers' state
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _BIND_OK = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]*):[0-9]{1,5}$")
@@ -56,7 +57,11 @@ ROUTE_DEFAULTS: dict[str, Any] = {
 # check_timeout_ms: how long one health check may wait for its answer before it counts as a
 # failure (haproxy's 'timeout check' for the route's backend); unset, the router's
 # timeouts.check applies. A check that hangs then fails like a check that answers 500.
-ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s", "check_timeout_ms"}
+# down_interval_ms: how often a server that is down is checked (haproxy's 'downinter'); a new
+# server is added down, so this is also how soon its first check comes. Unset: the check
+# interval, at most 250 ms, so a new instance does not wait a whole check_interval_ms to serve.
+ROUTE_KEYS = set(ROUTE_DEFAULTS) | {"bind", "drain_timeout_s", "check_timeout_ms",
+                                    "down_interval_ms"}
 BALANCE_ALGOS = {"roundrobin", "leastconn", "static-rr", "first"}
 
 TIMEOUT_DEFAULTS = {
@@ -257,14 +262,38 @@ class HAProxyRouter(Router):
 
     def wait_healthy(self, route: str, name: str, timeout_s: float = 30.0) -> bool:
         """Wait until ``name`` has passed its health check; False on timeout."""
+        try:
+            self.wait_health(route, [name], timeout_s)
+        except HealthTimeout:
+            return False
+        return True
+
+    def wait_health(self, route: str, names: Sequence[str], timeout_s: float,
+                    stop: threading.Event | None = None) -> dict[str, bool | None]:
+        """Watch the servers' check state through the runtime API until every one of ``names``
+        has passed (see ``Router.wait_health``).
+
+        haproxy 2.6 tells nobody when a check changes a server's state, so the router reads
+        ``show servers state <route>`` every ``WATCH_S`` (a command on a local socket that
+        answers in well under a millisecond): the wait ends within that of the check that
+        completes it, where polling the route's health every few tenths of a second would add
+        up to that much to each rollout step.
+        """
+        self._known_route(route)
+        stop = stop or threading.Event()
         deadline = time.monotonic() + timeout_s
         while True:
-            b = self._find(route, name)
-            if b is not None and b.healthy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+            with self._lock:
+                self._ensure_running()
+                rows = self.api.rows(route)
+                known = self._names.get(route, {})
+            health = {known.get(r.name, r.name): r.healthy for r in rows}
+            if stop.is_set() or all(health.get(n) is True for n in names):
+                return health
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.health_timed_out(route, names, health, timeout_s)
+            stop.wait(min(WATCH_S, left))
 
     # -- routes ---------------------------------------------------------------------------------
 
@@ -331,6 +360,9 @@ class HAProxyRouter(Router):
                              f"spaces, got {rs['health_path']!r}")
         rs["check_interval_ms"] = _as_int(where, "check_interval_ms", rs["check_interval_ms"],
                                           10, 3_600_000)
+        if "down_interval_ms" in rs:
+            rs["down_interval_ms"] = _as_int(where, "down_interval_ms", rs["down_interval_ms"],
+                                             10, 3_600_000)
         rs["rise"] = _as_int(where, "rise", rs["rise"], 1, 100)
         rs["fall"] = _as_int(where, "fall", rs["fall"], 1, 100)
         rs["maxconn"] = _as_int(where, "maxconn", rs["maxconn"], 1, 1_000_000)
@@ -387,7 +419,8 @@ class HAProxyRouter(Router):
                 self._remember(route, hname, name)
                 self.api.cmd(
                     f"add server {route}/{hname} {fmt_host(ip)}:{port} weight 0 check "
-                    f"inter {rs['check_interval_ms']} rise {rs['rise']} fall {rs['fall']} "
+                    f"inter {rs['check_interval_ms']} downinter {down_interval_ms(rs)} "
+                    f"rise {rs['rise']} fall {rs['fall']} "
                     f"maxconn {rs['maxconn']}",
                     route=route, server=name, expect="New server registered")
             self.api.cmd(f"enable health {route}/{hname}", route=route, server=name)
@@ -480,7 +513,7 @@ class HAProxyRouter(Router):
                                  b.sessions, timeout)
                 self.api.cmd(f"shutdown sessions server {route}/{hname}", route=route, server=name)
                 break
-            time.sleep(0.05)
+            time.sleep(WATCH_S)
         with self._lock:
             self._ensure_running()
             self.api.cmd(f"set server {route}/{hname} state maint", route=route, server=name)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ....errors import RouterError
 
@@ -104,6 +106,15 @@ class ServerState:
         if status in (HCHK_UNKNOWN, HCHK_INI, HCHK_START):
             return None
         return op == OP_RUNNING and status in HCHK_PASSED
+
+
+DOWN_INTERVAL_MS = 250  # a route's default down_interval_ms, unless its check interval is shorter
+
+
+def down_interval_ms(rs: Mapping[str, Any]) -> int:
+    """haproxy's ``downinter`` for a route's servers: how soon a server that is down, a new one
+    included (haproxy adds a server down until its first check), is checked again."""
+    return int(rs.get("down_interval_ms") or min(int(rs["check_interval_ms"]), DOWN_INTERVAL_MS))
 
 
 def fmt_host(host: str) -> str:

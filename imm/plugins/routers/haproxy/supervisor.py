@@ -20,7 +20,14 @@ from typing import Any
 
 from ....errors import RouterError
 from ...statefile import atomic_write, move_into_place
-from .runtime import RuntimeAPI, ServerState, fmt_host, parse_servers_state, state_file_text
+from .runtime import (
+    RuntimeAPI,
+    ServerState,
+    down_interval_ms,
+    fmt_host,
+    parse_servers_state,
+    state_file_text,
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,8 @@ class Supervisor:
                 line = (f"    server {r.name} {fmt_host(r.host)}:{r.fields.get('srv_port', '0')} "
                         f"weight {r.number('srv_iweight')}")
                 if r.checked:
-                    line += (f" check inter {rs['check_interval_ms']} rise {rs['rise']} "
+                    line += (f" check inter {rs['check_interval_ms']} "
+                             f"downinter {down_interval_ms(rs)} rise {rs['rise']} "
                              f"fall {rs['fall']}")
                 line += f" maxconn {rs['maxconn']}"
                 g.append(line)
