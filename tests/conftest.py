@@ -9,10 +9,12 @@ from harness import _reap_daemons  # noqa: F401  (autouse fixture; a star import
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A short base directory for every test's tmp_path unless --basetemp is given: haproxy's
-    admin socket under a test's state dir must fit in the 97 bytes haproxy allows, and
-    pytest-xdist adds a directory per worker to pytest's own (longer) default. Removed after a
-    run that passed; kept for a look after one that failed."""
+    """A short base directory for every test's tmp_path unless --basetemp is given: tests that
+    talk to an embedded haproxy through ``<state>/haproxy/<name>/admin.sock`` find the socket
+    there only while that path fits the 97 bytes haproxy allows (beyond, the router moves it to
+    a short private directory under /tmp and links it), and pytest-xdist adds a directory per
+    worker to pytest's own (longer) default. Removed after a run that passed; kept for a look
+    after one that failed."""
     if config.option.basetemp or hasattr(config, "workerinput"):
         return  # given by the caller, or by the xdist controller to its workers
     import tempfile

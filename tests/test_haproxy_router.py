@@ -32,6 +32,7 @@ from imm.plugins.routers.haproxy import (
     imm_register_routers,
     server_name,
 )
+from imm.plugins.routers.haproxy.router import embedded_socket_path
 
 from backends import Backend, LoadClient, free_port, wait_until
 
@@ -148,8 +149,6 @@ def test_bad_settings_are_refused_with_the_key_named(workdir: Path) -> None:
     ctx = PluginContext(workdir, logging.getLogger("t"))
     with pytest.raises(BadRequest, match="unknown setting.*colour"):
         HAProxyRouter("r", {"colour": "blue"}, ctx)
-    with pytest.raises(BadRequest, match="longer than the 97 haproxy allows"):
-        HAProxyRouter("r", {"dir": "/tmp/" + "x" * 120}, ctx)
     # an external haproxy's socket is only connected to: the whole sun_path is usable
     with pytest.raises(BadRequest, match="longer than the 107 a unix socket allows"):
         HAProxyRouter("r", {"admin_socket": "/tmp/" + "x" * 120}, ctx)
@@ -171,17 +170,53 @@ def test_bad_settings_are_refused_with_the_key_named(workdir: Path) -> None:
 # -- embedded mode -----------------------------------------------------------------------------
 
 
-def test_the_longest_admin_socket_path_haproxy_takes_is_taken_and_one_more_is_refused(
+def test_a_directory_too_deep_for_haproxys_socket_gets_it_in_a_short_private_one(
         make_router: Callable[..., HAProxyRouter], workdir: Path) -> None:
-    # haproxy binds "<path>.<pid>.tmp" then renames it, so it refuses paths over 97 bytes
+    """haproxy binds "<path>.<pid>.tmp" then renames it, so it takes socket paths of at most
+    97 bytes: up to that the socket is in the router's directory; a deeper directory (a long
+    state dir) gets it in a short private directory under /tmp, linked from its own, and a
+    restarted immd on that directory finds the same haproxy there."""
     pad = 97 - len(str(workdir / "admin.sock")) - 1
     longest = workdir / ("d" * pad)
     assert len(str(longest / "admin.sock")) == 97
     r = make_router(dir=str(longest))
     r.start()
-    assert (longest / "admin.sock").is_socket()
-    with pytest.raises(BadRequest, match=r"admin\.sock is 98 bytes, longer than the 97"):
-        make_router(dir=str(workdir / ("d" * (pad + 1))))
+    assert (longest / "admin.sock").is_socket() and not (longest / "admin.sock").is_symlink()
+    r.close()
+
+    deep = workdir / ("e" * 40) / ("f" * 60)
+    short = embedded_socket_path(deep)
+    assert len(str(short)) <= 97 and short.parent != deep
+    try:
+        r = make_router(dir=str(deep), stop_on_close=False)
+        r.start()
+        web = route_settings()
+        r.ensure_route("web", web)
+        assert short.is_socket() and (deep / "admin.sock").resolve() == short
+        assert stat.S_IMODE(short.parent.lstat().st_mode) == 0o700
+        worker = worker_pid(short)
+        again = make_router(dir=str(deep))  # immd restarted: it adopts the running haproxy
+        again.start()
+        assert worker_pid(short) == worker and again.backends("web") == []
+        assert get(port_of(web))[0] == 503
+        again.close()
+    finally:
+        shutil.rmtree(short.parent, ignore_errors=True)
+
+
+def test_a_short_socket_directory_somebody_else_could_have_made_is_refused(
+        make_router: Callable[..., HAProxyRouter], workdir: Path) -> None:
+    deep = workdir / ("g" * 50) / ("h" * 50)
+    short = embedded_socket_path(deep)
+    short.parent.mkdir(mode=0o755)
+    os.chmod(short.parent, 0o755)  # open to others, as another user's mkdir in /tmp would be
+    try:
+        r = make_router(dir=str(deep))
+        with pytest.raises(RouterError, match=f"{short.parent} .* is not a private directory"):
+            r.start()
+        assert not short.exists()
+    finally:
+        shutil.rmtree(short.parent, ignore_errors=True)
 
 
 def test_a_config_haproxy_rejects_is_refused_with_haproxys_own_words(
@@ -305,9 +340,7 @@ def test_remove_waits_for_sessions_then_cuts_at_drain_timeout(
     result: list[Any] = []
     t = slow_request(result)
     wait_until(lambda: r.backends("web")[0].sessions == 1)
-    started = time.monotonic()
-    r.remove("web", "slow")  # waits for the session in flight
-    assert time.monotonic() - started < 0.6
+    r.remove("web", "slow")  # waits for the session in flight: no drain timeout, no error
     t.join(5)
     assert result == [(200, "slow")]
     assert r.backends("web") == []
@@ -321,7 +354,7 @@ def test_remove_waits_for_sessions_then_cuts_at_drain_timeout(
     with pytest.raises(RouterError, match=r"server stuck: 'del server web/stuck' refused.*"
                                           r"1 session\(s\) left.*in maint.*call remove again"):
         r.remove("web", "stuck")  # haproxy 2.6 cannot cut a request waiting on its server
-    assert 0.6 < time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.6  # it gave the session the whole drain timeout
     assert view(r, "web")["stuck"][2] == "maint"  # no new traffic meanwhile
     stuck.close()  # the instance is terminated: its connections close
     t.join(5)

@@ -17,8 +17,10 @@ Two modes, chosen by the router's settings:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
+import os
 import re
 import socket
 import threading
@@ -39,6 +41,21 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 HAPROXY_SOCKET_MAX = 97
 DELETE_GRACE_S = 2.0  # how long remove() retries 'del server' after the drain
 WATCH_S = 0.005  # wait_health, remove: how often they read the servers' state
+
+SHORT_SOCKET_ROOT = Path("/tmp")  # noqa: S108 - a private 0700 directory is made under it
+
+
+def embedded_socket_path(directory: Path) -> Path:
+    """Where the embedded haproxy's admin socket lives: ``admin.sock`` in the router's directory,
+    or, when that path is too long for haproxy (a deep state directory), in a short private
+    directory named after it (the same one for every immd on that directory, so a restarted
+    immd finds the haproxy it left running). :func:`private_dir` checks and makes it."""
+    path = directory / "admin.sock"
+    if len(str(path)) <= HAPROXY_SOCKET_MAX:
+        return path
+    tag = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return SHORT_SOCKET_ROOT / f"imm-haproxy-{os.getuid()}-{tag}" / "admin.sock"
+
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _BIND_OK = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:-]*):[0-9]{1,5}$")
@@ -151,7 +168,8 @@ class HAProxyRouter(Router):
         self.log = context.log
         self.external = bool(s.get("admin_socket"))
         self.dir = Path(s.get("dir") or Path(context.state_dir) / "haproxy" / name)
-        self.socket_path = Path(s["admin_socket"]) if self.external else self.dir / "admin.sock"
+        self.socket_path = (Path(s["admin_socket"]) if self.external
+                            else embedded_socket_path(self.dir))
 
         def seconds(key: str, default: float, lo: float) -> float:
             return _as_float(where, key, s.get(key, default), lo)
@@ -176,12 +194,11 @@ class HAProxyRouter(Router):
                 raise BadRequest(f"{where}: timeout {k} = {v!r} is not an haproxy time "
                                  f"(e.g. 500ms, 5s)")
             timeouts[k] = v
-        limit = SUN_PATH_MAX if self.external else HAPROXY_SOCKET_MAX
-        if len(str(self.socket_path)) > limit:
+        if self.external and len(str(self.socket_path)) > SUN_PATH_MAX:
             raise BadRequest(f"{where}: admin socket path {self.socket_path} is "
-                             f"{len(str(self.socket_path))} bytes, longer than the {limit} "
-                             f"{'a unix socket' if self.external else 'haproxy'} allows; set "
-                             f"'dir' to a shorter directory")
+                             f"{len(str(self.socket_path))} bytes, longer than the "
+                             f"{SUN_PATH_MAX} a unix socket allows; give haproxy a shorter "
+                             "'stats socket' path")
         self.api = RuntimeAPI(name, self.socket_path, seconds("command_timeout_s", 5.0, 0.1),
                               self.external, None if self.external else self.dir / "haproxy.log")
         self.meta_file = self.dir / "router.json"

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -28,6 +29,18 @@ from .runtime import (
     parse_servers_state,
     state_file_text,
 )
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` a directory only this user can enter; refuse one somebody else could have
+    prepared (a shared /tmp: not ours, a symlink, or open to others)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise RouterError(f"{path} (the haproxy admin socket's directory) is not a private "
+                          f"directory of uid {os.getuid()} (a symlink, another owner, or open "
+                          "to others); remove it, or set the router's 'dir' to a shorter path")
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,15 @@ class Supervisor:
         the settings changed since; start the supervising thread. Call under the router's lock."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        if self.socket_path.parent != self.dir:
+            # the router's directory is too deep for haproxy's socket path: the socket lives
+            # in a short private directory, linked from here for whoever looks for it
+            private_dir(self.socket_path.parent)
+            link = self.dir / "admin.sock"
+            if not (link.is_symlink() and os.readlink(link) == str(self.socket_path)):
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+                link.symlink_to(self.socket_path)
         if not self._adopt():
             self.cold_start()
         elif _skeleton(self.render_config(self.api.dump_rows()[1])) != _skeleton(
