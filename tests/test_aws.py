@@ -789,16 +789,15 @@ def test_remove_waits_for_draining(aws: str, tmp_path: Path,
     r = make_router(aws, tmp_path, drain_timeout_s=0.6)
     r.add(live, a, "10.0.0.1")
     r.add(live, b, "10.0.0.2")
-    started = time.monotonic()
+    caplog.set_level(logging.WARNING)
     r.drain(live, a)
-    r.remove(live, a)  # deregistered and not draining (moto): no wait
-    assert time.monotonic() - started < 0.5
+    r.remove(live, a)  # deregistered and not draining (moto): no wait, no warning
+    assert "still draining" not in caplog.text
     client(aws, "ec2").terminate_instances(InstanceIds=[b])
     assert targets(elbv2, live) == {}
-    caplog.set_level(logging.WARNING)
     started = time.monotonic()
     r.remove(live, b)
-    assert 0.5 <= time.monotonic() - started < 3
+    assert time.monotonic() - started >= 0.5  # waited for the draining target first
     assert "still draining" in caplog.text
     assert r.backends(live) == []
 
@@ -816,7 +815,7 @@ def test_remove_waits_for_draining(aws: str, tmp_path: Path,
     started = time.monotonic()
     e.drain("drainer", c)
     e.remove("drainer", c)
-    assert 0.35 <= time.monotonic() - started < 2
+    assert time.monotonic() - started >= 0.35  # waited out the connection draining
     assert e.backends("drainer") == []
 
 

@@ -326,16 +326,17 @@ def test_restart_finds_instances_by_tags(state_dir: Path, baked: Path) -> None:
         i.id for i in blue}
 
 
-def test_terminate_stops_processes_keeps_logs_and_data(provider: LocalProvider,
-                                                       baked: Path) -> None:
+def test_terminate_stops_processes_keeps_logs_and_data(provider: LocalProvider, baked: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     image_id = store(provider, baked, "v1")
     instances = provider.launch(request(image_id, 2))
     for inst in instances:
         assert inst.address is not None
         http_get(inst.address)
-    t0 = time.monotonic()
-    provider.terminate([instances[0].id, instances[1].id, "i-00000000deadbeef", "nonsense"])
-    assert time.monotonic() - t0 < 5  # the app stops on SIGTERM; no SIGKILL wait
+    with caplog.at_level(logging.WARNING):
+        provider.terminate([instances[0].id, instances[1].id, "i-00000000deadbeef",
+                            "nonsense"])
+    assert "ignored SIGTERM" not in caplog.text  # the app stops on SIGTERM: no SIGKILL
     for inst in instances:
         assert inst.address is not None
         assert wait_gone(inst.extra["pid"])
