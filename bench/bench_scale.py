@@ -32,7 +32,7 @@ by reservation, has no rate limit or latency, and parses too slowly for 100k ins
   new. Figure: the median steady sweep, and also imm's listing alone (the provider's
   ``list_instances``, no judging) to split imm's time into listing and judging.
 - peer, boto3: the plain paging loop, ``describe_instances`` paginator (MaxResults 1000,
-  botocore's standard retry mode with 10 attempts) per account-region, every account-region in
+  botocore's standard retry mode, 10 retries) per account-region, every account-region in
   its own thread at once (imm's concurrency: one pager per region, all regions at once), in a
   separate process.
 - the cloud's floor: the same pages fetched by a loop that only reads each page's NextToken
@@ -241,9 +241,9 @@ def fake_app(spec: dict[str, Any]) -> Any:
     stats: dict[str, Any] = {}
 
     def reset() -> None:
+        # a bucket is made at its account-region's first request after a reset, so "starts
+        # empty" means empty when the client starts, not when its process was spawned
         buckets.clear()
-        for key in fleets:
-            buckets[key] = Bucket(conf["bucket"], conf["refill"], conf["start"])
         stats.update(requests=0, pages=0, throttled=0, instances=0, inflight=0, max_inflight=0,
                      bytes=0)
 
@@ -272,6 +272,8 @@ def fake_app(spec: dict[str, Any]) -> Any:
             fleet = fleets.get(key)
             if fleet is None:
                 return answer(401, error_body("AuthFailure", f"no account-region {key}"))
+            if key not in buckets:
+                buckets[key] = Bucket(conf["bucket"], conf["refill"], conf["start"])
             if not buckets[key].take():
                 stats["throttled"] += 1
                 return answer(503, error_body("RequestLimitExceeded", "Request limit "
@@ -800,7 +802,8 @@ def fleet_report(r: dict[str, Any], a: argparse.Namespace) -> list[dict[str, Any
                  "imm (listing: libcloud parsing the XML)" if share > 0.6 else
                  "imm (judging and ledgering)")
         boto = sc.get("boto3", {}).get("seconds")
-        print(f"  -> imm / floor {ratio:.2f}x; listing alone {share:.0%} of the steady sweep"
+        print(f"  -> imm / floor {ratio:.2f}x; imm's listing alone takes {share:.0%} of its "
+              "steady sweep's time"
               + (f"; imm / boto3 {imm / boto:.2f}x" if boto else "") + f"; bound by {bound}")
         rows.append(report.row(
             f"audit sweep of {n:,} instances over {pairs_n} account-regions behind a fake EC2, "
