@@ -523,9 +523,13 @@ def imm_config(accounts: int, regions: int, url: str, state: Path) -> str:
 
 
 def phase_fleet(a: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
     from imm import config
     from imm.daemon.core import Daemon
 
+    # the provider logs every throttled retry as a warning; the fake counts them instead
+    logging.getLogger("imm").setLevel(logging.ERROR)
     accounts, regions = a.accounts, a.regions
     os.environ["BENCH_SCALE_SECRET"] = SECRET
     os.environ.pop("BENCH_SCALE_NO_TOKEN", None)
