@@ -12,7 +12,7 @@ query-string parameters, SigV4 ``Authorization`` header, XML answers in EC2's na
 ``instance-state-name`` / ``tag:KEY`` / ``tag-key``, errors as EC2's ``<Response><Errors>``
 bodies). It holds a generated fleet: ``--instances`` spread over every (access key, region)
 pair, one instance per reservation, each item shaped like EC2's documented DescribeInstances
-answer (~2.5 KB of XML with its network interface, block device, tags). Like EC2, it throttles
+answer (~3.1 KB of XML with its network interface, block device, tags). Like EC2, it throttles
 per account and region with a token bucket (``--bucket`` tokens refilling ``--refill`` per
 second; EC2 documents 100 and 20/s for describe calls) and answers an empty bucket with HTTP
 503 ``RequestLimitExceeded``; every answer waits ``--latency`` first (the round trip and EC2's
@@ -50,7 +50,10 @@ waits for is timed on both through the daemon's HTTP API (aiohttp test server ov
 a bearer token): a page of ``image list``, ``name@version`` resolved, an inclusion proof,
 ``image show`` by digest prefix; the figure is the median and the ratio 1M / 10k (flat is 1).
 
-Every process and temp dir it starts is removed at the end. Nothing here asserts a time.
+Every process and temp dir it starts is removed at the end (also on SIGTERM). Nothing here
+asserts a time. At full size it took 17 minutes on 2 CPUs at load 7-15: a steady sweep of 100k
+instances alone is ~80 s there (which is the finding: imm's listing bounds it), it runs 7 times,
+and 1M signed records take ~5 minutes to build. ``--quick`` takes ~75 s.
 """
 
 from __future__ import annotations
