@@ -630,7 +630,7 @@ async def fleet_runs(a: argparse.Namespace, d: Any, url: str, n: int) -> dict[st
                 runs["boto3"].append(await measured(peer("boto3", sc), sc.conf()))
             log(f"{sc.name}: run {i + 1}: " + ", ".join(
                 f"{k} {v[-1]['seconds']:.2f} s ({v[-1]['pages']} pages, "
-                f"{v[-1]['throttled']} throttled)" for k, v in runs.items() if v))
+                f"{v[-1]['throttled']} throttled)" for k, v in runs.items() if len(v) > i))
         med = {k: {"seconds": statistics.median(r["seconds"] for r in v),
                    "pages": statistics.median(r["pages"] for r in v),
                    "throttled": statistics.median(r["throttled"] for r in v),
