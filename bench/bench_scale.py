@@ -811,11 +811,13 @@ def fleet_report(r: dict[str, Any], a: argparse.Namespace) -> list[dict[str, Any
         lst = sc.get("list") or r["scenarios"][0].get("list")
         share = lst["seconds"] / r["scenarios"][0]["imm"]["seconds"] if lst else 0.0
         bound = ("the cloud (latency, rate limit)" if ratio < 1.5 else
+                 "imm (its listing was not timed alone)" if not lst else
                  "imm (listing: libcloud parsing the XML)" if share > 0.6 else
                  "imm (judging and ledgering)")
         boto = sc.get("boto3", {}).get("seconds")
-        print(f"  -> imm / floor {ratio:.2f}x; imm's listing alone takes {share:.0%} of its "
-              "steady sweep's time"
+        print(f"  -> imm / floor {ratio:.2f}x"
+              + (f"; imm's listing alone takes {share:.0%} of its steady sweep's time"
+                 if lst else "")
               + (f"; imm / boto3 {imm / boto:.2f}x" if boto else "") + f"; bound by {bound}")
         rows.append(report.row(
             f"audit sweep of {n:,} instances over {pairs_n} account-regions behind a fake EC2, "
