@@ -34,11 +34,10 @@ def client(url: str, account: int = 0, region: str = "us-east-1", attempts: int 
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session(
-        aws_access_key_id=bench_scale.access_key(account),
-        aws_secret_access_key=bench_scale.SECRET, region_name=region,
-    ).client("ec2", endpoint_url=url, config=Config(
-        retries={"mode": "standard", "total_max_attempts": attempts}))
+    return boto3.client(
+        "ec2", aws_access_key_id=bench_scale.access_key(account),
+        aws_secret_access_key=bench_scale.SECRET, region_name=region, endpoint_url=url,
+        config=Config(retries={"mode": "standard", "total_max_attempts": attempts}))
 
 
 def test_pages_count_instances_and_carry_the_fleet_tags(fake: str) -> None:
