@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -238,7 +238,7 @@ class ProviderHandle(_Limited[Provider]):
         return await self._call("list_instances", lambda: _drain(p.list_instances(tags)))
 
     async def instance_chunks(self, tags: Mapping[str, str] | None = None,
-                              size: int = 500) -> AsyncIterator[list[Instance]]:
+                              size: int = 500) -> AsyncGenerator[list[Instance], None]:
         """The instances ``size`` at a time, each chunk paged in a worker thread.
 
         For a fleet too large to hold at once (the audit sweep); the limit is held per chunk.

@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.canonical import canonical_json
 from ..catalog.service import Catalog
-from ..plugins.base import TAG_SERVICE, Instance
+from ..plugins.base import Instance
 from ..store import Connection, query, query_one
 from . import events
-from .facts import CatalogFacts, Observed
-from .verdicts import judge
+from .facts import CatalogFacts, Judged, Observed
 
 CHUNK = 1000  # instances per transaction: ~tens of ms of writer time, then the loop breathes
-
-OK: list[tuple[str, dict[str, Any]]] = [("ok", {})]
-OK_TEXT = json.dumps([{"verdict": "ok", "detail": {}}], sort_keys=True)
 
 
 def _now() -> tuple[str, int]:
@@ -58,6 +54,9 @@ class SweepRun:
     # close_unseen keeps open. Unchanged observations are not rewritten, so the table alone
     # cannot tell "seen, unchanged" from "not seen".
     seen: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # the open findings of each provider as they were when its first chunk came
+    findings_at_start: dict[str, dict[tuple[str, str], frozenset[str]]] = field(
+        default_factory=dict)
     # where close_unseen's scan of a provider's open observations has got to
     close_after: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
@@ -144,9 +143,10 @@ class _Writer:
         detail_text = canonical_json(detail).decode("utf-8")  # refuses floats: it is signed
         self.finding_inserts.append((fid, self.provider, inst.region, inst.id, inst.image_id,
                                      service, verdict, detail_text, self.at, self.index, entry))
+        # the hook gets a copy: judgements (and so details) are shared by instances alike
         self.result.opened.append(_finding_payload(
             {"id": fid, "instance_id": inst.id, "provider": self.provider,
-             "region": inst.region, "verdict": verdict, "detail": detail,
+             "region": inst.region, "verdict": verdict, "detail": detail_text,
              "opened_at": self.at}, "open"))
 
     def resolve_finding(self, row: Mapping[str, Any], reason: str) -> None:
@@ -222,15 +222,75 @@ _FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict,
                  "opened_at, open_ledger_index, open_entry")
 
 
+def _unchanged(conn: Connection, provider: str, row: tuple[Any, ...], ids: list[str]) -> bool:
+    """Whether each of ``ids`` has an open observation holding exactly ``row`` (region, image
+    id, digest, service, state, verdicts), and none other: one count over their index entries,
+    not a row read per instance. False is always safe (the caller then compares row by row)."""
+    marks = ",".join("?" * len(ids))
+    region, image_id, digest, service, state, text = row
+    # "= NULL" matches nothing: a NULL is compared with IS NULL, and PostgreSQL has no "IS ?"
+    same = ("region=? AND image_id=? AND state=? AND verdicts=? AND "
+            + ("digest IS NULL" if digest is None else "digest=?") + " AND "
+            + ("service IS NULL" if service is None else "service=?"))
+    args = [region, image_id, state, text] + [v for v in (digest, service) if v is not None]
+    n, good = conn.execute(
+        f"SELECT count(*), coalesce(sum(CASE WHEN {same} THEN 1 ELSE 0 END), 0) "  # noqa: S608
+        f"FROM observations WHERE closed_at IS NULL AND provider=? AND instance_id IN ({marks})",
+        (*args, provider, *ids)).fetchone()
+    # the primary key: one observation per (provider, region, instance_id, image_id), so as many
+    # matching as ids means one each (and no id twice); as many in all means no other one
+    return bool(n == good == len(ids))
+
+
+def _findings_at_start(conn: Connection, run: SweepRun,
+                       provider: str) -> dict[tuple[str, str], frozenset[str]]:
+    """The verdicts of the provider's open findings by (region, instance id), as they were when
+    this sweep first came to the provider (read once: a steady fleet has few)."""
+    found = run.findings_at_start.get(provider)
+    if found is None:
+        sets: dict[tuple[str, str], set[str]] = {}
+        for region, iid, verdict in conn.execute(
+                "SELECT region, instance_id, verdict FROM findings WHERE status='open' AND "
+                "provider=?", (provider,)).fetchall():
+            sets.setdefault((region, iid), set()).add(verdict)
+        found = run.findings_at_start[provider] = {k: frozenset(v) for k, v in sets.items()}
+    return found
+
+
 def apply_chunk(conn: Connection, run: SweepRun, provider: str,
-                items: list[Observed]) -> ChunkResult:
+                items: Sequence[Observed | Instance]) -> ChunkResult:
     """Judge one chunk of a provider's instances and record what changed (one transaction)."""
     w = _Writer(conn, run, provider)
-    ids = [it.instance.id for it in items]
+    judged = run.facts.judge(conn, provider, items, w.ts)
+    insts = [it.instance if isinstance(it, Observed) else it for it in items]
     seen = run.seen.setdefault(provider, set())
+    findings = _findings_at_start(conn, run, provider)
+    none: frozenset[str] = frozenset()
+    # Instances judged alike (one judgement, so the same observation row expected): most of a
+    # steady sweep is a few such groups whose rows all hold already, settled by one count each.
+    # Only an instance this sweep has not listed before can be settled so: the findings read
+    # at the start are still its findings (this sweep writes an instance's rows only when it
+    # lists it).
+    groups: dict[Judged, list[int]] = {}
+    rest: list[int] = []
+    for n, (inst, j) in enumerate(zip(insts, judged, strict=True)):
+        key = (inst.region, inst.id)
+        if not j.alike or key in seen or (findings.get(key, none) != j.failing):
+            rest.append(n)
+        else:
+            groups.setdefault(j, []).append(n)
+        seen.add(key)
+    for j, members in groups.items():
+        if not _unchanged(conn, provider, j.row, [insts[n].id for n in members]):
+            rest.extend(members)
+    rest.sort()  # the rest in listing order: their events are numbered in it
+    w.result.instances = len(items)
+    if not rest:
+        return w.flush()
+    ids = [insts[n].id for n in rest]
     # rows as tuples (region, instance_id, image_id, digest, service, state, verdicts): they
-    # are only compared (a dict per row was a fifth of a steady sweep), and the index
-    # observations_open holds these columns; the rest is read for the few that close
+    # are only compared, and the index observations_open holds these columns; the rest is
+    # read for the few that close
     marks = ",".join("?" * len(ids))
     open_obs = {(r[0], r[1]): r for r in conn.execute(
         f"SELECT {_CMP_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
@@ -239,15 +299,10 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
                        "provider=? AND instance_id IN (?*)", (provider,), ids):
         open_findings.setdefault((r["region"], r["instance_id"]), {})[r["verdict"]] = r
-    for item in items:
-        inst = item.instance
-        verdicts = judge(inst, run.facts.facts(conn, provider, item, w.ts))
-        facts_image = run.facts.artifact(conn, provider, inst.region, inst.image_id)[0]
-        service = inst.tags.get(TAG_SERVICE)
-        verdict_text = (OK_TEXT if verdicts == OK else json.dumps(
-            [{"verdict": v, "detail": d} for v, d in verdicts], sort_keys=True, ensure_ascii=False))
+    for n in rest:
+        inst, j = insts[n], judged[n]
+        verdicts, verdict_text, facts_image, service = j.verdicts, j.text, j.digest, j.service
         key = (inst.region, inst.id)
-        seen.add(key)
         obs = open_obs.get(key)
         if obs is not None and obs[2] != inst.image_id:
             w.close_observation(_open_observation(conn, provider, obs), "image changed")
@@ -266,7 +321,6 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
         for verdict, row in current.items():
             if verdict not in names:
                 w.resolve_finding(row, "the cause is gone")
-    w.result.instances = len(items)
     return w.flush()
 
 
@@ -275,6 +329,7 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     """Close the observations of ``provider`` this sweep did not see, scanning up to ``limit``
     of its open observations per call (``more`` says whether to call again)."""
     w = _Writer(conn, run, provider)
+    run.findings_at_start.pop(provider, None)  # its listing is over
     after = run.close_after.get(provider)
     seen = run.seen.get(provider, set())
     if after is None:
