@@ -150,19 +150,22 @@ class CatalogFacts:
         return found
 
     def judge(self, conn: Connection, provider: str, items: Sequence[Observed | Instance],
-              now: int) -> list[Judged]:
-        """Each item's judgement at ``now`` (Unix seconds): exactly ``judge(instance, facts)``
-        for each, computed once for instances alike that are under their age limit."""
+              now: int) -> tuple[list[Instance], list[Judged]]:
+        """The items' instances, and each one's judgement at ``now`` (Unix seconds): exactly
+        ``judge(instance, facts)``, computed once for instances alike under their age limit."""
+        insts: list[Instance] = []
         out: list[Judged] = []
         memo = self._judged
         for item in items:
             if isinstance(item, Observed):
+                inst = item.instance
+                insts.append(inst)
                 if item.rehash is not None or item.image_manifest is not None:
                     out.append(self._judge_one(conn, provider, item, now, alike=False))
                     continue
-                inst = item.instance
             else:
                 inst = item
+                insts.append(inst)
             tags = inst.tags
             key = (provider, inst.region, inst.image_id, tags.get(TAG_SERVICE),
                    tags.get(TAG_ROLLOUT), tags.get(TAG_DIGEST), inst.state)
@@ -179,7 +182,7 @@ class CatalogFacts:
                 young = found[1] = self._judge_one(conn, provider, Observed(inst), now,
                                                    alike=True)
             out.append(young)
-        return out
+        return insts, out
 
     def _judge_one(self, conn: Connection, provider: str, item: Observed, now: int,
                    alike: bool) -> Judged:

@@ -261,9 +261,9 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
                 items: Sequence[Observed | Instance]) -> ChunkResult:
     """Judge one chunk of a provider's instances and record what changed (one transaction)."""
     w = _Writer(conn, run, provider)
-    judged = run.facts.judge(conn, provider, items, w.ts)
-    insts = [it.instance if isinstance(it, Observed) else it for it in items]
+    insts, judged = run.facts.judge(conn, provider, items, w.ts)
     seen = run.seen.setdefault(provider, set())
+    add = seen.add
     findings = _findings_at_start(conn, run, provider)
     none: frozenset[str] = frozenset()
     # Instances judged alike (one judgement, so the same observation row expected): most of a
@@ -271,17 +271,24 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     # Only an instance this sweep has not listed before can be settled so: the findings read
     # at the start are still its findings (this sweep writes an instance's rows only when it
     # lists it).
-    groups: dict[Judged, list[int]] = {}
+    groups: dict[Judged, tuple[list[int], list[str]]] = {}
     rest: list[int] = []
-    for n, (inst, j) in enumerate(zip(insts, judged, strict=True)):
-        key = (inst.region, inst.id)
-        if not j.alike or key in seen or (findings.get(key, none) != j.failing):
-            rest.append(n)
+    for n, inst in enumerate(insts):
+        j = judged[n]
+        size = len(seen)
+        add((inst.region, inst.id))
+        if (j.alike and len(seen) > size  # alike, and listed for the first time
+                and (findings.get((inst.region, inst.id), none) if findings else none)
+                == j.failing):
+            group = groups.get(j)
+            if group is None:
+                group = groups[j] = ([], [])
+            group[0].append(n)
+            group[1].append(inst.id)
         else:
-            groups.setdefault(j, []).append(n)
-        seen.add(key)
-    for j, members in groups.items():
-        if not _unchanged(conn, provider, j.row, [insts[n].id for n in members]):
+            rest.append(n)
+    for j, (members, ids) in groups.items():
+        if not _unchanged(conn, provider, j.row, ids):
             rest.extend(members)
     rest.sort()  # the rest in listing order: their events are numbered in it
     w.result.instances = len(items)
