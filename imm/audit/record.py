@@ -50,10 +50,10 @@ class SweepRun:
     actor: str
     catalog: Catalog
     facts: CatalogFacts
-    # (region, instance id) of every instance each provider listed in this sweep: what
-    # close_unseen keeps open. Unchanged observations are not rewritten, so the table alone
-    # cannot tell "seen, unchanged" from "not seen".
-    seen: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # the instance ids each provider listed in this sweep, by region: what close_unseen keeps
+    # open. Unchanged observations are not rewritten, so the table alone cannot tell "seen,
+    # unchanged" from "not seen". (Sets of strings: nothing the garbage collector must scan.)
+    seen: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     # the open findings of each provider as they were when its first chunk came
     findings_at_start: dict[str, dict[tuple[str, str], frozenset[str]]] = field(
         default_factory=dict)
@@ -262,8 +262,8 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     """Judge one chunk of a provider's instances and record what changed (one transaction)."""
     w = _Writer(conn, run, provider)
     insts, judged = run.facts.judge(conn, provider, items, w.ts)
-    seen = run.seen.setdefault(provider, set())
-    add = seen.add
+    regions = run.seen.setdefault(provider, {})
+    region, seen = None, set()
     findings = _findings_at_start(conn, run, provider)
     none: frozenset[str] = frozenset()
     # Instances judged alike (one judgement, so the same observation row expected): most of a
@@ -275,8 +275,11 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     rest: list[int] = []
     for n, inst in enumerate(insts):
         j = judged[n]
+        if inst.region != region:
+            region = inst.region
+            seen = regions.setdefault(region, set())
         size = len(seen)
-        add((inst.region, inst.id))
+        seen.add(inst.id)
         if (j.alike and len(seen) > size  # alike, and listed for the first time
                 and (findings.get((inst.region, inst.id), none) if findings else none)
                 == j.failing):
@@ -338,13 +341,13 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     w = _Writer(conn, run, provider)
     run.findings_at_start.pop(provider, None)  # its listing is over
     after = run.close_after.get(provider)
-    seen = run.seen.get(provider, set())
+    seen = run.seen.get(provider, {})
     if after is None:
         # every instance seen has exactly one open observation (opened or kept by apply_chunk):
         # as many open as seen means none is unseen, and there is nothing to scan
         (n_open,) = conn.execute("SELECT count(*) FROM observations WHERE provider=? AND "
                                  "closed_at IS NULL", (provider,)).fetchone()
-        if n_open == len(seen):
+        if n_open == sum(map(len, seen.values())):
             return w.result
         after = ("", "", "")
     # the keys only: most were seen, and nothing more of them is read
@@ -355,7 +358,7 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     w.result.more = len(scanned) == limit
     if scanned:
         run.close_after[provider] = tuple(scanned[-1])
-    unseen = {tuple(r) for r in scanned if (r[0], r[1]) not in seen}
+    unseen = {tuple(r) for r in scanned if r[1] not in seen.get(r[0], ())}
     if not unseen:
         return w.result
     rows = [r for r in _in(conn, f"SELECT {_OBS_COLS} FROM observations WHERE "  # noqa: S608
