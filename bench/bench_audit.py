@@ -65,12 +65,14 @@ def iso(ts: int) -> str:
 def daemon(state: Path, provider: str) -> Any:
     from imm import config
     from imm.daemon.core import Daemon
+    from imm.daemon.main import settle_heap
 
     import audit_plugin
 
     s = config.parse(provider, "bench", state_dir=str(state), socket=str(state / "s.sock"))
     d = Daemon(s, extra_plugins=[audit_plugin])
     d.open("bench")
+    settle_heap()  # as the immd command does once start-up is over
     return d
 
 
