@@ -10,6 +10,7 @@ closes what a completed listing did not see. Both run on the database's writer t
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -87,13 +88,35 @@ def _in(conn: Connection, sql: str, head: tuple[Any, ...],
     return query(conn, sql.replace("(?*)", f"({marks})"), (*head, *ids))
 
 
+_CLOSE_SQL = ("UPDATE observations SET closed_at=?, close_ledger_index=?, close_entry=? "
+              "WHERE provider=? AND region=? AND instance_id=? AND image_id=?")
+_UPSERT_SQL = """
+    INSERT INTO observations (provider, region, instance_id, image_id, digest, service,
+        state, launched_at, first_seen, last_seen, last_sweep, verdicts, ledger_index,
+        entry)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (provider, region, instance_id, image_id) DO UPDATE SET
+        digest=excluded.digest, service=excluded.service, state=excluded.state,
+        launched_at=excluded.launched_at, first_seen=excluded.first_seen,
+        last_seen=excluded.last_seen, closed_at=NULL, last_sweep=excluded.last_sweep,
+        verdicts=excluded.verdicts, ledger_index=excluded.ledger_index,
+        entry=excluded.entry, close_ledger_index=NULL, close_entry=NULL"""
+_REFRESH_SQL = ("UPDATE observations SET last_seen=?, state=?, verdicts=?, last_sweep=?, "
+                "digest=?, service=? WHERE provider=? AND region=? AND instance_id=? AND "
+                "image_id=?")
+_FINDING_SQL = ("INSERT INTO findings (id, provider, region, instance_id, image_id, service, "
+                "verdict, detail, status, opened_at, open_ledger_index, open_entry) "
+                "VALUES (?,?,?,?,?,?,?,?,'open',?,?,?)")
+_RESOLVE_SQL = ("UPDATE findings SET status='resolved', resolved_at=?, resolution=?, "
+                "resolve_ledger_index=?, resolve_entry=? WHERE id=?")
+
+
 class _Writer:
     """Accumulates one transaction's events and row changes, then writes them together."""
 
     def __init__(self, conn: Connection, run: SweepRun, provider: str) -> None:
         self.conn, self.run, self.provider = conn, run, provider
         self.at, self.ts = _now()
-        self.index = events.next_index(conn)
         self.bodies: list[dict[str, Any]] = []
         self.ends: list[tuple[str, int, int]] = []
         self.obs_upserts: list[tuple[Any, ...]] = []
@@ -102,8 +125,13 @@ class _Writer:
         self.finding_inserts: list[tuple[Any, ...]] = []
         self.finding_resolves: list[tuple[Any, ...]] = []
         self.result = ChunkResult()
-        row = conn.execute("SELECT coalesce(max(id), 0) FROM findings").fetchone()
-        self.next_finding = int(row[0]) + 1
+        self._next_finding: int | None = None
+
+    @functools.cached_property
+    def index(self) -> int:
+        """The ledger index this transaction's record gets (read when first needed: a steady
+        chunk writes none)."""
+        return events.next_index(self.conn)
 
     def _event(self, body: dict[str, Any]) -> int:
         self.bodies.append(body)
@@ -133,8 +161,11 @@ class _Writer:
 
     def open_finding(self, inst: Instance, service: str | None, verdict: str,
                      detail: dict[str, Any]) -> None:
-        fid = self.next_finding
-        self.next_finding += 1
+        if self._next_finding is None:
+            row = self.conn.execute("SELECT coalesce(max(id), 0) FROM findings").fetchone()
+            self._next_finding = int(row[0]) + 1
+        fid = self._next_finding
+        self._next_finding += 1
         entry = self._event({
             "type": "finding", "event": "open", "id": fid, "provider": self.provider,
             "region": inst.region, "instance_id": inst.id, "image_id": inst.image_id,
@@ -167,32 +198,11 @@ class _Writer:
             events.record_events(conn, self.run.catalog, self.run.id, self.run.actor,
                                  self.bodies, expect=self.index)
             r.records = 1
-        conn.executemany(
-            "UPDATE observations SET closed_at=?, close_ledger_index=?, close_entry=? "
-            "WHERE provider=? AND region=? AND instance_id=? AND image_id=?", self.obs_closes)
-        conn.executemany("""
-            INSERT INTO observations (provider, region, instance_id, image_id, digest, service,
-                state, launched_at, first_seen, last_seen, last_sweep, verdicts, ledger_index,
-                entry)
-            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-            ON CONFLICT (provider, region, instance_id, image_id) DO UPDATE SET
-                digest=excluded.digest, service=excluded.service, state=excluded.state,
-                launched_at=excluded.launched_at, first_seen=excluded.first_seen,
-                last_seen=excluded.last_seen, closed_at=NULL, last_sweep=excluded.last_sweep,
-                verdicts=excluded.verdicts, ledger_index=excluded.ledger_index,
-                entry=excluded.entry, close_ledger_index=NULL, close_entry=NULL""",
-            self.obs_upserts)
-        conn.executemany(
-            "UPDATE observations SET last_seen=?, state=?, verdicts=?, last_sweep=?, digest=?, "
-            "service=? WHERE provider=? AND region=? AND instance_id=? AND image_id=?",
-            self.obs_refresh)
-        conn.executemany(
-            "INSERT INTO findings (id, provider, region, instance_id, image_id, service, "
-            "verdict, detail, status, opened_at, open_ledger_index, open_entry) "
-            "VALUES (?,?,?,?,?,?,?,?,'open',?,?,?)", self.finding_inserts)
-        conn.executemany(
-            "UPDATE findings SET status='resolved', resolved_at=?, resolution=?, "
-            "resolve_ledger_index=?, resolve_entry=? WHERE id=?", self.finding_resolves)
+        for sql, rows in ((_CLOSE_SQL, self.obs_closes), (_UPSERT_SQL, self.obs_upserts),
+                          (_REFRESH_SQL, self.obs_refresh), (_FINDING_SQL, self.finding_inserts),
+                          (_RESOLVE_SQL, self.finding_resolves)):
+            if rows:  # a steady chunk has none
+                conn.executemany(sql, rows)
         events.end_events(conn, self.ends)
         conn.execute(
             "UPDATE sweeps SET instances=instances+?, findings_opened=findings_opened+?, "
