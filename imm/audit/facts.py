@@ -80,10 +80,10 @@ class CatalogFacts:
         # it share one object. Kept for one time value at a time (a chunk), so it stays small.
         self._facts: dict[FactsKey, Facts] = {}
         self._facts_now: int | None = None
-        # by provider, region, image id, imm:service, imm:rollout and imm:digest tags and
+        # by provider, then region, image id, imm:service, imm:rollout and imm:digest tags and
         # state: the age limit, and the judgement of the instances under it (which does not
         # depend on the time), for the whole sweep
-        self._judged: dict[tuple[str | None, ...], list[Any]] = {}
+        self._judged: dict[str, dict[tuple[str | None, ...], list[Any]]] = {}
 
     def artifact(self, conn: Connection, provider: str, region: str,
                  image_id: str) -> tuple[str | None, tuple[str, ...]]:
@@ -153,35 +153,32 @@ class CatalogFacts:
               now: int) -> tuple[list[Instance], list[Judged]]:
         """The items' instances, and each one's judgement at ``now`` (Unix seconds): exactly
         ``judge(instance, facts)``, computed once for instances alike under their age limit."""
-        insts: list[Instance] = []
+        insts = [it.instance if isinstance(it, Observed) else it for it in items]
         out: list[Judged] = []
-        memo = self._judged
-        for item in items:
-            if isinstance(item, Observed):
-                inst = item.instance
-                insts.append(inst)
-                if item.rehash is not None or item.image_manifest is not None:
-                    out.append(self._judge_one(conn, provider, item, now, alike=False))
-                    continue
-            else:
-                inst = item
-                insts.append(inst)
-            tags = inst.tags
-            key = (provider, inst.region, inst.image_id, tags.get(TAG_SERVICE),
-                   tags.get(TAG_ROLLOUT), tags.get(TAG_DIGEST), inst.state)
-            found = memo.get(key)
+        put = out.append
+        memo = self._judged.setdefault(provider, {})
+        known = memo.get
+        for item, inst in zip(items, insts, strict=True):
+            if item is not inst and isinstance(item, Observed) and (
+                    item.rehash is not None or item.image_manifest is not None):
+                put(self._judge_one(conn, provider, item, now, alike=False))
+                continue
+            tag = inst.tags.get
+            key = (inst.region, inst.image_id, tag(TAG_SERVICE), tag(TAG_ROLLOUT), tag(TAG_DIGEST),
+                   inst.state)
+            found = known(key)
             if found is None:
                 service = self.facts(conn, provider, Observed(inst), now).service
                 found = memo[key] = [max_age(service), None]
             limit, young = found
             if limit is not None and too_old(inst.launched_at, now, limit):
                 # its age is in its too-old verdict: judged on its own
-                out.append(self._judge_one(conn, provider, Observed(inst), now, alike=False))
+                put(self._judge_one(conn, provider, Observed(inst), now, alike=False))
                 continue
             if young is None:
                 young = found[1] = self._judge_one(conn, provider, Observed(inst), now,
                                                    alike=True)
-            out.append(young)
+            put(young)
         return insts, out
 
     def _judge_one(self, conn: Connection, provider: str, item: Observed, now: int,

@@ -273,7 +273,8 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     w = _Writer(conn, run, provider)
     insts, judged = run.facts.judge(conn, provider, items, w.ts)
     regions = run.seen.setdefault(provider, {})
-    region, seen = None, set()
+    region: str | None = None
+    seen: set[str] = set()
     findings = _findings_at_start(conn, run, provider)
     none: frozenset[str] = frozenset()
     # Instances judged alike (one judgement, so the same observation row expected): most of a
@@ -283,15 +284,16 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     # lists it).
     groups: dict[Judged, tuple[list[int], list[str]]] = {}
     rest: list[int] = []
-    for n, inst in enumerate(insts):
-        j = judged[n]
+    add = seen.add
+    for n, (inst, j) in enumerate(zip(insts, judged, strict=True)):
         if inst.region != region:
             region = inst.region
             seen = regions.setdefault(region, set())
+            add = seen.add
         size = len(seen)
-        seen.add(inst.id)
+        add(inst.id)
         if (j.alike and len(seen) > size  # alike, and listed for the first time
-                and (findings.get((inst.region, inst.id), none) if findings else none)
+                and (findings.get((region, inst.id), none) if findings else none)
                 == j.failing):
             group = groups.get(j)
             if group is None:
