@@ -43,7 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +253,7 @@ class ProviderHandle(_Limited[Provider]):
         return await self._call("list_instances", lambda: _drain(p.list_instances(tags)))
 
     async def instance_chunks(self, tags: Mapping[str, str] | None = None,
-                              size: int = 500) -> AsyncIterator[list[Instance]]:
+                              size: int = 500) -> AsyncGenerator[list[Instance], None]:
         """The instances ``size`` at a time, each chunk paged in a worker thread.
 
         For a fleet too large to hold at once (the audit sweep); the limit is held per chunk.

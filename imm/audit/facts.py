@@ -1,24 +1,44 @@
 """What a sweep judges an instance against: catalog facts, memoized for one sweep.
 
 A fleet runs few distinct images, so each image's signed rows are re-verified once per sweep,
-not once per instance. Whether a rollout exists or is active is asked of the rollout package
-through :class:`RolloutLookup`, which the composition root hands over: audit does not read
-the rollout package's tables.
+not once per instance. Verdicts are memoized too: an instance's verdicts depend only on its
+provider, region, image id and ``imm:service`` / ``imm:rollout`` / ``imm:digest`` tags (the
+facts), and on its age through one cut-off, its service's ``max_instance_age_s``. Instances
+alike that are under that age share one judgement; one past it (whose ``too-old`` detail names
+its age) or one whose content was re-hashed is judged on its own. Whether a rollout exists or
+is active is asked of the rollout package through :class:`RolloutLookup`, which the
+composition root hands over: audit does not read the rollout package's tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..catalog.keys import KeyRing
 from ..catalog.verify import check_row
-from ..plugins.base import TAG_ROLLOUT, TAG_SERVICE, Instance
+from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE, Instance
 from ..store import Connection, query_one
-from .verdicts import Facts, ImageFacts
+from .verdicts import Facts, ImageFacts, Verdict, judge, max_age, too_old, verdicts_text
 
 Rehash = tuple[str, Mapping[str, Any]]
+FactsKey = tuple[str, str, str, str | None, str | None]  # provider, region, image id, service, rollout
+
+
+@dataclass(frozen=True, eq=False)
+class Judged:
+    """An instance's verdicts and what its open observation holds: shared by instances alike,
+    so never changed in place."""
+
+    verdicts: list[Verdict]
+    text: str  # the verdicts as the observation stores them
+    digest: str | None  # the digest its artifact maps its image id to
+    service: str | None  # its imm:service tag
+    failing: frozenset[str]  # the verdicts other than ok: what its open findings are
+    # (region, image id, digest, service, state, text): the observation's compared columns
+    row: tuple[str, str, str | None, str | None, str, str]
+    alike: bool  # shared by the instances alike under their age limit (else: this one's own)
 
 
 @dataclass
@@ -58,8 +78,12 @@ class CatalogFacts:
         self._channels: dict[str, str | None] = {}
         # Facts are frozen and depend only on this key (and the time): instances that share
         # it share one object. Kept for one time value at a time (a chunk), so it stays small.
-        self._facts: dict[tuple[str, str, str, str | None, str | None], Facts] = {}
+        self._facts: dict[FactsKey, Facts] = {}
         self._facts_now: int | None = None
+        # by provider, then region, image id, imm:service, imm:rollout and imm:digest tags and
+        # state: the age limit, and the judgement of the instances under it (which does not
+        # depend on the time), for the whole sweep
+        self._judged: dict[str, dict[tuple[str | None, ...], list[Any]]] = {}
 
     def artifact(self, conn: Connection, provider: str, region: str,
                  image_id: str) -> tuple[str | None, tuple[str, ...]]:
@@ -124,6 +148,49 @@ class CatalogFacts:
         if found is None:
             found = self._facts[key] = self._facts_of(conn, provider, item, now)
         return found
+
+    def judge(self, conn: Connection, provider: str, items: Sequence[Observed | Instance],
+              now: int) -> tuple[list[Instance], list[Judged]]:
+        """The items' instances, and each one's judgement at ``now`` (Unix seconds): exactly
+        ``judge(instance, facts)``, computed once for instances alike under their age limit."""
+        insts = [it.instance if isinstance(it, Observed) else it for it in items]
+        out: list[Judged] = []
+        put = out.append
+        memo = self._judged.setdefault(provider, {})
+        known = memo.get
+        for item, inst in zip(items, insts, strict=True):
+            if item is not inst and isinstance(item, Observed) and (
+                    item.rehash is not None or item.image_manifest is not None):
+                put(self._judge_one(conn, provider, item, now, alike=False))
+                continue
+            tag = inst.tags.get
+            key = (inst.region, inst.image_id, tag(TAG_SERVICE), tag(TAG_ROLLOUT), tag(TAG_DIGEST),
+                   inst.state)
+            found = known(key)
+            if found is None:
+                service = self.facts(conn, provider, Observed(inst), now).service
+                found = memo[key] = [max_age(service), None]
+            limit, young = found
+            if limit is not None and too_old(inst.launched_at, now, limit):
+                # its age is in its too-old verdict: judged on its own
+                put(self._judge_one(conn, provider, Observed(inst), now, alike=False))
+                continue
+            if young is None:
+                young = found[1] = self._judge_one(conn, provider, Observed(inst), now,
+                                                   alike=True)
+            put(young)
+        return insts, out
+
+    def _judge_one(self, conn: Connection, provider: str, item: Observed, now: int,
+                   alike: bool) -> Judged:
+        inst = item.instance
+        verdicts = judge(inst, self.facts(conn, provider, item, now))
+        text = verdicts_text(verdicts)
+        digest = self.artifact(conn, provider, inst.region, inst.image_id)[0]
+        service = inst.tags.get(TAG_SERVICE)
+        return Judged(verdicts, text, digest, service,
+                      frozenset(v for v, _ in verdicts if v != "ok"),
+                      (inst.region, inst.image_id, digest, service, inst.state, text), alike)
 
     def _facts_of(self, conn: Connection, provider: str, item: Observed, now: int) -> Facts:
         inst = item.instance

@@ -10,24 +10,21 @@ closes what a completed listing did not see. Both run on the database's writer t
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.canonical import canonical_json
 from ..catalog.service import Catalog
-from ..plugins.base import TAG_SERVICE, Instance
+from ..plugins.base import Instance
 from ..store import Connection, query, query_one
 from . import events
-from .facts import CatalogFacts, Observed
-from .verdicts import judge
+from .facts import CatalogFacts, Judged, Observed
 
 CHUNK = 1000  # instances per transaction: ~tens of ms of writer time, then the loop breathes
-
-OK: list[tuple[str, dict[str, Any]]] = [("ok", {})]
-OK_TEXT = json.dumps([{"verdict": "ok", "detail": {}}], sort_keys=True)
 
 
 def _now() -> tuple[str, int]:
@@ -54,10 +51,13 @@ class SweepRun:
     actor: str
     catalog: Catalog
     facts: CatalogFacts
-    # (region, instance id) of every instance each provider listed in this sweep: what
-    # close_unseen keeps open. Unchanged observations are not rewritten, so the table alone
-    # cannot tell "seen, unchanged" from "not seen".
-    seen: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # the instance ids each provider listed in this sweep, by region: what close_unseen keeps
+    # open. Unchanged observations are not rewritten, so the table alone cannot tell "seen,
+    # unchanged" from "not seen". (Sets of strings: nothing the garbage collector must scan.)
+    seen: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    # the open findings of each provider as they were when its first chunk came
+    findings_at_start: dict[str, dict[tuple[str, str], frozenset[str]]] = field(
+        default_factory=dict)
     # where close_unseen's scan of a provider's open observations has got to
     close_after: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
@@ -88,13 +88,35 @@ def _in(conn: Connection, sql: str, head: tuple[Any, ...],
     return query(conn, sql.replace("(?*)", f"({marks})"), (*head, *ids))
 
 
+_CLOSE_SQL = ("UPDATE observations SET closed_at=?, close_ledger_index=?, close_entry=? "
+              "WHERE provider=? AND region=? AND instance_id=? AND image_id=?")
+_UPSERT_SQL = """
+    INSERT INTO observations (provider, region, instance_id, image_id, digest, service,
+        state, launched_at, first_seen, last_seen, last_sweep, verdicts, ledger_index,
+        entry)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (provider, region, instance_id, image_id) DO UPDATE SET
+        digest=excluded.digest, service=excluded.service, state=excluded.state,
+        launched_at=excluded.launched_at, first_seen=excluded.first_seen,
+        last_seen=excluded.last_seen, closed_at=NULL, last_sweep=excluded.last_sweep,
+        verdicts=excluded.verdicts, ledger_index=excluded.ledger_index,
+        entry=excluded.entry, close_ledger_index=NULL, close_entry=NULL"""
+_REFRESH_SQL = ("UPDATE observations SET last_seen=?, state=?, verdicts=?, last_sweep=?, "
+                "digest=?, service=? WHERE provider=? AND region=? AND instance_id=? AND "
+                "image_id=?")
+_FINDING_SQL = ("INSERT INTO findings (id, provider, region, instance_id, image_id, service, "
+                "verdict, detail, status, opened_at, open_ledger_index, open_entry) "
+                "VALUES (?,?,?,?,?,?,?,?,'open',?,?,?)")
+_RESOLVE_SQL = ("UPDATE findings SET status='resolved', resolved_at=?, resolution=?, "
+                "resolve_ledger_index=?, resolve_entry=? WHERE id=?")
+
+
 class _Writer:
     """Accumulates one transaction's events and row changes, then writes them together."""
 
     def __init__(self, conn: Connection, run: SweepRun, provider: str) -> None:
         self.conn, self.run, self.provider = conn, run, provider
         self.at, self.ts = _now()
-        self.index = events.next_index(conn)
         self.bodies: list[dict[str, Any]] = []
         self.ends: list[tuple[str, int, int]] = []
         self.obs_upserts: list[tuple[Any, ...]] = []
@@ -103,8 +125,13 @@ class _Writer:
         self.finding_inserts: list[tuple[Any, ...]] = []
         self.finding_resolves: list[tuple[Any, ...]] = []
         self.result = ChunkResult()
-        row = conn.execute("SELECT coalesce(max(id), 0) FROM findings").fetchone()
-        self.next_finding = int(row[0]) + 1
+        self._next_finding: int | None = None
+
+    @functools.cached_property
+    def index(self) -> int:
+        """The ledger index this transaction's record gets (read when first needed: a steady
+        chunk writes none)."""
+        return events.next_index(self.conn)
 
     def _event(self, body: dict[str, Any]) -> int:
         self.bodies.append(body)
@@ -134,8 +161,11 @@ class _Writer:
 
     def open_finding(self, inst: Instance, service: str | None, verdict: str,
                      detail: dict[str, Any]) -> None:
-        fid = self.next_finding
-        self.next_finding += 1
+        if self._next_finding is None:
+            row = self.conn.execute("SELECT coalesce(max(id), 0) FROM findings").fetchone()
+            self._next_finding = int(row[0]) + 1
+        fid = self._next_finding
+        self._next_finding += 1
         entry = self._event({
             "type": "finding", "event": "open", "id": fid, "provider": self.provider,
             "region": inst.region, "instance_id": inst.id, "image_id": inst.image_id,
@@ -144,9 +174,10 @@ class _Writer:
         detail_text = canonical_json(detail).decode("utf-8")  # refuses floats: it is signed
         self.finding_inserts.append((fid, self.provider, inst.region, inst.id, inst.image_id,
                                      service, verdict, detail_text, self.at, self.index, entry))
+        # the hook gets a copy: judgements (and so details) are shared by instances alike
         self.result.opened.append(_finding_payload(
             {"id": fid, "instance_id": inst.id, "provider": self.provider,
-             "region": inst.region, "verdict": verdict, "detail": detail,
+             "region": inst.region, "verdict": verdict, "detail": detail_text,
              "opened_at": self.at}, "open"))
 
     def resolve_finding(self, row: Mapping[str, Any], reason: str) -> None:
@@ -167,32 +198,11 @@ class _Writer:
             events.record_events(conn, self.run.catalog, self.run.id, self.run.actor,
                                  self.bodies, expect=self.index)
             r.records = 1
-        conn.executemany(
-            "UPDATE observations SET closed_at=?, close_ledger_index=?, close_entry=? "
-            "WHERE provider=? AND region=? AND instance_id=? AND image_id=?", self.obs_closes)
-        conn.executemany("""
-            INSERT INTO observations (provider, region, instance_id, image_id, digest, service,
-                state, launched_at, first_seen, last_seen, last_sweep, verdicts, ledger_index,
-                entry)
-            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-            ON CONFLICT (provider, region, instance_id, image_id) DO UPDATE SET
-                digest=excluded.digest, service=excluded.service, state=excluded.state,
-                launched_at=excluded.launched_at, first_seen=excluded.first_seen,
-                last_seen=excluded.last_seen, closed_at=NULL, last_sweep=excluded.last_sweep,
-                verdicts=excluded.verdicts, ledger_index=excluded.ledger_index,
-                entry=excluded.entry, close_ledger_index=NULL, close_entry=NULL""",
-            self.obs_upserts)
-        conn.executemany(
-            "UPDATE observations SET last_seen=?, state=?, verdicts=?, last_sweep=?, digest=?, "
-            "service=? WHERE provider=? AND region=? AND instance_id=? AND image_id=?",
-            self.obs_refresh)
-        conn.executemany(
-            "INSERT INTO findings (id, provider, region, instance_id, image_id, service, "
-            "verdict, detail, status, opened_at, open_ledger_index, open_entry) "
-            "VALUES (?,?,?,?,?,?,?,?,'open',?,?,?)", self.finding_inserts)
-        conn.executemany(
-            "UPDATE findings SET status='resolved', resolved_at=?, resolution=?, "
-            "resolve_ledger_index=?, resolve_entry=? WHERE id=?", self.finding_resolves)
+        for sql, rows in ((_CLOSE_SQL, self.obs_closes), (_UPSERT_SQL, self.obs_upserts),
+                          (_REFRESH_SQL, self.obs_refresh), (_FINDING_SQL, self.finding_inserts),
+                          (_RESOLVE_SQL, self.finding_resolves)):
+            if rows:  # a steady chunk has none
+                conn.executemany(sql, rows)
         events.end_events(conn, self.ends)
         conn.execute(
             "UPDATE sweeps SET instances=instances+?, findings_opened=findings_opened+?, "
@@ -222,15 +232,87 @@ _FINDING_COLS = ("id, provider, region, instance_id, image_id, service, verdict,
                  "opened_at, open_ledger_index, open_entry")
 
 
+def _unchanged(conn: Connection, provider: str, row: tuple[Any, ...], ids: list[str]) -> bool:
+    """Whether each of ``ids`` has an open observation holding exactly ``row`` (region, image
+    id, digest, service, state, verdicts), and none other: one count over their index entries,
+    not a row read per instance. False is always safe (the caller then compares row by row)."""
+    marks = ",".join("?" * len(ids))
+    region, image_id, digest, service, state, text = row
+    # "= NULL" matches nothing: a NULL is compared with IS NULL, and PostgreSQL has no "IS ?"
+    same = ("region=? AND image_id=? AND state=? AND verdicts=? AND "
+            + ("digest IS NULL" if digest is None else "digest=?") + " AND "
+            + ("service IS NULL" if service is None else "service=?"))
+    args = [region, image_id, state, text] + [v for v in (digest, service) if v is not None]
+    n, good = conn.execute(
+        f"SELECT count(*), coalesce(sum(CASE WHEN {same} THEN 1 ELSE 0 END), 0) "  # noqa: S608
+        f"FROM observations WHERE closed_at IS NULL AND provider=? AND instance_id IN ({marks})",
+        (*args, provider, *ids)).fetchone()
+    # the primary key: one observation per (provider, region, instance_id, image_id), so as many
+    # matching as ids means one each (and no id twice); as many in all means no other one
+    return bool(n == good == len(ids))
+
+
+def _findings_at_start(conn: Connection, run: SweepRun,
+                       provider: str) -> dict[tuple[str, str], frozenset[str]]:
+    """The verdicts of the provider's open findings by (region, instance id), as they were when
+    this sweep first came to the provider (read once: a steady fleet has few)."""
+    found = run.findings_at_start.get(provider)
+    if found is None:
+        sets: dict[tuple[str, str], set[str]] = {}
+        for region, iid, verdict in conn.execute(
+                "SELECT region, instance_id, verdict FROM findings WHERE status='open' AND "
+                "provider=?", (provider,)).fetchall():
+            sets.setdefault((region, iid), set()).add(verdict)
+        found = run.findings_at_start[provider] = {k: frozenset(v) for k, v in sets.items()}
+    return found
+
+
 def apply_chunk(conn: Connection, run: SweepRun, provider: str,
-                items: list[Observed]) -> ChunkResult:
+                items: Sequence[Observed | Instance]) -> ChunkResult:
     """Judge one chunk of a provider's instances and record what changed (one transaction)."""
     w = _Writer(conn, run, provider)
-    ids = [it.instance.id for it in items]
-    seen = run.seen.setdefault(provider, set())
+    insts, judged = run.facts.judge(conn, provider, items, w.ts)
+    regions = run.seen.setdefault(provider, {})
+    region: str | None = None
+    seen: set[str] = set()
+    findings = _findings_at_start(conn, run, provider)
+    none: frozenset[str] = frozenset()
+    # Instances judged alike (one judgement, so the same observation row expected): most of a
+    # steady sweep is a few such groups whose rows all hold already, settled by one count each.
+    # Only an instance this sweep has not listed before can be settled so: the findings read
+    # at the start are still its findings (this sweep writes an instance's rows only when it
+    # lists it).
+    groups: dict[Judged, tuple[list[int], list[str]]] = {}
+    rest: list[int] = []
+    add = seen.add
+    for n, (inst, j) in enumerate(zip(insts, judged, strict=True)):
+        if inst.region != region:
+            region = inst.region
+            seen = regions.setdefault(region, set())
+            add = seen.add
+        size = len(seen)
+        add(inst.id)
+        if (j.alike and len(seen) > size  # alike, and listed for the first time
+                and (findings.get((region, inst.id), none) if findings else none)
+                == j.failing):
+            group = groups.get(j)
+            if group is None:
+                group = groups[j] = ([], [])
+            group[0].append(n)
+            group[1].append(inst.id)
+        else:
+            rest.append(n)
+    for j, (members, ids) in groups.items():
+        if not _unchanged(conn, provider, j.row, ids):
+            rest.extend(members)
+    rest.sort()  # the rest in listing order: their events are numbered in it
+    w.result.instances = len(items)
+    if not rest:
+        return w.flush()
+    ids = [insts[n].id for n in rest]
     # rows as tuples (region, instance_id, image_id, digest, service, state, verdicts): they
-    # are only compared (a dict per row was a fifth of a steady sweep), and the index
-    # observations_open holds these columns; the rest is read for the few that close
+    # are only compared, and the index observations_open holds these columns; the rest is
+    # read for the few that close
     marks = ",".join("?" * len(ids))
     open_obs = {(r[0], r[1]): r for r in conn.execute(
         f"SELECT {_CMP_COLS} FROM observations WHERE closed_at IS NULL AND "  # noqa: S608
@@ -239,15 +321,10 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
     for r in _in(conn, f"SELECT {_FINDING_COLS} FROM findings WHERE status='open' AND "  # noqa: S608
                        "provider=? AND instance_id IN (?*)", (provider,), ids):
         open_findings.setdefault((r["region"], r["instance_id"]), {})[r["verdict"]] = r
-    for item in items:
-        inst = item.instance
-        verdicts = judge(inst, run.facts.facts(conn, provider, item, w.ts))
-        facts_image = run.facts.artifact(conn, provider, inst.region, inst.image_id)[0]
-        service = inst.tags.get(TAG_SERVICE)
-        verdict_text = (OK_TEXT if verdicts == OK else json.dumps(
-            [{"verdict": v, "detail": d} for v, d in verdicts], sort_keys=True, ensure_ascii=False))
+    for n in rest:
+        inst, j = insts[n], judged[n]
+        verdicts, verdict_text, facts_image, service = j.verdicts, j.text, j.digest, j.service
         key = (inst.region, inst.id)
-        seen.add(key)
         obs = open_obs.get(key)
         if obs is not None and obs[2] != inst.image_id:
             w.close_observation(_open_observation(conn, provider, obs), "image changed")
@@ -266,7 +343,6 @@ def apply_chunk(conn: Connection, run: SweepRun, provider: str,
         for verdict, row in current.items():
             if verdict not in names:
                 w.resolve_finding(row, "the cause is gone")
-    w.result.instances = len(items)
     return w.flush()
 
 
@@ -275,14 +351,15 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     """Close the observations of ``provider`` this sweep did not see, scanning up to ``limit``
     of its open observations per call (``more`` says whether to call again)."""
     w = _Writer(conn, run, provider)
+    run.findings_at_start.pop(provider, None)  # its listing is over
     after = run.close_after.get(provider)
-    seen = run.seen.get(provider, set())
+    seen = run.seen.get(provider, {})
     if after is None:
         # every instance seen has exactly one open observation (opened or kept by apply_chunk):
         # as many open as seen means none is unseen, and there is nothing to scan
         (n_open,) = conn.execute("SELECT count(*) FROM observations WHERE provider=? AND "
                                  "closed_at IS NULL", (provider,)).fetchone()
-        if n_open == len(seen):
+        if n_open == sum(map(len, seen.values())):
             return w.result
         after = ("", "", "")
     # the keys only: most were seen, and nothing more of them is read
@@ -293,7 +370,7 @@ def close_unseen(conn: Connection, run: SweepRun, provider: str,
     w.result.more = len(scanned) == limit
     if scanned:
         run.close_after[provider] = tuple(scanned[-1])
-    unseen = {tuple(r) for r in scanned if (r[0], r[1]) not in seen}
+    unseen = {tuple(r) for r in scanned if r[1] not in seen.get(r[0], ())}
     if not unseen:
         return w.result
     rows = [r for r in _in(conn, f"SELECT {_OBS_COLS} FROM observations WHERE "  # noqa: S608

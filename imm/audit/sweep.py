@@ -216,8 +216,17 @@ class Auditor:
         mine = self.progress["providers"].setdefault(
             name, {"instances": 0, "state": "listing", "error": None})
         manifests: dict[str, Mapping[str, Any] | None] = {}
+        chunks = handle.instance_chunks(None, self.chunk)
+
+        async def listing() -> list[Instance] | None:
+            return await anext(chunks, None)
+
+        ahead: asyncio.Task[list[Instance] | None] | None = None
         try:
-            async for listed in handle.instance_chunks(None, self.chunk):
+            ahead = asyncio.create_task(listing())
+            while (listed := await ahead) is not None:
+                # the next chunk is listed (in its worker thread) while this one is written
+                ahead = asyncio.create_task(listing())
                 chunk = [i for i in listed if i.state != "terminated"]
                 if not chunk:
                     continue
@@ -226,6 +235,7 @@ class Auditor:
                 mine["instances"] += len(chunk)
                 self.progress["instances"] += len(chunk)
                 await self._notify(result)
+            ahead = None
             mine["state"] = "closing"
             while True:
                 result = await store.write(close_unseen, run, name, self.chunk)
@@ -239,12 +249,19 @@ class Auditor:
             mine.update(state="failed", error=_message(e))
             errors[name] = _message(e)
             log.warning("audit sweep %d: provider %s failed: %s", run.id, name, _message(e))
+        finally:
+            if ahead is not None:  # stopped or failed while the next chunk was being listed
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+            await chunks.aclose()
 
     async def _observe(self, handle: ProviderHandle, chunk: list[Instance],
-                       manifests: dict[str, Mapping[str, Any] | None]) -> list[Observed]:
+                       manifests: dict[str, Mapping[str, Any] | None],
+                       ) -> list[Observed] | list[Instance]:
         """Re-hash each instance's content where the provider can (tampering shows there)."""
         if not handle.supports(Feature.REHASH):
-            return [Observed(i) for i in chunk]
+            return chunk  # nothing to add to what was listed
 
         async def manifest(image_id: str) -> None:
             try:

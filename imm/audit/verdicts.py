@@ -19,6 +19,7 @@ that applies, each with a JSON detail (integers and strings only: details are si
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,12 +27,15 @@ from typing import Any, Protocol
 from ..catalog.digest import diff_manifests
 from ..plugins.base import TAG_DIGEST, TAG_ROLLOUT, TAG_SERVICE
 
-__all__ = ["TAG_DIGEST", "TAG_ROLLOUT", "TAG_SERVICE", "VERDICTS", "Facts", "ImageFacts", "judge"]
+__all__ = ["TAG_DIGEST", "TAG_ROLLOUT", "TAG_SERVICE", "VERDICTS", "Facts", "ImageFacts", "judge",
+           "too_old", "verdicts_text"]
 
 VERDICTS = ("ok", "unknown-image", "digest-mismatch", "revoked", "signature-invalid",
             "not-current-channel", "outside-rollout", "too-old", "tampered")
 
 Verdict = tuple[str, dict[str, Any]]
+OK: list[Verdict] = [("ok", {})]
+OK_TEXT = json.dumps([{"verdict": "ok", "detail": {}}], sort_keys=True)
 
 
 class InstanceLike(Protocol):
@@ -76,6 +80,20 @@ def max_age(service: Mapping[str, Any] | None) -> int | None:
     return int(value)
 
 
+def too_old(launched_at: int, now: int, limit: int | None) -> bool:
+    """Whether an instance launched at ``launched_at`` is past its service's age limit at
+    ``now``: the one way time enters a verdict (see :func:`judge`)."""
+    return limit is not None and launched_at > 0 and now - int(launched_at) > limit
+
+
+def verdicts_text(verdicts: list[Verdict]) -> str:
+    """The verdicts as an observation stores them (JSON, keys sorted)."""
+    if verdicts == OK:
+        return OK_TEXT
+    return json.dumps([{"verdict": v, "detail": d} for v, d in verdicts], sort_keys=True,
+                      ensure_ascii=False)
+
+
 def judge(instance: InstanceLike, facts: Facts) -> list[Verdict]:
     tags = instance.tags or {}
     image = facts.image
@@ -109,11 +127,11 @@ def judge(instance: InstanceLike, facts: Facts) -> list[Verdict]:
         out.append(("outside-rollout", {"rollout": rollout,
                                         "reason": f"rollout {rollout} is not in the journal"}))
     limit = max_age(facts.service)
-    if limit is not None and instance.launched_at > 0:
-        age = facts.now - int(instance.launched_at)
-        if age > limit:
-            out.append(("too-old", {"age_s": age, "max_instance_age_s": limit,
-                                    "launched_at": int(instance.launched_at)}))
+    if too_old(instance.launched_at, facts.now, limit):
+        assert limit is not None
+        out.append(("too-old", {"age_s": facts.now - int(instance.launched_at),
+                                "max_instance_age_s": limit,
+                                "launched_at": int(instance.launched_at)}))
     if (facts.rehash is not None and image is not None and image.content_kind == "tree"
             and facts.rehash[0] != image.content_digest):
         diff = (diff_manifests(dict(facts.image_manifest), dict(facts.rehash[1]))
