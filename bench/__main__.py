@@ -9,7 +9,8 @@ prints its full table, which is passed through. The README's table between the m
 the command of each, the machine (CPUs, memory, CPU model), the load average and the date, so
 the table cannot go stale. ``--quick`` runs small sizes for trying things out and leaves the
 README alone unless ``--readme`` is given. Figures on a loaded machine are noisy; each row's
-ratio is against a peer measured in the same run, which is the figure that counts.
+ratio is against a peer measured in the same run, which is the figure that counts. With
+``--only``, only those benchmarks' rows are replaced and a line says when they were measured.
 """
 
 from __future__ import annotations
@@ -139,6 +140,42 @@ def table(results: dict[str, dict[str, Any]], quick: bool, load0: str, load1: st
     return "\n".join(lines)
 
 
+def merged(text: str, names: list[str], load0: str, load1: str) -> str:
+    """The README's table with only the rows of ``names`` replaced by the ones in ``text`` (a
+    table of those alone): the other benchmarks' rows stay as their last run left them, and a
+    line under the heading says which rows were measured again, when, and at what load."""
+    old = re.search(re.escape(BEGIN) + r"(.*?)" + re.escape(END),
+                    (ROOT / "README.md").read_text(), re.S)
+    if old is None:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} markers: nothing rewritten")
+    lines = old.group(1).strip("\n").split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("| figure"))
+    head, rows = lines[:first], lines[first + 2:]
+    fresh = [line for line in text.split("\n") if line.startswith("| ")][2:]
+
+    def script(line: str) -> str | None:
+        m = re.search(r"`python bench/(bench_\w+\.py)", line)
+        return m.group(1) if m else None
+
+    by_name: dict[str, list[str]] = {n: [] for n in SUITE}
+    for line in rows:
+        owner = next((n for n, spec in SUITE.items() if spec[0] == script(line)), None)
+        if owner is not None and owner not in names:
+            by_name[owner].append(line)
+    for line in fresh:
+        owner = next((n for n, spec in SUITE.items() if spec[0] == script(line)), None)
+        by_name[owner or names[0]].append(line)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    while head and not head[-1].strip():
+        head.pop()
+    head += ["", f"Measured again by `python -m bench --only {' '.join(names)}` on {date} "
+                 f"(load average {load0} at the start, {load1} at the end): the rows of "
+                 f"{', '.join(names)}; the others are from the run named above."]
+    body = [row for n in SUITE for row in by_name[n]]
+    return "\n".join([BEGIN, *head, "", "| figure (command) | imm | peer, same run | ratio | "
+                       "goal | met |", "| --- | --- | --- | --- | --- | --- |", *body, END])
+
+
 def rewrite_readme(text: str) -> None:
     readme = ROOT / "README.md"
     old = readme.read_text()
@@ -166,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, args.quick, load0, load1)
     print("\n" + text)
     if (args.readme or not args.quick) and not args.no_readme:
+        if args.only and not args.quick:
+            text = merged(text, names, load0, load1)  # the other rows stay
         rewrite_readme(text)
         print("README.md: benchmark table rewritten")
     return 0 if all(r["rows"] for r in results.values()) else 1
