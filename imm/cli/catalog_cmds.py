@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import (
+from ..exit_codes import (
     EXIT_FORBIDDEN,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,

@@ -6,7 +6,7 @@ import _socket  # not socket.py: its enums and selectors cost more than the rest
 import io
 import os
 
-from ..errors import EXIT_ERROR
+from ..exit_codes import EXIT_ERROR
 from .fastjson import loads, quote, urlencode  # json and urllib.parse cost more than the rest
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker

@@ -138,15 +138,23 @@ def dumps(data: Any) -> str:
 
 # -- query strings -----------------------------------------------------------------------------
 
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
-_QUOTE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
-_QUOTE_PLUS = [*_QUOTE[:32], "+", *_QUOTE[33:]]
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+
+
+def _quote(value: str, plus: bool) -> str:
+    """urllib.parse.quote(value, safe="") (quote_plus with ``plus``); UnicodeEncodeError for
+    a lone surrogate."""
+    b = value.encode()
+    if not b.translate(None, _SAFE):
+        return value
+    return "".join([chr(c) if c in _SAFE else "+" if plus and c == 32 else f"%{c:02X}"
+                    for c in b])
 
 
 def quote(value: str) -> str:
     """``urllib.parse.quote(value, safe="")``: one path segment."""
     try:
-        return "".join([_QUOTE[b] for b in value.encode()])
+        return _quote(value, False)
     except UnicodeEncodeError:
         from urllib.parse import quote as q  # its own error for a lone surrogate
 
@@ -160,8 +168,7 @@ def urlencode(query: dict[str, Any]) -> str:
         for k, v in query.items():
             if isinstance(k, bytes) or isinstance(v, bytes):
                 raise _Unsupported
-            parts.append("".join([_QUOTE_PLUS[b] for b in str(k).encode()]) + "="
-                         + "".join([_QUOTE_PLUS[b] for b in str(v).encode()]))
+            parts.append(_quote(str(k), True) + "=" + _quote(str(v), True))
         return "&".join(parts)
     except (_Unsupported, UnicodeEncodeError):
         from urllib.parse import urlencode as ue
