@@ -222,13 +222,13 @@ json_values = st.recursive(
     max_leaves=30)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_dumps_is_json_dumps_indent_2(value: Any) -> None:
     assert fastjson.dumps(value) == json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(json_values, st.sampled_from(["", " ", "\n", " \r\n\t"]))
 def test_loads_is_json_loads(value: Any, ws: str) -> None:
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
@@ -263,7 +263,7 @@ def test_loads_of_bad_or_odd_input_is_json_s(raw: bytes) -> None:
         assert fastjson.loads(raw) == want
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), st.text() | st.integers(), max_size=4))
 def test_urlencode_is_urllib_s(query: dict[str, Any]) -> None:
     try:
@@ -275,7 +275,7 @@ def test_urlencode_is_urllib_s(query: dict[str, Any]) -> None:
         assert fastjson.urlencode(query) == want
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_quote_is_urllib_s(value: str) -> None:
     try:
