@@ -59,7 +59,8 @@ def reader_copy() -> Path:
     global _READER_COPY
     if _READER_COPY is None:
         root = Path(tempfile.mkdtemp(prefix="immctl-reader-"))
-        for rel in ("imm/__init__.py", "imm/errors.py", "imm/cli", "imm/rollout/__init__.py",
+        for rel in ("imm/__init__.py", "imm/errors.py", "imm/exit_codes.py", "imm/cli",
+                    "imm/rollout/__init__.py",
                     "imm/rollout/states.py"):
             src = REPO / rel
             if src.is_dir():

@@ -8,21 +8,23 @@ daemon answers with, and the exit code ``immctl`` ends with. The daemon turns th
 
 from __future__ import annotations
 
+# Exit codes immctl uses (in a module of their own: immctl's read commands need them without
+# the classes below). Stable: scripts rely on them.
+from .exit_codes import (  # noqa: F401 - re-exported: imm.errors is where they are looked up
+    EXIT_CONFLICT,
+    EXIT_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    EXIT_VERIFY_FAILED,
+)
+
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
     from typing import Any
-
-
-# Exit codes immctl uses. Stable: scripts rely on them.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_CONFLICT = 4
-EXIT_FORBIDDEN = 5
-EXIT_REFUSED = 6
-EXIT_VERIFY_FAILED = 7
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the daemon cannot be reached
 
 
 class ImmError(Exception):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from ..errors import (
+from ..exit_codes import (
     EXIT_FORBIDDEN,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
@@ -16,6 +15,7 @@ from .render import block, emit_json, emit_list, short, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 # -- images ---------------------------------------------------------------------------------

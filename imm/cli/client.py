@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import _socket  # not socket.py: its enums and selectors cost more than the rest of immctl
 import io
-import json
 import os
-from urllib.parse import quote, urlencode
 
-from ..errors import EXIT_ERROR
+from ..exit_codes import EXIT_ERROR
+from .fastjson import loads, quote, urlencode  # json and urllib.parse cost more than the rest
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
@@ -195,7 +194,7 @@ class ApiError(Exception):
 
 def seg(value: str) -> str:
     """Quote one path segment (refs and channel names may hold '/', ':' and '@')."""
-    return quote(value, safe="")
+    return quote(value)
 
 
 class Client:
@@ -225,6 +224,8 @@ class Client:
         headers = {"Accept": accept}
         payload = None
         if body is not None:
+            import json
+
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
@@ -238,7 +239,7 @@ class Client:
             raise self.unreachable(e) from None
         conn.close()
         try:
-            err = json.loads(raw)["error"]
+            err = loads(raw)["error"]
         except (ValueError, KeyError, TypeError):
             err = {"code": "http-error", "message": raw.decode(errors="replace")[:300]}
         raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""),
@@ -258,9 +259,9 @@ class Client:
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        yield loads(line)
             if buf.strip():
-                yield json.loads(buf)
+                yield loads(buf)
         finally:
             conn.close()
 
@@ -275,6 +276,8 @@ class Client:
         headers = {"Accept": "application/json"}
         payload = None
         if body is not None:
+            import json
+
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if pass_fd is not None:
@@ -301,7 +304,7 @@ class Client:
             if resp.status >= 400:
                 raise ApiError(resp.status, "http-error", raw.decode(errors="replace"), None)
             return raw.decode()
-        data = json.loads(raw) if raw else None
+        data = loads(raw) if raw else None
         if resp.status >= 400:
             err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
             raise ApiError(resp.status, err.get("code", "error"),

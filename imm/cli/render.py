@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
+
+from .fastjson import dumps
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(dumps(data) + "\n")  # json.dumps(data, indent=2, ensure_ascii=False,
+    # default=str), without importing json
 
 
 def emit_list(items: Sequence[Any], next_cursor: Any = None) -> None:

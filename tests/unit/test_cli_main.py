@@ -18,7 +18,7 @@ from imm.cli.main import build_parser, cmd_dashboard, main
 from imm.errors import EXIT_UNAVAILABLE, EXIT_USAGE
 
 # what immctl may load of imm: its own package, the errors, and the rollout vocabulary
-ALLOWED_IMM = ("imm", "imm.errors", "imm.cli", "imm.rollout", "imm.rollout.states")
+ALLOWED_IMM = ("imm", "imm.errors", "imm.exit_codes", "imm.cli", "imm.rollout", "imm.rollout.states")
 
 
 def test_immctl_imports_only_the_standard_library() -> None:
