@@ -6,9 +6,10 @@
 Starts a real immd on a temporary state dir, registers ``--images`` tiny images through the
 API, then times immctl as users install it: a virtualenv made in the temporary dir (``python
 -m venv --without-pip`` of the interpreter under this one), the project put on its path by a
-plain ``.pth`` line (no import hook: what a wheel's files cost to import) and the console
-script ``immctl`` written from pyproject.toml's entry point. (pip's own console scripts also
-``import re``; this one does not.) ``--dev-venv`` times the development virtualenv's immctl
+plain ``.pth`` line (no import hook: what a wheel's files cost to import) and the script
+``bin/immctl`` as pip installs it (its ``#!`` line pointed at the virtualenv's python; immctl
+ships as a plain script, not a console-scripts wrapper, which would ``import re``).
+``--dev-venv`` times the development virtualenv's immctl
 instead, whose editable install imports pathlib, re, urllib and more at every interpreter
 start (``python -c pass`` included). It times, as whole processes:
 
@@ -42,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,10 +76,10 @@ def clean_venv(where: Path) -> str:
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "imm.pth").write_text(str(REPO) + "\n")
-    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["immctl"]
-    module, func = entry.split(":")
+    # the script pip installs: bin/immctl with its #! line pointed at the virtualenv's python
+    shipped = (REPO / "bin" / "immctl").read_text().split("\n", 1)[1]
     script = where / "bin" / "immctl"
-    script.write_text(f"#!{py}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    script.write_text(f"#!{py}\n{shipped}")
     script.chmod(0o755)
     return str(script)
 
