@@ -10,6 +10,7 @@ tests/test_aws.py. No network: libcloud's driver is only constructed, never call
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -129,3 +130,91 @@ def test_a_launch_time_neither_parser_reads_is_zero(old: Any) -> None:
         old(elem)
     got, _ = page_instances(elem, NAMESPACE, "aws-test", REGION)
     assert [i.launched_at for i in got] == [0, 1777629600]
+
+
+# --------------------------------------------------------------------------- streaming regions
+# stream_pages combines the regions' page iterators; the sources here are plain generators
+# standing in for regions (the provider's own paging against moto is in tests/test_aws.py).
+
+
+def _inst(iid: str) -> Any:
+    from imm.plugins.base import Instance
+
+    return Instance(id=iid, provider="p", region="r", image_id="ami", state="running",
+                    launched_at=0)
+
+
+def test_stream_hands_on_a_regions_pages_before_the_slow_region_ends() -> None:
+    from imm.plugins.providers.aws.pages import stream_pages
+
+    release = threading.Event()
+
+    def slow() -> Any:
+        yield [_inst("slow-1")]
+        assert release.wait(30)
+        yield [_inst("slow-2")]
+
+    def fast() -> Any:
+        yield [_inst("fast-1"), _inst("fast-2")]
+        yield [_inst("fast-3")]
+
+    it = stream_pages({"a": slow, "b": fast}, "t")
+    seen = []
+    while len(seen) < 4:  # everything but slow-2, which waits for release
+        seen += [i.id for i in next(it)]
+    assert sorted(seen) == ["fast-1", "fast-2", "fast-3", "slow-1"]
+    release.set()
+    assert [i.id for page in it for i in page] == ["slow-2"]
+
+
+def test_stream_raises_a_regions_error_and_stops_the_others() -> None:
+    from imm.errors import ProviderError
+    from imm.plugins.providers.aws.pages import stream_pages
+
+    stopped = threading.Event()
+
+    def bad() -> Any:
+        yield [_inst("bad-1")]
+        raise ProviderError("region b: throttled 5 times")
+
+    def endless() -> Any:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield [_inst(f"e-{n}")]
+        finally:
+            stopped.set()
+
+    seen: list[str] = []
+    with pytest.raises(ProviderError, match="throttled"):
+        for page in stream_pages({"a": endless, "b": bad}, "t"):
+            seen += [i.id for i in page]
+    assert "bad-1" in seen
+    assert stopped.wait(30)  # the endless region stopped at its next page
+
+
+def test_closing_the_stream_early_does_not_wait_for_a_region_in_flight() -> None:
+    from imm.plugins.providers.aws.pages import stream_pages
+
+    in_flight, answer, stopped = threading.Event(), threading.Event(), threading.Event()
+
+    def quick() -> Any:
+        yield [_inst("q-1")]
+
+    def hanging() -> Any:
+        try:
+            in_flight.set()
+            assert answer.wait(30)  # a request the cloud has not answered yet
+            yield [_inst("h-1")]
+            yield [_inst("h-2")]
+        finally:
+            stopped.set()
+
+    it = stream_pages({"a": quick, "b": hanging}, "t")
+    assert [i.id for i in next(it)] == ["q-1"]
+    assert in_flight.wait(30)
+    it.close()  # would hang here if closing waited for the hanging region
+    assert not stopped.is_set()
+    answer.set()
+    assert stopped.wait(30)  # it stopped after its answer instead of paging on

@@ -11,10 +11,16 @@ The values are exactly what ``AWSCore._to_instance(region, driver._to_node(item)
 semantics (the first match in document order, ``""`` for an element without text, ``None`` for
 a missing one), ``Name`` tag or else the instance id as the name, terminated/shutting-down
 states mapped as before.
+
+:func:`stream_pages` hands the regions' pages on as they arrive.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...base import Instance
@@ -147,3 +153,62 @@ def page_instances(page: Any, ns: str, provider: str, region: str
         elif child.tag == t.next_token and token is None:
             token = child.text or ""
     return out, token
+
+
+MAX_REGION_THREADS = 8
+
+
+def stream_pages(sources: Mapping[str, Callable[[], Iterator[list[Instance]]]], thread_name: str
+                 ) -> Iterator[list[Instance]]:
+    """Every source's pages, each handed on as it arrives (not all regions' first).
+
+    One source (a region) is paged in the caller's thread. Several are paged concurrently in
+    threads of their own (up to ``MAX_REGION_THREADS``) into a queue that holds at most one
+    page per source: a slow consumer holds the producers back, so memory stays a few pages,
+    not the whole fleet. A source's error is raised to the consumer, after the pages that came
+    before it; the other sources are then stopped. Closing the iterator early (or dropping it)
+    stops the producers at their next page and never waits for them, so it is safe wherever
+    the generator happens to be finalised.
+    """
+    if len(sources) == 1:
+        (only,) = sources.values()
+        yield from only()
+        return
+    q: queue.Queue[tuple[str, list[Instance] | BaseException | None]] = queue.Queue(len(sources))
+    stop = threading.Event()
+
+    def put(item: tuple[str, list[Instance] | BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce(name: str, source: Callable[[], Iterator[list[Instance]]]) -> None:
+        try:
+            for page in source():
+                if not put((name, page)):
+                    return
+            put((name, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((name, exc))
+
+    pool = ThreadPoolExecutor(max_workers=min(MAX_REGION_THREADS, len(sources)),
+                              thread_name_prefix=thread_name)
+    try:
+        for name, source in sources.items():
+            pool.submit(produce, name, source)
+        left = len(sources)
+        while left:
+            _name, got = q.get()
+            if got is None:
+                left -= 1
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                yield got
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
