@@ -811,7 +811,7 @@ def fleet_report(r: dict[str, Any], a: argparse.Namespace) -> list[dict[str, Any
         share = lst["seconds"] / r["scenarios"][0]["imm"]["seconds"] if lst else 0.0
         bound = ("the cloud (latency, rate limit)" if ratio < 1.5 else
                  "imm (its listing was not timed alone)" if not lst else
-                 "imm (listing: libcloud parsing the XML)" if share > 0.6 else
+                 "imm (listing: parsing the XML)" if share > 0.6 else
                  "imm (judging and ledgering)")
         boto = sc.get("boto3", {}).get("seconds")
         print(f"  -> imm / floor {ratio:.2f}x"

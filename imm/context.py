@@ -19,7 +19,9 @@ Every call to a plugin goes through a typed handle (:class:`ProviderHandle`,
 :class:`RouterHandle`), never through a method name in a string. A handle:
 
 - runs the plugin's blocking code in a worker thread (``asyncio.to_thread``), draining a lazily
-  paging ``list_instances`` iterator there too, so no cloud call runs on the event loop;
+  paging ``list_instances`` iterator there too, so no cloud call runs on the event loop; a
+  provider's listing runs in threads of its own handle (as many as its concurrency), so many
+  providers listing at once are not held to the loop's few default threads;
 - holds the provider's concurrency limit (``concurrency`` in its config entry, default 8) for
   as long as the worker thread runs, even when the caller stops waiting;
 - gives up waiting after ``timeout_s`` (``call_timeout_s`` in the entry, default 600 s) with a
@@ -41,6 +43,8 @@ unit test passes shorter ones.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import threading
 from collections.abc import (
@@ -191,12 +195,19 @@ class _Limited(Generic[P]):
             self._limit = asyncio.Semaphore(self.concurrency)
         return self._limit
 
-    async def _call(self, call: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a worker thread; ``call`` only labels it in the timeout message."""
+    async def _call(self, call: str, fn: Callable[[], T],
+                    pool: ThreadPoolExecutor | None = None) -> T:
+        """Run ``fn`` in a worker thread (of ``pool``, else the loop's default pool); ``call``
+        only labels it in the timeout message."""
         limit = self._semaphore()
         await limit.acquire()
+        work: asyncio.Future[T]
         try:
-            work = asyncio.ensure_future(asyncio.to_thread(fn))
+            if pool is None:
+                work = asyncio.ensure_future(asyncio.to_thread(fn))
+            else:
+                work = asyncio.get_running_loop().run_in_executor(
+                    pool, functools.partial(contextvars.copy_context().run, fn))
         except BaseException:
             limit.release()
             raise
@@ -243,14 +254,25 @@ class ProviderHandle(_Limited[Provider]):
 
     what = "provider"
     error = ProviderError
+    _lists: ThreadPoolExecutor | None = None  # listing's threads, created on first use
 
     def supports(self, feature: Feature) -> bool:
         return self.plugin.supports(feature)
 
+    def _list_pool(self) -> ThreadPoolExecutor:
+        """The handle's own threads for listing, up to its concurrency limit: a listing pages
+        for as long as the cloud takes, and many providers listing at once (an audit sweep)
+        in the loop's default pool (a few threads per CPU) would page a few at a time."""
+        if self._lists is None:
+            self._lists = ThreadPoolExecutor(self.concurrency,
+                                             thread_name_prefix=f"provider-{self.name}-list")
+        return self._lists
+
     async def list_instances(self, tags: Mapping[str, str] | None = None) -> list[Instance]:
         """Every live instance carrying ``tags`` (all pages, fetched in the worker thread)."""
         p = self.plugin
-        return await self._call("list_instances", lambda: _drain(p.list_instances(tags)))
+        return await self._call("list_instances", lambda: _drain(p.list_instances(tags)),
+                                self._list_pool())
 
     async def instance_chunks(self, tags: Mapping[str, str] | None = None,
                               size: int = 500) -> AsyncGenerator[list[Instance], None]:
@@ -258,11 +280,11 @@ class ProviderHandle(_Limited[Provider]):
 
         For a fleet too large to hold at once (the audit sweep); the limit is held per chunk.
         """
-        p = self.plugin
+        p, pool = self.plugin, self._list_pool()
         it: Iterator[Instance] = iter(await self._call(
-            "list_instances", lambda: iter(p.list_instances(tags))))
+            "list_instances", lambda: iter(p.list_instances(tags)), pool))
         while True:
-            chunk = await self._call("list_instances", lambda: _take(it, size))
+            chunk = await self._call("list_instances", lambda: _take(it, size), pool)
             if not chunk:
                 return
             yield chunk
@@ -306,6 +328,11 @@ class ProviderHandle(_Limited[Provider]):
         """The file tree an image was built from, as ``rehash`` reports it."""
         p = self.plugin
         return await self._call("image_manifest", lambda: p.image_manifest(image_id))
+
+    def close(self) -> None:
+        if self._lists is not None:
+            self._lists.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 class RouterHandle(_Limited[Router]):

@@ -328,6 +328,82 @@ def test_list_paginates_250_instances(aws: str, proxy_factory: Any, tmp_path: Pa
           f"{time.monotonic() - started:.2f}s")
 
 
+def test_list_reads_pages_as_libcloud_nodes_did(aws: str, tmp_path: Path) -> None:
+    """The page reader gives, field by field, what libcloud's _to_node + _to_instance gave on
+    moto's answers (several reservations over pages, Name and empty tags, none, a subnet
+    without public addresses, stopped, terminated), and what boto3 sees."""
+    from libcloud.compute.drivers.ec2 import NAMESPACE
+    from libcloud.utils.xml import findall, findtext
+
+    from imm.plugins.providers.aws.pages import page_instances
+
+    ami = register_ami(aws)
+    ec2 = client(aws, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+
+    def spec(**tags: str) -> list[dict[str, Any]]:
+        return [{"ResourceType": "instance",
+                 "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+
+    ec2.run_instances(ImageId=ami, MinCount=3, MaxCount=3, InstanceType="t3.small",
+                      TagSpecifications=spec(Name="web-0", **imm_tags()))
+    ec2.run_instances(ImageId=ami, MinCount=2, MaxCount=2, SubnetId=subnet,
+                      TagSpecifications=spec(**{"imm:service": "api", "empty": ""}))
+    for _ in range(3):  # no tags; moto pages by reservation: 7 here, 2 pages of 5
+        ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+    stopped = ec2.run_instances(ImageId=ami, MinCount=2, MaxCount=2, InstanceType="m5.large",
+                                TagSpecifications=spec(**imm_tags(slot="1")))["Instances"]
+    gone = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
+                             TagSpecifications=spec(**imm_tags()))["Instances"][0]
+    ec2.stop_instances(InstanceIds=[stopped[0]["InstanceId"]])
+    ec2.terminate_instances(InstanceIds=[gone["InstanceId"]])
+    client(aws, "ec2", OTHER).run_instances(ImageId=register_ami(aws, OTHER), MinCount=2,
+                                            MaxCount=2, TagSpecifications=spec(a="b"))
+
+    p = make_provider(aws, tmp_path, page_size=5)
+    new: dict[str, Any] = {}
+    for region in (REGION, OTHER):
+        driver, _ = p.drivers.get(region)
+        token, pages = None, 0
+        while True:
+            params = {"Action": "DescribeInstances", "MaxResults": "5"}
+            if token:
+                params["NextToken"] = token
+            elem = driver.connection.request(driver.path, params=params).object
+            old = [p._to_instance(region, n)
+                   for rs in findall(element=elem, xpath="reservationSet/item", namespace=NAMESPACE)
+                   for n in driver._to_nodes(rs, "instancesSet/item")]
+            got, token = page_instances(elem, NAMESPACE, p.name, region)
+            assert token == findtext(element=elem, xpath="nextToken", namespace=NAMESPACE)
+            assert len(got) == len(old) and [g.to_dict() for g in got] == [o.to_dict() for o in old]
+            new.update((g.id, g) for g in got)
+            pages += 1
+            if not token:
+                break
+        assert pages == (2 if region == REGION else 1)
+    assert len(new) == 13
+    truth = {i["InstanceId"]: i for r in (REGION, OTHER) for i in described(aws, r)}
+    assert set(new) == set(truth)
+    for iid, inst in new.items():
+        b = truth[iid]
+        assert inst.extra["aws_state"] == b["State"]["Name"] and inst.image_id == b["ImageId"]
+        assert inst.tags == {t["Key"]: t["Value"] for t in b.get("Tags", [])}
+        assert inst.extra.get("public_ip") == b.get("PublicIpAddress")
+        assert inst.address == (b.get("PrivateIpAddress") or b.get("PublicIpAddress"))
+        assert inst.extra["instance_type"] == b["InstanceType"]
+        assert inst.extra["availability_zone"] == b["Placement"]["AvailabilityZone"]
+        assert inst.extra.get("subnet_id") == b.get("SubnetId")
+        assert abs(inst.launched_at - int(b["LaunchTime"].timestamp())) <= 1
+    states = Counter(i.state for i in new.values())
+    assert states["stopped"] == 1 and states["terminated"] == 1
+    assert any(i.extra.get("public_ip") for i in new.values())
+    assert any("public_ip" not in i.extra for i in new.values())
+    assert new[stopped[1]["InstanceId"]].extra["name"] == stopped[1]["InstanceId"]
+    listed = {i.id for i in p.list_instances()}
+    assert listed == set(new) - {gone["InstanceId"]}
+
+
 # --------------------------------------------------------------------------- launch / terminate
 
 

@@ -53,6 +53,34 @@ def test_instance_chunks_page_in_the_thread() -> None:
     assert threading.get_ident() not in p.threads
 
 
+def test_many_providers_list_at_once_beyond_the_loops_default_threads() -> None:
+    """Six providers list together although the loop's default pool has two threads (a sweep
+    of 20 account-regions on 2 CPUs got 6): each handle lists in threads of its own."""
+    everyone = threading.Barrier(6, timeout=30)
+
+    class Waiting(MemProvider):
+        def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
+            everyone.wait()  # a page in flight: returns only once all six are listing
+            yield Instance(f"i-{self.name}", self.name, "r1", "img", "running", 0)
+
+    handles = [ProviderHandle(Waiting(f"p{k}")) for k in range(6)]
+
+    async def sweep(h: ProviderHandle) -> list[str]:
+        return [i.id async for c in h.instance_chunks(size=10) for i in c]
+
+    async def main() -> list[list[str]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        return list(await asyncio.gather(*(sweep(h) for h in handles)))
+
+    try:
+        assert asyncio.run(main()) == [[f"i-p{k}"] for k in range(6)]
+    finally:
+        for h in handles:
+            h.close()
+
+
 def test_concurrency_limit_is_held_until_the_thread_ends() -> None:
     p = MemProvider()
     running, peak = [0], [0]

@@ -33,8 +33,10 @@ What it does:
 
 - ``list_instances`` pages through DescribeInstances with ``MaxResults``/``NextToken`` (libcloud's
   ``list_nodes`` does not paginate, and makes an extra DescribeAddresses call per page), in all
-  regions concurrently, with ``tag:<key>`` filters when tags are given. Terminated instances are
-  not listed; ``shutting-down`` ones are, with state ``terminated``.
+  regions concurrently, with ``tag:<key>`` filters when tags are given, and hands each page on
+  as it arrives (a lazy iterator holding a few pages, not the fleet). Each page is read
+  straight into imm instances (``pages.py``), not through libcloud's per-field ``_to_node``.
+  Terminated instances are not listed; ``shutting-down`` ones are, with state ``terminated``.
 - ``launch`` is RunInstances (libcloud ``create_node``) with ``MinCount = MaxCount = count``, the
   request's tags on the instances at launch (TagSpecifications) and ``ClientToken`` = the
   request's client token (hashed when longer than EC2's 64 characters), so a retried launch

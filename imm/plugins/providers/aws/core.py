@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from ...cloud import (
     setting_str_list,
 )
 from ...cloud.settings import warn_unknown
+from .pages import STATE_MAP, page_instances, stream_pages
 
 TAG_TOKEN = "imm:token"  # noqa: S105 - the launch's client token, for idempotency where ClientToken is ignored
 TAG_COPIED_FROM = "imm:copied-from"  # "<region>/<ami>" on AMIs copy_image made
@@ -50,10 +52,6 @@ CREDENTIALS = (
     CredentialSpec("token", "session token", "AWS_SESSION_TOKEN", required=False),
 )
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-STATE_MAP = {
-    "pending": "pending", "running": "running", "stopping": "stopped", "stopped": "stopped",
-    "shutting-down": "terminated", "terminated": "terminated",
-}
 IMAGE_ABSENT_CODES = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable",
                       "InvalidAMIID.Malformed"}
 INSTANCE_ABSENT_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
@@ -221,31 +219,33 @@ class AWSCore(Provider):
 
     # -- listing
 
-    def _describe(self, region: str, filters: Mapping[str, Any], call: str) -> list[Any]:
-        """Every instance matching ``filters`` in ``region``, page by page (libcloud Nodes)."""
+    def _pages(self, region: str, filters: Mapping[str, Any], call: str
+               ) -> Iterator[list[Instance]]:
+        """The instances matching ``filters`` in ``region``, one DescribeInstances page at a time."""
         from libcloud.compute.drivers.ec2 import NAMESPACE
-        from libcloud.utils.xml import findall, findtext
 
-        nodes: list[Any] = []
         token: str | None = None
         while True:
-            def page(driver: Any, token: str | None = token) -> tuple[list[Any], str | None]:
+            def page(driver: Any, token: str | None = token) -> tuple[list[Instance], str | None]:
                 params = {"Action": "DescribeInstances", "MaxResults": str(self.page_size)}
                 params.update(driver._build_filters(dict(filters)))
                 if token:
                     params["NextToken"] = token
                 elem = driver.connection.request(driver.path, params=params).object
-                found: list[Any] = []
-                for rs in findall(element=elem, xpath="reservationSet/item", namespace=NAMESPACE):
-                    found += driver._to_nodes(rs, "instancesSet/item")
-                return found, findtext(element=elem, xpath="nextToken", namespace=NAMESPACE)
+                return page_instances(elem, NAMESPACE, self.name, region)
 
             found, token = self._call(region, call, page)
-            nodes += found
+            yield found
             if not token:
-                return nodes
+                return
+
+    def _describe(self, region: str, filters: Mapping[str, Any], call: str) -> list[Instance]:
+        """Every instance matching ``filters`` in ``region`` (all pages)."""
+        return [i for page in self._pages(region, filters, call) for i in page]
 
     def _to_instance(self, region: str, node: Any) -> Instance:
+        """A libcloud ``Node`` (what ``create_node`` returns) as an imm ``Instance``; listing
+        reads DescribeInstances pages with :func:`page_instances`, which gives the same."""
         extra = node.extra or {}
         raw_state = str(extra.get("status") or "")
         launched = parse_time(extra.get("launch_time")) or parse_time(node.created_at) or 0
@@ -266,17 +266,18 @@ class AWSCore(Provider):
         )
 
     def _list_region(self, region: str, filters: Mapping[str, Any]) -> list[Instance]:
-        nodes = self._describe(region, filters, "DescribeInstances")
-        out = [self._to_instance(region, n) for n in nodes]
+        out = self._describe(region, filters, "DescribeInstances")
         return [i for i in out if i.extra.get("aws_state") != "terminated"]
 
     def list_instances(self, tags: Mapping[str, str] | None = None) -> Iterator[Instance]:
+        """Live instances page by page as the regions' pages arrive (see :func:`stream_pages`)."""
         filters: dict[str, Any] = {"instance-state-name": list(LIVE_STATES)}
         for key, value in (tags or {}).items():
             filters[f"tag:{key}"] = str(value)
-        results = self._per_region(lambda r: self._list_region(r, filters))
-        for region in self.regions:
-            yield from results[region]
+        pages = {r: functools.partial(self._pages, r, filters, "DescribeInstances")
+                 for r in self.regions}
+        for page in stream_pages(pages, f"imm-aws-{self.name}"):
+            yield from (i for i in page if i.extra.get("aws_state") != "terminated")
 
     def _per_region(self, fn: Callable[[str], Any]) -> dict[str, Any]:
         if len(self.regions) == 1:

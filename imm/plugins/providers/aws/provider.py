@@ -39,10 +39,9 @@ class AWSProvider(AWSCore):
     # -- launch
 
     def _find_token(self, region: str, token: str) -> list[Instance]:
-        nodes = self._describe(region, {"tag:" + TAG_TOKEN: token,
-                                        "instance-state-name": list(LIVE_STATES)},
-                               "DescribeInstances (launch token)")
-        return [self._to_instance(region, n) for n in nodes]
+        return self._describe(region, {"tag:" + TAG_TOKEN: token,
+                                       "instance-state-name": list(LIVE_STATES)},
+                              "DescribeInstances (launch token)")
 
     def launch(self, request: LaunchRequest) -> list[Instance]:
         from libcloud.compute.base import NodeImage, NodeSize
