@@ -160,7 +160,8 @@ quarantine_keep = 1
         floor = peer + check + args.interval / 2
         print(f"replacement of a SIGKILLed local instance behind haproxy (reconcile every "
               f"{args.interval:g} s; load avg {os.getloadavg()[0]:.2f}), 8 keep-alive clients: "
-              f"ok={stats.ok} failed={stats.failed}; median of {args.repeat}")
+              f"ok={stats.ok} failed={stats.failed}; median of {args.repeat}"
+              + (f"; failures: {stats.errors[:5]}" if stats.failed else ""))
         print(f"{'':50}{'seconds':>10}")
         print(f"{'imm: kill -> first answer from the replacement':50}{rep:>10.3f}   runs "
               + " ".join(f"{x:.3f}" for x in replaced))
