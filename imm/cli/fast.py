@@ -26,8 +26,9 @@ class Args:
         self.__dict__.update(kw)
 
 
-def _globals(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
-    """imm.cli.main.split_globals, declining a --socket without its value."""
+def split_globals(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """Take --json and --socket from anywhere on the line (both paths use this). A --socket
+    without its value stays on the line, for argparse to say "expected one argument"."""
     rest: list[str] = []
     as_json, sock = False, None
     args = iter(argv)
@@ -37,7 +38,7 @@ def _globals(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
         elif arg == "--socket":
             sock = next(args, None)
             if sock is None:
-                return None
+                rest.append(arg)
         elif arg.startswith("--socket="):
             sock = arg.split("=", 1)[1]
         else:
@@ -97,10 +98,9 @@ def _image_show(words: list[str], as_json: bool) -> Args | None:
 def run(argv: list[str]) -> int | None:
     """Run ``argv`` if it is one of the lines this module knows; None when it is not, or when
     the run failed before printing anything (imm.cli.main then runs it from the start)."""
-    got = _globals(argv)
-    if got is None:
-        return None
-    rest, as_json, sock = got
+    rest, as_json, sock = split_globals(argv)
+    if "--socket" in rest:
+        return None  # a --socket without its value: argparse's message
     fn: Any = None
     args: Args | None
     if rest == ["status"] and as_json:

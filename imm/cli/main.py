@@ -38,6 +38,7 @@ from .catalog_cmds import (
     cmd_ledger_verify,
 )
 from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
+from .fast import split_globals
 from .render import block, emit_json, emit_list, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
@@ -548,25 +549,6 @@ def build_parser(only: str | None = None, sub_only: str | None = None) -> argpar
     if sub_only is not None and not all(f.built for f in filters):
         return build_parser(only)  # a subcommand name argparse must refuse (or none): all of them
     return p
-
-
-def split_globals(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """Take --json and --socket from anywhere on the line."""
-    rest: list[str] = []
-    as_json, sock = False, None
-    args = iter(argv)
-    for arg in args:
-        if arg == "--json":
-            as_json = True
-        elif arg == "--socket":
-            sock = next(args, None)
-            if sock is None:
-                rest.append(arg)  # argparse says "--socket: expected one argument"
-        elif arg.startswith("--socket="):
-            sock = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return rest, as_json, sock
 
 
 def main(argv: list[str] | None = None) -> int:
