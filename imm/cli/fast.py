@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 
+from .argv import split_globals
+
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker
 if TYPE_CHECKING:
     from typing import Any
@@ -24,26 +26,6 @@ class Args:
 
     def __init__(self, **kw: Any) -> None:
         self.__dict__.update(kw)
-
-
-def split_globals(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """Take --json and --socket from anywhere on the line (both paths use this). A --socket
-    without its value stays on the line, for argparse to say "expected one argument"."""
-    rest: list[str] = []
-    as_json, sock = False, None
-    args = iter(argv)
-    for arg in args:
-        if arg == "--json":
-            as_json = True
-        elif arg == "--socket":
-            sock = next(args, None)
-            if sock is None:
-                rest.append(arg)
-        elif arg.startswith("--socket="):
-            sock = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return rest, as_json, sock
 
 
 def _options(words: list[str], valued: tuple[str, ...],

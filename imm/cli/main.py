@@ -17,6 +17,7 @@ from ..errors import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from .argv import split_globals
 from .catalog_cmds import (
     BATCH,
     cmd_artifact_add,
@@ -38,7 +39,6 @@ from .catalog_cmds import (
     cmd_ledger_verify,
 )
 from .client import ApiError, Client, DaemonUnreachable, Fail, ascii_int, seg
-from .fast import split_globals
 from .render import block, emit_json, emit_list, table
 
 TYPE_CHECKING = False  # typing is not imported at run time: immctl starts quicker

@@ -45,9 +45,9 @@ class RecordingProvider(ProviderHandle):
         super().__init__(plugin)
         self.calls = calls
 
-    async def _call(self, call: str, fn: Callable[[], T]) -> T:
+    async def _call(self, call: str, fn: Callable[[], T], pool: Any = None) -> T:
         self.calls.append(call)
-        return await super()._call(call, fn)
+        return await super()._call(call, fn, pool)
 
 
 class RecordingRouter(RouterHandle):
@@ -55,9 +55,9 @@ class RecordingRouter(RouterHandle):
         super().__init__(plugin)
         self.calls = calls
 
-    async def _call(self, call: str, fn: Callable[[], T]) -> T:
+    async def _call(self, call: str, fn: Callable[[], T], pool: Any = None) -> T:
         self.calls.append(call)
-        return await super()._call(call, fn)
+        return await super()._call(call, fn, pool)
 
 
 class Host:
