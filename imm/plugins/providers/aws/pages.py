@@ -7,10 +7,10 @@ item's children are walked once and only those fields read. libcloud still does 
 signing, error mapping and the one ElementTree parse of the page (``response.object``).
 
 The values are exactly what ``AWSCore._to_instance(region, driver._to_node(item))`` gives
-(``tests/unit/test_plugins_providers_aws_pages.py`` compares both on moto's answers): ElementTree's ``findtext``
-semantics (the first match in document order, ``""`` for an element without text, ``None`` for
-a missing one), ``Name`` tag or else the instance id as the name, terminated/shutting-down
-states mapped as before.
+(``tests/unit/test_plugins_providers_aws_pages.py`` compares both on moto's answers):
+ElementTree's ``findtext`` semantics (the first match in document order, ``""`` for an
+element without text, ``None`` for a missing one), ``Name`` tag or else the instance id as the
+name, terminated/shutting-down states mapped as before.
 
 :func:`stream_pages` hands the regions' pages on as they arrive.
 """
