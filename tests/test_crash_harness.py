@@ -228,7 +228,12 @@ def check_settled(d: Immd, root: Path, t: Track) -> None:
     # nothing, and the process count below proves no process of it is left
     live = [i for i in listed if i["state"] != "terminated"]
     assert len(live) == COUNT, (t.svc, live)
-    assert {i["tags"]["imm:rollout"] for i in live} == {t.last_completed}, (t.svc, live)
+    # all run the last completed rollout's image: its own instances, or ones a later rollout's
+    # rollback relaunched from that image after it had retired old ones (slot "rollback")
+    image = api(d, "GET", f"/v1/rollouts/{t.last_completed}")["image"]
+    assert {i["tags"].get("imm:digest") for i in live} == {image}, (t.svc, live)
+    assert all(i["tags"]["imm:rollout"] == t.last_completed
+               or i["tags"].get("imm:slot") == "rollback" for i in live), (t.svc, live)
     deadline = time.monotonic() + 15
     while len(app_processes(root, t.svc)) != COUNT:
         assert time.monotonic() < deadline, (t.svc, app_processes(root, t.svc), live)
