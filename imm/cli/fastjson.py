@@ -85,43 +85,39 @@ def _scalar(o: Any) -> str:
 
 def _encode(o: Any, depth: int, out: list[str]) -> None:
     if isinstance(o, dict):
-        if not o:
-            out.append("{}")
-            return
-        if not any(isinstance(v, _CONTAINERS) for v in o.values()):
-            s = "".join(_flat(depth)(o, 0))
-            out.append("{\n" + "  " * (depth + 1) + s[1:-1] + "\n" + "  " * depth + "}")
-            return
-        sep = "{\n" + "  " * (depth + 1)
-        for k, v in o.items():
+        for k in o:
             if type(k) is not str:
                 raise _Unsupported
-            out.append(sep + _json.encode_basestring(k) + ": ")
-            sep = ",\n" + "  " * (depth + 1)
-            if isinstance(v, _CONTAINERS):
-                _encode(v, depth + 1, out)
-            else:
-                out.append(_scalar(v))
-        out.append("\n" + "  " * depth + "}")
+        _container(o, [_json.encode_basestring(k) + ": " for k in o], list(o.values()), "{}",
+                   depth, out)
     elif isinstance(o, (list, tuple)):
-        if not o:
-            out.append("[]")
-            return
-        if not any(isinstance(v, _CONTAINERS) for v in o):
-            s = "".join(_flat(depth)(o, 0))
-            out.append("[\n" + "  " * (depth + 1) + s[1:-1] + "\n" + "  " * depth + "]")
-            return
-        sep = "[\n" + "  " * (depth + 1)
-        for v in o:
-            out.append(sep)
-            sep = ",\n" + "  " * (depth + 1)
-            if isinstance(v, _CONTAINERS):
-                _encode(v, depth + 1, out)
-            else:
-                out.append(_scalar(v))
-        out.append("\n" + "  " * depth + "]")
+        _container(o, [""] * len(o), list(o), "[]", depth, out)
     else:
         out.append(_scalar(o))
+
+
+def _container(o: Any, keys: list[str], values: list[Any], brackets: str, depth: int,
+               out: list[str]) -> None:
+    """One object or array at ``depth``: ``keys`` are the ``"name": `` prefixes of an object's
+    members ("" for an array's); one C-encoder call when it holds no container."""
+    opening, closing = brackets[0], brackets[1]
+    if not values:
+        out.append(brackets)
+        return
+    inner, outer = "\n" + "  " * (depth + 1), "\n" + "  " * depth
+    if not any(isinstance(v, _CONTAINERS) for v in values):
+        s = "".join(_flat(depth)(o, 0))
+        out.append(opening + inner + s[1:-1] + outer + closing)
+        return
+    sep = opening + inner
+    for key, v in zip(keys, values, strict=True):
+        out.append(sep + key)
+        sep = "," + inner
+        if isinstance(v, _CONTAINERS):
+            _encode(v, depth + 1, out)
+        else:
+            out.append(_scalar(v))
+    out.append(outer + closing)
 
 
 def dumps(data: Any) -> str:
