@@ -17,11 +17,18 @@ from imm.rollout.states import COMPLETED, PAUSED, ROLLED_BACK
 PATIENT = {"web": {**SERVICE, "health_timeout_s": 3600}}
 
 
-def test_attach_goes_on_the_moment_the_new_instances_pass_their_check(tmp_path: Path) -> None:
-    w = World(tmp_path, PATIENT)
+def sick_world(tmp: Path) -> tuple[World, list[str]]:
+    """app@1 serving, app@2 registered, and every new backend failing its check until a test
+    makes it well (no health timeout to end a wait); the world and the old instances."""
+    w = World(tmp, PATIENT)
     old = w.old_fleet(w.image("1"))
     w.image("2")
     w.router.born_sick = True
+    return w, old
+
+
+def test_attach_goes_on_the_moment_the_new_instances_pass_their_check(tmp_path: Path) -> None:
+    w, old = sick_world(tmp_path)
 
     async def body() -> dict:
         rid = (await w.engine.start("alice", "web", "app@2"))["id"]
@@ -40,10 +47,7 @@ def test_attach_goes_on_the_moment_the_new_instances_pass_their_check(tmp_path: 
 
 
 def test_a_pause_ends_a_health_wait_at_once_and_a_resume_waits_again(tmp_path: Path) -> None:
-    w = World(tmp_path, PATIENT)
-    w.old_fleet(w.image("1"))
-    w.image("2")
-    w.router.born_sick = True
+    w, _old = sick_world(tmp_path)
 
     async def body() -> dict:
         rid = (await w.engine.start("alice", "web", "app@2"))["id"]
@@ -62,10 +66,7 @@ def test_a_pause_ends_a_health_wait_at_once_and_a_resume_waits_again(tmp_path: P
 
 
 def test_an_abort_ends_a_health_wait_at_once_and_rolls_back(tmp_path: Path) -> None:
-    w = World(tmp_path, PATIENT)
-    old = w.old_fleet(w.image("1"))
-    w.image("2")
-    w.router.born_sick = True
+    w, old = sick_world(tmp_path)
 
     async def body() -> dict:
         rid = (await w.engine.start("alice", "web", "app@2"))["id"]
