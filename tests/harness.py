@@ -136,3 +136,34 @@ def moto() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def rows_after_a_cancelled_write(db: Any, insert: str, select: str) -> list[dict[str, Any]]:
+    """Cancel ``db.write`` of ``insert`` while it runs in the store's writer thread; what
+    ``select`` reads the moment the cancellation has returned (a store whose cancelled write
+    still lands later reads nothing here)."""
+    import asyncio
+    import threading
+
+    from imm.store import query
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_insert(conn: Any) -> None:
+        entered.set()
+        release.wait(10)
+        conn.execute(insert)
+
+    async def body() -> list[dict[str, Any]]:
+        task = asyncio.create_task(db.write(slow_insert))
+        await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return list(await db.read(lambda c: query(c, select)))
+
+    try:
+        return asyncio.run(body())
+    finally:
+        release.set()

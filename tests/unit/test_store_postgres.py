@@ -4,7 +4,6 @@ errors a bad URL or password gives."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from imm.store import IntegrityError, Schema, query
 from imm.store.postgres import Database, check_url, ddl, placeholders, redact
 
 import pgcluster
+from harness import rows_after_a_cancelled_write
 
 
 def test_placeholders_outside_literals_and_percent_escaped() -> None:
@@ -128,26 +128,10 @@ def test_a_write_whose_caller_is_cancelled_has_landed_when_the_cancellation_retu
 
     db = Database(pg_cluster.dsn(pg_cluster.new_database()), [s])
     db.open()
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_insert(conn: Any) -> None:
-        entered.set()
-        release.wait(10)
-        conn.execute("INSERT INTO t VALUES (?)", ("begin 3-pause",))
-
-    async def body() -> list[dict[str, Any]]:
-        task = asyncio.create_task(db.write(slow_insert))
-        await asyncio.to_thread(entered.wait, 10)
-        task.cancel()
-        asyncio.get_running_loop().call_later(0.2, release.set)
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return await db.read(lambda c: query(c, "SELECT k FROM t"))
-
     try:
-        assert asyncio.run(body()) == [{"k": "begin 3-pause"}]
+        assert rows_after_a_cancelled_write(db, "INSERT INTO t VALUES ('begin 3-pause')",
+                                            "SELECT k FROM t") == [{"k": "begin 3-pause"}]
     finally:
-        release.set()
         db.close()
 
 

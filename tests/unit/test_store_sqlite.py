@@ -13,6 +13,8 @@ import pytest
 from imm.store import Connection, Schema, execute_script, query, query_one
 from imm.store.sqlite import Database, migrate, ordered
 
+from harness import rows_after_a_cancelled_write
+
 
 def two_schemas() -> tuple[Schema, Schema]:
     a, b = Schema("a"), Schema("b")
@@ -242,24 +244,8 @@ def test_a_write_whose_caller_is_cancelled_has_landed_when_the_cancellation_retu
     a, b = two_schemas()
     db = Database(tmp_path / "x.db", [a, b])
     db.open()
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_insert(conn: Connection) -> None:
-        entered.set()
-        release.wait(10)
-        conn.execute("INSERT INTO a (x) VALUES (7)")
-
-    async def body() -> list[dict]:
-        task = asyncio.create_task(db.write(slow_insert))
-        await asyncio.to_thread(entered.wait, 10)
-        task.cancel()
-        asyncio.get_running_loop().call_later(0.2, release.set)
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return await db.read(lambda c: query(c, "SELECT x FROM a"))
-
     try:
-        assert asyncio.run(body()) == [{"x": 7}]
+        assert rows_after_a_cancelled_write(db, "INSERT INTO a (x) VALUES (7)",
+                                            "SELECT x FROM a") == [{"x": 7}]
     finally:
-        release.set()
         db.close()
