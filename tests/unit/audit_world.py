@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class Fleet(Provider):
         self.fail_after = 0
         self.listings = 0
         self.rehashed: list[str] = []
+        self.hold: threading.Event | None = None  # set: listing stops after one until it is set
         self._ids = itertools.count(1)
 
     def add(self, image_id: str, n: int = 1, region: str = "r1", launched_at: int = 1000,
@@ -74,6 +76,8 @@ class Fleet(Provider):
         for n, i in enumerate(list(self.instances.values())):
             if self.fail_listing is not None and n >= self.fail_after:
                 raise ProviderError(self.fail_listing)
+            if n == 1 and self.hold is not None:
+                self.hold.wait(30)  # a worker thread: the sweep is under way meanwhile
             yield i
 
     def launch(self, request: LaunchRequest) -> list[Instance]:

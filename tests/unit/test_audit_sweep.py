@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,10 +151,12 @@ def test_two_callers_share_one_sweep(world: World) -> None:
 
 def test_progress_shows_while_a_sweep_runs_and_not_after(world: World) -> None:
     world.fleet.add("ami-unknown", 3)
+    world.fleet.hold = threading.Event()  # the sweep stays under way until it is read
 
     async def body() -> tuple[dict, dict]:
         sweep, _ = await world.auditor.start_sweep("t")
         during = await world.auditor.sweep(sweep)
+        world.fleet.hold.set()
         await world.auditor.wait()
         after = await world.auditor.sweep()
         return during, after
